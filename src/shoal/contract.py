@@ -1,0 +1,98 @@
+"""The one contract shared by every part of shoal: tasks, pooling modes, output kinds, and the
+tensor names an application sees.
+
+The exporter writes these names into the ONNX graph and the manifest, the model-repository
+templates into `config.pbtxt`, the postprocess step computes them, and the operator and router
+read them from manifests. Nothing here imports anything heavy: the operator image uses it too.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Task(StrEnum):
+    """What an exported model answers."""
+
+    EMBED = "embed"  # one dense vector per text
+    RERANK = "rerank"  # one relevance score per (query, document) pair
+    COLBERT = "colbert"  # one normalized vector per token (late interaction)
+    SPARSE = "sparse"  # SPLADE-style lexical weights: (token id, weight) pairs
+    MULTI = "multi"  # bge-m3: dense, sparse and ColBERT outputs from one pass
+
+
+class Pooling(StrEnum):
+    """How token states become one vector (dense embedders)."""
+
+    CLS = "cls"  # first token
+    MEAN = "mean"  # attention-mask-weighted mean
+    LAST_TOKEN = "last-token"  # last non-padding token (decoder embedders)
+    MAX = "max"  # element-wise max over non-padding tokens
+
+
+class OutputKind(StrEnum):
+    DENSE = "dense"  # FP32 [batch, dims]
+    SCORE = "score"  # FP32 [batch, 1]
+    SPARSE = "sparse"  # ragged: INT64 indices + FP32 values per text, padded; see SPARSE_* names
+    MULTI_VECTOR = "multi-vector"  # ragged: FP32 [batch, tokens, dims] padded + lengths
+
+
+class PaddingSide(StrEnum):
+    RIGHT = "right"
+    LEFT = "left"
+
+
+class Dtype(StrEnum):
+    """Precision of the exported encoder graph."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"  # dynamic quantization, for CPU pools
+
+
+class Runtime(StrEnum):
+    """How the encode step runs inside Triton."""
+
+    ONNXRUNTIME = "onnxruntime"  # Triton's onnxruntime backend (NVIDIA images; CUDA/TensorRT on GPU)
+    PORTABLE = "portable"  # the same ONNX on onnxruntime inside a python-backend model
+
+
+# Tensor names an application uses with plain tritonclient (ensemble inputs/outputs).
+INPUT_TEXT = "TEXT"  # BYTES [batch, 1]: UTF-8 texts (documents, or the texts to embed)
+INPUT_QUERY = "QUERY"  # BYTES [batch, 1]: rerankers pair QUERY[i] with TEXT[i]
+INPUT_TEXT_TYPE = "TEXT_TYPE"  # optional BYTES [batch, 1]: "query" or "document" (prefixes, markers)
+
+OUTPUT_EMBEDDING = "EMBEDDING"  # FP32 [batch, dims]
+OUTPUT_SCORE = "SCORE"  # FP32 [batch, 1]
+OUTPUT_SPARSE_INDICES = "SPARSE_INDICES"  # INT64 [batch, n]: token ids, padded with -1
+OUTPUT_SPARSE_VALUES = "SPARSE_VALUES"  # FP32 [batch, n]: weights, padded with 0
+OUTPUT_COLBERT_VECTORS = "COLBERT_VECTORS"  # FP32 [batch, tokens, dims], padded with 0
+OUTPUT_COLBERT_LENGTHS = "COLBERT_LENGTHS"  # INT32 [batch, 1]: valid rows of COLBERT_VECTORS
+
+OUTPUTS_BY_TASK: dict[Task, tuple[str, ...]] = {
+    Task.EMBED: (OUTPUT_EMBEDDING,),
+    Task.RERANK: (OUTPUT_SCORE,),
+    Task.COLBERT: (OUTPUT_COLBERT_VECTORS, OUTPUT_COLBERT_LENGTHS),
+    Task.SPARSE: (OUTPUT_SPARSE_INDICES, OUTPUT_SPARSE_VALUES),
+    Task.MULTI: (
+        OUTPUT_EMBEDDING,
+        OUTPUT_SPARSE_INDICES,
+        OUTPUT_SPARSE_VALUES,
+        OUTPUT_COLBERT_VECTORS,
+        OUTPUT_COLBERT_LENGTHS,
+    ),
+}
+
+# Step names inside a model-repository entry: the ensemble is named after the model.
+STEP_TOKENIZE = "tokenize"
+STEP_ENCODE = "encode"
+STEP_POSTPROCESS = "postprocess"
+
+
+def step_name(model: str, step: str) -> str:
+    """`<model>__<step>`, the Triton model name of one step of an ensemble."""
+    return f"{model}__{step}"
+
+
+MANIFEST_FILENAME = "shoal.json"  # lives in the ensemble's folder: REPO/<model>/shoal.json
+MANIFEST_SCHEMA_VERSION = 1
