@@ -1,0 +1,75 @@
+"""Where each file of a model-repository entry lives. The single source of these paths.
+
+An entry for model M in repository R:
+
+    R/M/config.pbtxt            ensemble (platform "ensemble"), and R/M/1/ (empty version dir)
+    R/M/shoal.json              the manifest (shoal.manifest.Manifest)
+    R/M__tokenize/              python backend: 1/model.py, 1/tokenizer/ (tokenizer.json, ...)
+    R/M__encode/                1/model.onnx (onnxruntime backend) or + 1/model.py (portable)
+    R/M__postprocess/           python backend: 1/model.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.contract import (
+    MANIFEST_FILENAME,
+    STEP_ENCODE,
+    STEP_POSTPROCESS,
+    STEP_TOKENIZE,
+    step_name,
+)
+
+VERSION = "1"  # shoal writes one version per entry; a re-export replaces it atomically
+
+
+@dataclass(frozen=True)
+class EntryLayout:
+    repository: Path
+    model: str
+
+    @property
+    def step_names(self) -> dict[str, str]:
+        return {s: step_name(self.model, s) for s in (STEP_TOKENIZE, STEP_ENCODE, STEP_POSTPROCESS)}
+
+    @property
+    def triton_models(self) -> list[str]:
+        """Every Triton model of the entry, steps first, ensemble last (load order)."""
+        return [*self.step_names.values(), self.model]
+
+    def model_dir(self, triton_model: str) -> Path:
+        return Path(self.repository) / triton_model
+
+    @property
+    def ensemble_dir(self) -> Path:
+        return self.model_dir(self.model)
+
+    @property
+    def tokenize_dir(self) -> Path:
+        return self.model_dir(self.step_names[STEP_TOKENIZE])
+
+    @property
+    def encode_dir(self) -> Path:
+        return self.model_dir(self.step_names[STEP_ENCODE])
+
+    @property
+    def postprocess_dir(self) -> Path:
+        return self.model_dir(self.step_names[STEP_POSTPROCESS])
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.ensemble_dir / MANIFEST_FILENAME
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.encode_dir / VERSION / "model.onnx"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.tokenize_dir / VERSION / "tokenizer"
+
+    @property
+    def dirs(self) -> list[Path]:
+        return [self.model_dir(m) for m in self.triton_models]
