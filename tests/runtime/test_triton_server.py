@@ -1,0 +1,150 @@
+"""TritonServer: a real tritonserver process starts on free loopback ports, serves a python-backend
+model, and stops without leaving stub processes or shared-memory segments behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from shoal.runtime.triton import TritonServer, TritonStartError
+
+pytestmark = [pytest.mark.triton, pytest.mark.timeout(120)]
+
+DOUBLER_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 8
+input [ {{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
+DOUBLER_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            y = pb_utils.Tensor("Y", (x * 2).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse([y]))
+        return responses
+"""
+
+
+def write_doubler(repository: Path, name: str = "doubler") -> None:
+    (repository / name / "1").mkdir(parents=True)
+    (repository / name / "config.pbtxt").write_text(DOUBLER_CONFIG.format(name=name))
+    (repository / name / "1" / "model.py").write_text(DOUBLER_MODEL)
+
+
+def process_alive(pid: int) -> bool:
+    """Running (not a zombie: an orphan's exit status is reaped by init, not by us)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_server_serves_a_python_model_and_stops_without_orphans(triton_server, tmp_path):
+    write_doubler(tmp_path)
+    server = triton_server(tmp_path, load_models=["doubler"])
+    client = httpclient.InferenceServerClient(server.http_address)
+    assert client.is_model_ready("doubler")
+    x = httpclient.InferInput("X", [1, 3], "FP32")
+    x.set_data_from_numpy(np.array([[1, 2, 3]], dtype=np.float32))
+    result = client.infer("doubler", [x]).as_numpy("Y")
+    np.testing.assert_array_equal(result, [[2, 4, 6]])
+    assert httpx.get(server.metrics_url).status_code == 200
+    assert len(server.stub_pids()) == 1
+    assert server.shm_segments(), "the stub's shared memory should carry this server's prefix"
+    client.close()  # Triton waits (up to its exit timeout) for open HTTP connections
+
+    pgid = server.pid
+    assert server.stop() == 0
+    assert server.stub_pids() == []
+    assert server.shm_segments() == []
+    assert not group_alive(pgid)
+    assert server.stop() == 0  # idempotent
+
+
+def test_a_server_that_ignores_sigterm_is_killed_with_its_stubs(triton_server, tmp_path):
+    write_doubler(tmp_path)
+    server = triton_server(tmp_path, load_models=["doubler"])
+    stubs = server.stub_pids()
+    assert stubs
+    # Freeze the server so SIGTERM cannot be handled: stop() must still kill everything.
+    os.kill(server.pid, signal.SIGSTOP)
+    server.stop(timeout_s=1)
+    assert server.stub_pids() == []
+    assert server.shm_segments() == []
+    for pid in stubs:
+        assert not process_alive(pid)
+
+
+def test_a_missing_model_fails_startup_with_the_log_tail(triton_server, tmp_path):
+    with pytest.raises(TritonStartError) as failure:
+        triton_server(tmp_path, load_models=["no_such_model"], startup_timeout_s=60)
+    assert "no_such_model" in str(failure.value)
+    assert "tritonserver log" in str(failure.value)
+
+
+def test_a_repository_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(TritonStartError, match="not a directory"):
+        TritonServer(tmp_path / "missing").start()
+
+
+def test_sigterm_to_the_owner_process_stops_the_server_cleanly(tmp_path):
+    """A process that owns a server (as `shoal serve` does) and gets SIGTERM leaves nothing."""
+    write_doubler(tmp_path)
+    script = textwrap.dedent(
+        f"""
+        import signal, sys, time
+        from shoal.runtime.triton import TritonServer
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        server = TritonServer({str(tmp_path)!r}, load_models=["doubler"]).start()
+        print(server.shm_prefix, server.pid, flush=True)
+        try:
+            time.sleep(120)
+        finally:
+            server.stop()
+        """
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        prefix, pid = owner.stdout.readline().split()
+        owner.send_signal(signal.SIGTERM)
+        assert owner.wait(timeout=30) == 0
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    from shoal.runtime.triton import stub_pids_with_prefix
+
+    deadline = time.monotonic() + 5
+    while stub_pids_with_prefix(prefix) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stub_pids_with_prefix(prefix) == []
+    assert list(Path("/dev/shm").glob(f"{prefix}*")) == []
+    assert not process_alive(int(pid))

@@ -1,0 +1,53 @@
+"""Real Triton servers for tests: a factory fixture that starts `tritonserver` on free loopback
+ports and stops every server it started (no orphan stubs, no leftover shared memory) at teardown.
+
+Use it from a test module or conftest:
+
+    from tests.support.triton import triton_server  # noqa: F401  (a fixture)
+
+    def test_something(triton_server, tmp_path):
+        server = triton_server(repository, load_models=["m"])
+        client = tritonclient.http.InferenceServerClient(server.http_address)
+
+Tests that use it are skipped (not failed) when the `serve` extra is not installed: the check
+runs inside the fixture, so collecting pure-logic tests never needs Triton.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.runtime.installation import TritonNotInstalled, locate_triton
+from shoal.runtime.triton import TritonServer
+
+TritonServerFactory = Callable[..., TritonServer]
+
+
+def start_triton(repository: Path | str, **kwargs: Any) -> TritonServer:
+    """Start a server (outside pytest fixtures); the caller stops it."""
+    return TritonServer(repository, **kwargs).start()
+
+
+@pytest.fixture
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerFactory]:
+    """Factory: `triton_server(repository, load_models=[...], **TritonServer kwargs)`."""
+    try:
+        installation = locate_triton()
+    except TritonNotInstalled as exc:
+        pytest.skip(f"Triton is not available: {exc}")
+    started: list[TritonServer] = []
+
+    def factory(repository: Path | str, **kwargs: Any) -> TritonServer:
+        kwargs.setdefault("installation", installation)
+        kwargs.setdefault("log_path", tmp_path_factory.mktemp("triton-log") / "tritonserver.log")
+        server = TritonServer(repository, **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield factory
+    for server in reversed(started):
+        server.stop()
