@@ -1,0 +1,322 @@
+"""The one source of shoal's CustomResourceDefinitions (`shoal.dev/v1alpha1`).
+
+`shoal operator crds` prints them; `crds/*.yaml` in this package is generated from here
+(`shoal operator crds --write`) and a test keeps both equal; the Helm chart copies those files.
+Schemas are structural and valid on Kubernetes 1.20 (apiextensions v1, no CEL): what a schema can
+express (types, enums, minimums, patterns, required, one-of) lives here, the rest (min <= max, a
+pool that exists, a model that fits a replica) becomes a status condition set by the operator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GROUP = "shoal.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+POOL_KIND, POOL_PLURAL, POOL_SINGULAR = "InferencePool", "inferencepools", "inferencepool"
+MODEL_KIND, MODEL_PLURAL, MODEL_SINGULAR = "InferenceModel", "inferencemodels", "inferencemodel"
+
+CRD_DIR = Path(__file__).parent / "crds"
+
+# A Kubernetes quantity ("16Gi", "1500M", "2e9") or a plain integer number of bytes.
+QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+TRITON_MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+REPOSITORY_URI_PATTERN = r"^(s3|gs)://.+"
+
+
+def _quantity(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-int-or-string": True,
+        "pattern": QUANTITY_PATTERN,
+    }
+
+
+def _opaque(description: str, type_: str = "object") -> dict[str, Any]:
+    """A field passed through to Kubernetes as is (its own API validates it)."""
+    return {"type": type_, "description": description, "x-kubernetes-preserve-unknown-fields": True}
+
+
+def _condition_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer"},
+        },
+    }
+
+
+def _common_status() -> dict[str, Any]:
+    return {
+        "observedGeneration": {"type": "integer"},
+        "conditions": {"type": "array", "items": _condition_schema()},
+        # kopf keeps its own progress notes here; they must survive status patches.
+        "kopf": _opaque("operator bookkeeping"),
+    }
+
+
+POOL_PHASES = ["Pending", "Ready", "Degraded", "Failed"]
+MODEL_PHASES = ["Pending", "Loading", "Ready", "Evicted", "Failed"]
+
+
+def _pool_spec_schema() -> dict[str, Any]:
+    string_map = {"type": "object", "additionalProperties": {"type": "string"}}
+    resource_map = {"type": "object", "additionalProperties": _quantity("a resource quantity")}
+    return {
+        "type": "object",
+        "required": ["triton", "storage", "memoryPerReplica"],
+        "properties": {
+            "gpuClass": {
+                "type": "string",
+                "description": "Name of the GPU class this pool provides; models may select "
+                "a pool by it instead of by name.",
+                "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+            },
+            "gpus": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "nvidia.com/gpu per replica (0 or absent: a CPU pool).",
+            },
+            "nodeSelector": {**string_map, "description": "Node labels of the GPU class."},
+            "tolerations": {"type": "array", "items": _opaque("a core/v1 Toleration")},
+            "affinity": _opaque("a core/v1 Affinity"),
+            "resources": {
+                "type": "object",
+                "description": "Triton container requests and limits.",
+                "properties": {"requests": resource_map, "limits": resource_map},
+            },
+            "triton": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "minLength": 1},
+                    "imagePullPolicy": {
+                        "type": "string",
+                        "enum": ["Always", "IfNotPresent", "Never"],
+                    },
+                    "args": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "Extra tritonserver arguments (the operator sets the "
+                        "repository, explicit model control and ports).",
+                    },
+                    "env": {"type": "array", "items": _opaque("a core/v1 EnvVar")},
+                },
+            },
+            "storage": {
+                "type": "object",
+                "description": "Where Triton reads the model repository: a PVC, or an "
+                "s3:// / gs:// repository Triton reads itself.",
+                "oneOf": [{"required": ["pvc"]}, {"required": ["uri"]}],
+                "properties": {
+                    "pvc": {
+                        "type": "object",
+                        "required": ["claimName"],
+                        "properties": {
+                            "claimName": {"type": "string", "minLength": 1},
+                            "subPath": {"type": "string"},
+                        },
+                    },
+                    "uri": {"type": "string", "pattern": REPOSITORY_URI_PATTERN},
+                    "mountPath": {
+                        "type": "string",
+                        "pattern": r"^/.*",
+                        "description": "Where the PVC is mounted in the Triton container "
+                        "(default /models).",
+                    },
+                    "localPath": {
+                        "type": "string",
+                        "description": "Where the operator itself can read the same "
+                        "repository (for manifests); absent: models must set spec.memory.",
+                    },
+                },
+            },
+            "replicas": {
+                "type": "object",
+                "properties": {
+                    "min": {"type": "integer", "minimum": 0, "default": 1},
+                    "max": {"type": "integer", "minimum": 1, "default": 1},
+                },
+                "default": {},
+            },
+            "memoryPerReplica": _quantity(
+                "Memory budget for models on one replica (GPU memory on GPU pools)."
+            ),
+            "scaleDownDelaySeconds": {"type": "integer", "minimum": 0, "default": 300},
+            "maxUnavailable": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 1,
+                "description": "PodDisruptionBudget: replicas that may be down at once.",
+            },
+        },
+    }
+
+
+def _model_spec_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "oneOf": [{"required": ["pool"]}, {"required": ["gpuClass"]}],
+        "properties": {
+            "pool": {"type": "string", "description": "InferencePool name (same namespace)."},
+            "gpuClass": {
+                "type": "string",
+                "description": "Any pool of this GPU class (same namespace).",
+            },
+            "entry": {
+                "type": "string",
+                "pattern": TRITON_MODEL_NAME_PATTERN,
+                "description": "The repository entry (Triton ensemble name) in the pool's "
+                "model repository; default: metadata.name.",
+            },
+            "memory": _quantity("Memory the model needs on a replica; default: its manifest."),
+            "pinned": {"type": "boolean", "default": False, "description": "Never evicted."},
+            "priority": {
+                "type": "integer",
+                "default": 0,
+                "description": "Eviction only removes models of this priority or lower.",
+            },
+            "minReplicas": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 1,
+                "description": "Replicas that keep the model loaded.",
+            },
+        },
+    }
+
+
+def _crd(
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: list[str],
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "plural": plural,
+                "singular": singular,
+                "shortNames": short_names,
+                "categories": ["shoal"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "spec": spec,
+                                "status": {"type": "object", "properties": status},
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def pool_crd() -> dict[str, Any]:
+    status = {
+        **_common_status(),
+        "phase": {"type": "string", "enum": POOL_PHASES},
+        "replicas": {"type": "integer", "description": "Ready Triton replicas (endpoints)."},
+        "memoryPerReplicaBytes": {"type": "integer"},
+        "deployment": {"type": "string"},
+    }
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "GPU class", "type": "string", "jsonPath": ".spec.gpuClass"},
+        {"name": "Min", "type": "integer", "jsonPath": ".spec.replicas.min"},
+        {"name": "Max", "type": "integer", "jsonPath": ".spec.replicas.max"},
+        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+        {"name": "Memory", "type": "string", "jsonPath": ".spec.memoryPerReplica"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return _crd(
+        POOL_KIND, POOL_PLURAL, POOL_SINGULAR, ["ipool"], _pool_spec_schema(), status, columns
+    )
+
+
+def model_crd() -> dict[str, Any]:
+    status = {
+        **_common_status(),
+        "phase": {"type": "string", "enum": MODEL_PHASES},
+        "pool": {"type": "string", "description": "The pool the model is placed on."},
+        "memoryBytes": {"type": "integer"},
+        "loadedReplicas": {"type": "integer"},
+        "replicas": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Replicas (pods) where the model is loaded.",
+        },
+        "lastUsed": {"type": "string", "format": "date-time"},
+        "lastError": {"type": "string", "description": "Triton's error from the last failed load."},
+    }
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Pool", "type": "string", "jsonPath": ".status.pool"},
+        {"name": "Loaded", "type": "integer", "jsonPath": ".status.loadedReplicas"},
+        {"name": "Min", "type": "integer", "jsonPath": ".spec.minReplicas"},
+        {"name": "Pinned", "type": "boolean", "jsonPath": ".spec.pinned"},
+        {"name": "Last used", "type": "date", "jsonPath": ".status.lastUsed"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return _crd(
+        MODEL_KIND, MODEL_PLURAL, MODEL_SINGULAR, ["imodel"], _model_spec_schema(), status, columns
+    )
+
+
+def all_crds() -> list[dict[str, Any]]:
+    return [pool_crd(), model_crd()]
+
+
+HEADER = (
+    "# Generated by `shoal operator crds --write` from src/shoal/operator/crds.py: do not edit.\n"
+)
+
+
+def render(crd: dict[str, Any]) -> str:
+    return HEADER + yaml.safe_dump(crd, sort_keys=False, width=100)
+
+
+def shipped_files() -> dict[Path, str]:
+    """Each CRD file this package ships, with the text it must hold."""
+    return {CRD_DIR / f"{crd['metadata']['name']}.yaml": render(crd) for crd in all_crds()}
+
+
+def write_shipped_files() -> list[Path]:
+    CRD_DIR.mkdir(exist_ok=True)
+    written = []
+    for path, text in shipped_files().items():
+        path.write_text(text)
+        written.append(path)
+    return written

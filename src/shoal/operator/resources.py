@@ -1,0 +1,203 @@
+"""Pure builders of the Kubernetes objects an InferencePool owns: Deployment, Service, PDB.
+
+Called by the pool handlers (handlers.py), which create or update what these return. No I/O here,
+so each manifest is unit-tested as data (tests/operator/test_resources.py).
+
+Replicas and scalers: the Deployment gets `replicas` when it is created (the pool's minimum).
+Afterwards the operator sets it only for a fixed-size pool (min == max); for a pool that scales
+(min < max) the scaler (KEDA's ScaledObject / HPA) owns `replicas` and the operator leaves it as
+found, only clamping a value outside [min, max].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.operator.specs import PoolSpec
+
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+TRITON_CONTAINER = "triton"
+POOL_LABEL = "shoal.dev/pool"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "shoal-operator"}
+SHM_SIZE = "1Gi"  # python-backend steps exchange tensors through /dev/shm
+
+
+def selector_labels(pool: PoolSpec) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "shoal-triton", POOL_LABEL: pool.name}
+
+
+def common_labels(pool: PoolSpec) -> dict[str, str]:
+    return {**selector_labels(pool), "app.kubernetes.io/instance": pool.name, **MANAGED_BY}
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    """An ownerReference to a custom resource body (apiVersion, kind, metadata.name/uid)."""
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(pool: PoolSpec, owner: dict[str, Any] | None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": pool.name,
+        "namespace": pool.namespace,
+        "labels": common_labels(pool),
+    }
+    if owner is not None:
+        metadata["ownerReferences"] = [owner_reference(owner)]
+    return metadata
+
+
+def triton_args(pool: PoolSpec) -> list[str]:
+    return [
+        f"--model-repository={pool.triton_repository}",
+        "--model-control-mode=explicit",  # the operator loads and unloads every model
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        "--exit-on-error=false",  # one bad entry must not take the replica down
+        # Ready means "answers": a model that failed to load must not pull the replica out of
+        # the Service (the operator reports it on the InferenceModel instead).
+        "--strict-readiness=false",
+        *pool.args,
+    ]
+
+
+def _resources(pool: PoolSpec) -> dict[str, Any]:
+    limits = dict(pool.limits)
+    requests = dict(pool.requests)
+    if pool.gpus:
+        limits["nvidia.com/gpu"] = pool.gpus
+        requests.setdefault("nvidia.com/gpu", pool.gpus)
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period_s,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+def build_pod_template(pool: PoolSpec) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": TRITON_CONTAINER,
+        "image": pool.image,
+        "command": ["tritonserver"],
+        "args": triton_args(pool),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": _probe("/v2/health/ready", period_s=5, failures=3),
+        "livenessProbe": _probe("/v2/health/live", period_s=10, failures=3),
+        # Triton reads the repository index before it answers; give a slow volume time.
+        "startupProbe": _probe("/v2/health/live", period_s=5, failures=60),
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    if pool.image_pull_policy:
+        container["imagePullPolicy"] = pool.image_pull_policy
+    if pool.env:
+        container["env"] = [dict(e) for e in pool.env]
+    resources = _resources(pool)
+    if resources:
+        container["resources"] = resources
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
+    ]
+    if pool.pvc_claim:
+        mount: dict[str, Any] = {"name": "models", "mountPath": pool.mount_path, "readOnly": True}
+        if pool.pvc_sub_path:
+            mount["subPath"] = pool.pvc_sub_path
+        container["volumeMounts"].append(mount)
+        volumes.append(
+            {
+                "name": "models",
+                "persistentVolumeClaim": {"claimName": pool.pvc_claim, "readOnly": True},
+            }
+        )
+    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    if pool.node_selector:
+        pod_spec["nodeSelector"] = dict(pool.node_selector)
+    if pool.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in pool.tolerations]
+    if pool.affinity:
+        pod_spec["affinity"] = pool.affinity
+    return {"metadata": {"labels": common_labels(pool)}, "spec": pod_spec}
+
+
+def desired_replicas(pool: PoolSpec, current: int | None) -> int:
+    """What `spec.replicas` should be, given what the Deployment has now (None: creating it)."""
+    if current is None or pool.fixed_size:
+        return pool.min_replicas
+    return min(max(current, pool.min_replicas), pool.max_replicas)
+
+
+def build_deployment(
+    pool: PoolSpec, owner: dict[str, Any] | None = None, current_replicas: int | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(pool, owner),
+        "spec": {
+            "replicas": desired_replicas(pool, current_replicas),
+            "selector": {"matchLabels": selector_labels(pool)},
+            # A new replica must be ready (its models reloaded by the operator) before an
+            # old one goes: surge one, never drop below the current count.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": build_pod_template(pool),
+        },
+    }
+
+
+def build_service(pool: PoolSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(pool, owner),
+        "spec": {
+            "selector": selector_labels(pool),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {
+                    "name": "metrics",
+                    "port": METRICS_PORT,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def build_pdb(
+    pool: PoolSpec, owner: dict[str, Any] | None = None, api_version: str = "policy/v1"
+) -> dict[str, Any]:
+    """`policy/v1` from Kubernetes 1.21; pass `policy/v1beta1` for older servers."""
+    return {
+        "apiVersion": api_version,
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(pool, owner),
+        "spec": {
+            "maxUnavailable": pool.max_unavailable,
+            "selector": {"matchLabels": selector_labels(pool)},
+        },
+    }

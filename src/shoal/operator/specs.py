@@ -1,0 +1,179 @@
+"""Typed views of the InferencePool and InferenceModel specs, with the checks a schema cannot do.
+
+Called by the handlers (handlers.py) and the manifest builders (resources.py). Pure: no I/O.
+A `SpecError` message says which field is wrong and what to do; the handlers put it in a status
+condition.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+DEFAULT_MOUNT_PATH = "/models"
+
+_SUFFIXES = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "m": Decimal("0.001"),
+}
+_QUANTITY = re.compile(r"^([+]?[0-9.]+)(?:([eE][-+]?[0-9]+)|([a-zA-Z]*))$")
+
+
+class SpecError(ValueError):
+    """A spec the operator can never act on as written (a person must change it)."""
+
+
+def parse_quantity(value: int | str, what: str) -> int:
+    """A Kubernetes quantity ("16Gi", "1500M", 2000000000) as a whole number of bytes."""
+    if isinstance(value, int):
+        return value
+    match = _QUANTITY.match(str(value).strip())
+    if not match:
+        raise SpecError(f"{what}={value!r} is not a quantity; write bytes or e.g. '512Mi', '16Gi'")
+    number, exponent, suffix = match.groups()
+    try:
+        amount = Decimal(number)
+    except InvalidOperation as exc:
+        raise SpecError(f"{what}={value!r} is not a number") from exc
+    if exponent:
+        amount *= Decimal(10) ** int(exponent[1:])
+    elif suffix:
+        if suffix not in _SUFFIXES:
+            raise SpecError(
+                f"{what}={value!r}: unknown suffix {suffix!r}; use one of Ki Mi Gi Ti k M G T"
+            )
+        amount *= _SUFFIXES[suffix]
+    return int(amount)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    namespace: str
+    image: str
+    memory_per_replica: int
+    min_replicas: int = 1
+    max_replicas: int = 1
+    gpu_class: str | None = None
+    gpus: int = 0
+    image_pull_policy: str | None = None
+    args: tuple[str, ...] = ()
+    env: tuple[dict[str, Any], ...] = ()
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] | None = None
+    requests: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    pvc_claim: str | None = None
+    pvc_sub_path: str | None = None
+    repository_uri: str | None = None
+    mount_path: str = DEFAULT_MOUNT_PATH
+    local_repository: str | None = None
+    scale_down_delay_s: int = 300
+    max_unavailable: int = 1
+
+    @property
+    def fixed_size(self) -> bool:
+        """min == max: no scaler manages this pool, so the operator owns `replicas`."""
+        return self.min_replicas == self.max_replicas
+
+    @property
+    def triton_repository(self) -> str:
+        """The --model-repository Triton is started with."""
+        return self.repository_uri or self.mount_path
+
+
+def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
+    """Read an InferencePool spec (already defaulted and validated by the CRD schema)."""
+    triton = spec.get("triton") or {}
+    storage = spec.get("storage") or {}
+    replicas = spec.get("replicas") or {}
+    resources = spec.get("resources") or {}
+    min_replicas = int(replicas.get("min", 1))
+    max_replicas = int(replicas.get("max", max(1, min_replicas)))
+    if min_replicas > max_replicas:
+        raise SpecError(
+            f"spec.replicas.min ({min_replicas}) is greater than spec.replicas.max "
+            f"({max_replicas}); raise max or lower min"
+        )
+    if not triton.get("image"):
+        raise SpecError("spec.triton.image is empty; set a Triton Inference Server image")
+    pvc = storage.get("pvc") or {}
+    if bool(pvc) == bool(storage.get("uri")):
+        raise SpecError("spec.storage needs exactly one of pvc (a PersistentVolumeClaim) or uri")
+    memory = parse_quantity(spec.get("memoryPerReplica", 0), "spec.memoryPerReplica")
+    if memory <= 0:
+        raise SpecError("spec.memoryPerReplica must be positive, e.g. '16Gi'")
+    return PoolSpec(
+        name=name,
+        namespace=namespace,
+        image=triton["image"],
+        memory_per_replica=memory,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        gpu_class=spec.get("gpuClass"),
+        gpus=int(spec.get("gpus") or 0),
+        image_pull_policy=triton.get("imagePullPolicy"),
+        args=tuple(triton.get("args") or ()),
+        env=tuple(triton.get("env") or ()),
+        node_selector=dict(spec.get("nodeSelector") or {}),
+        tolerations=tuple(spec.get("tolerations") or ()),
+        affinity=spec.get("affinity"),
+        requests=dict(resources.get("requests") or {}),
+        limits=dict(resources.get("limits") or {}),
+        pvc_claim=pvc.get("claimName"),
+        pvc_sub_path=pvc.get("subPath"),
+        repository_uri=storage.get("uri"),
+        mount_path=storage.get("mountPath") or DEFAULT_MOUNT_PATH,
+        local_repository=storage.get("localPath"),
+        scale_down_delay_s=int(spec.get("scaleDownDelaySeconds", 300)),
+        max_unavailable=int(spec.get("maxUnavailable", 1)),
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the InferenceModel's metadata.name
+    namespace: str
+    entry: str  # Triton ensemble name in the pool's repository
+    pool: str | None
+    gpu_class: str | None
+    memory_override: int | None
+    pinned: bool = False
+    priority: int = 0
+    min_replicas: int = 1
+
+
+def model_spec(name: str, namespace: str, spec: dict[str, Any]) -> ModelSpec:
+    pool, gpu_class = spec.get("pool"), spec.get("gpuClass")
+    if not pool and not gpu_class:
+        raise SpecError("set spec.pool (an InferencePool name) or spec.gpuClass")
+    memory = spec.get("memory")
+    memory_bytes = parse_quantity(memory, "spec.memory") if memory is not None else None
+    if memory_bytes is not None and memory_bytes <= 0:
+        raise SpecError("spec.memory must be positive, e.g. '512Mi'")
+    return ModelSpec(
+        name=name,
+        namespace=namespace,
+        entry=spec.get("entry") or name,
+        pool=pool,
+        gpu_class=gpu_class,
+        memory_override=memory_bytes,
+        pinned=bool(spec.get("pinned", False)),
+        priority=int(spec.get("priority", 0)),
+        min_replicas=int(spec.get("minReplicas", 1)),
+    )
