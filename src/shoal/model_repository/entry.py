@@ -1,0 +1,585 @@
+"""Writes one model-repository entry: the ensemble and its three steps, rendered from templates.
+
+Called by the exporter (`shoal export`) with a staging repository; the exporter then moves the
+staged folders into place atomically. Everything a template needs is computed here, in Python, so
+the templates stay free of logic. The python steps read their settings from `step.json` in their
+version folder (see `step_configs`), written from the manifest so that the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from shoal.contract import (
+    INPUT_TEXT_TYPE,
+    STEP_ENCODE,
+    STEP_POSTPROCESS,
+    STEP_TOKENIZE,
+    Runtime,
+)
+from shoal.manifest import Manifest, TensorSpec
+from shoal.model_repository.layout import VERSION, EntryLayout
+
+log = logging.getLogger(__name__)
+
+STEP_CONFIG_FILENAME = "step.json"
+STEP_SOURCES_DIR = Path(__file__).with_name("steps")
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+# The standalone modules the python steps import beside their model.py (no shoal imports inside).
+TOKENIZATION_MODULE = "shoal.tokenization"
+POSTPROCESSING_MODULE = "shoal.postprocessing"
+
+# Tensors the tokenize step always produces: postprocess needs them even when the graph does not.
+IDS = "input_ids"
+MASK = "attention_mask"
+# A text over this many UTF-8 bytes is refused before tokenization (a few thousand tokens need a
+# few tens of KB; megabytes are a mistake or an attack and would stall the tokenize instance).
+DEFAULT_MAX_TEXT_BYTES = 1 << 20
+
+
+class InstanceKind(StrEnum):
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class GpuAccelerator(StrEnum):
+    """Execution accelerator of the onnxruntime backend on GPU instances."""
+
+    TENSORRT = "tensorrt"  # onnxruntime's TensorRT execution provider (fp16), CUDA as fallback
+    CUDA = "cuda"  # CUDA execution provider only: no engine build at load, faster hot-swap
+
+
+@dataclass(frozen=True)
+class EntryOptions:
+    """How an entry is served. The model's facts (task, dims, max length) live in the manifest.
+
+    `runtime` and `max_batch_size` default to the manifest's values; when given they must agree
+    with it (the manifest's memory estimate was computed for its max batch size).
+    """
+
+    runtime: Runtime | None = None
+    max_batch_size: int | None = None
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = 500
+    instance_count: int = 1
+    instance_kind: InstanceKind = InstanceKind.CPU
+    gpu_accelerator: GpuAccelerator = GpuAccelerator.TENSORRT  # onnxruntime runtime, GPU only
+    tensorrt_fp16: bool = True
+    tensorrt_cache_dir: str = "/tmp/shoal-tensorrt-cache"  # must be writable inside the pod
+    tokenize_instance_count: int = 1
+    postprocess_instance_count: int = 1
+    # onnxruntime's dynamic batcher only joins requests of equal shape: rounding the sequence
+    # length up to a multiple makes more requests join. None = 32 for onnxruntime, 1 for portable
+    # (whose step pads a batch of requests itself).
+    pad_to_multiple_of: int | None = None
+    encode_threads: int = 0  # onnxruntime intra-op threads in the portable step; 0 = its default
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+
+    def __post_init__(self) -> None:
+        if self.runtime is not None:
+            object.__setattr__(self, "runtime", Runtime(self.runtime))
+        object.__setattr__(self, "instance_kind", InstanceKind(self.instance_kind))
+        object.__setattr__(self, "gpu_accelerator", GpuAccelerator(self.gpu_accelerator))
+        for name in ("instance_count", "tokenize_instance_count", "postprocess_instance_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EntryOptions.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise ValueError(f"EntryOptions.max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_microseconds < 0:
+            raise ValueError("EntryOptions.max_queue_delay_microseconds must be >= 0")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError("EntryOptions.pad_to_multiple_of must be >= 1")
+        if self.max_text_bytes < 1:
+            raise ValueError("EntryOptions.max_text_bytes must be >= 1")
+
+
+class EntryError(ValueError):
+    """The manifest, options or files cannot make a consistent entry."""
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """EntryOptions with every default filled in from the manifest."""
+
+    options: EntryOptions
+    runtime: Runtime
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...]
+    pad_to_multiple_of: int
+
+
+def resolve_options(manifest: Manifest, options: EntryOptions) -> ResolvedOptions:
+    runtime = Runtime(options.runtime or manifest.runtime)
+    if options.runtime is not None and Runtime(manifest.runtime) != options.runtime:
+        raise EntryError(
+            f"options.runtime is {options.runtime.value!r} but the manifest of {manifest.name!r} says "
+            f"{manifest.runtime!r}; set the manifest's runtime, or leave options.runtime unset"
+        )
+    max_batch_size = options.max_batch_size or manifest.max_batch_size
+    if options.max_batch_size is not None and options.max_batch_size != manifest.max_batch_size:
+        raise EntryError(
+            f"options.max_batch_size is {options.max_batch_size} but the manifest of "
+            f"{manifest.name!r} says {manifest.max_batch_size} (its memory estimate uses it)"
+        )
+    if max_batch_size < 1:
+        raise EntryError(f"max_batch_size must be >= 1, the manifest says {max_batch_size}")
+    too_big = [s for s in options.preferred_batch_sizes if not 1 <= s <= max_batch_size]
+    if too_big:
+        raise EntryError(
+            f"preferred batch sizes {too_big} are outside 1..max_batch_size ({max_batch_size})"
+        )
+    pad = options.pad_to_multiple_of
+    if pad is None:
+        pad = 32 if runtime is Runtime.ONNXRUNTIME else 1
+    return ResolvedOptions(
+        options=options,
+        runtime=runtime,
+        max_batch_size=max_batch_size,
+        preferred_batch_sizes=tuple(sorted(set(options.preferred_batch_sizes))),
+        pad_to_multiple_of=pad,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The tensors flowing between steps
+
+
+@dataclass(frozen=True)
+class EntryTensors:
+    """Names and shapes of everything an ensemble wires together."""
+
+    inputs: list[TensorSpec]  # ensemble inputs (what applications send)
+    outputs: list[TensorSpec]  # ensemble outputs (what applications get)
+    tokens: list[TensorSpec]  # tokenize outputs: the graph inputs plus ids and mask
+    encoder_inputs: list[TensorSpec]
+    encoder_outputs: list[TensorSpec]
+    postprocess_inputs: list[TensorSpec]  # ids, mask, then the graph outputs
+
+
+def entry_tensors(manifest: Manifest) -> EntryTensors:
+    encoder_inputs = list(manifest.encoder_inputs)
+    names = {t.name for t in encoder_inputs}
+    if IDS not in names:
+        raise EntryError(
+            f"the manifest of {manifest.name!r} lists encoder inputs {sorted(names)} without "
+            f"{IDS!r}: shoal's tokenize step feeds graphs that take token ids"
+        )
+    tokens = list(encoder_inputs)
+    if MASK not in names:
+        tokens.append(TensorSpec(MASK, "INT64", [-1]))
+    by_name = {t.name: t for t in tokens}
+    post_inputs = [by_name[IDS], by_name[MASK], *manifest.encoder_outputs]
+    clash = {t.name for t in manifest.encoder_outputs} & {IDS, MASK}
+    if clash:
+        raise EntryError(f"encoder outputs may not be named {sorted(clash)}")
+    if not manifest.outputs:
+        raise EntryError(f"the manifest of {manifest.name!r} lists no outputs")
+    return EntryTensors(
+        inputs=list(manifest.inputs),
+        outputs=list(manifest.outputs),
+        tokens=tokens,
+        encoder_inputs=encoder_inputs,
+        encoder_outputs=list(manifest.encoder_outputs),
+        postprocess_inputs=post_inputs,
+    )
+
+
+def _internal(step: str, tensor: str) -> str:
+    """Ensemble-internal tensor name: unique, never equal to an ensemble input or output."""
+    return f"{step}__{tensor}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Template context
+
+
+def _tensor_context(spec: TensorSpec, **extra: Any) -> dict[str, Any]:
+    dtype = "STRING" if spec.dtype == "BYTES" else spec.dtype
+    context = {"name": spec.name, "data_type": f"TYPE_{dtype}", "dims": list(spec.dims)}
+    return {**context, "optional": False, "ragged": False, **extra}
+
+
+def _dynamic_batching(resolved: ResolvedOptions, *, preferred: bool) -> dict[str, Any]:
+    return {
+        "preferred_batch_sizes": list(resolved.preferred_batch_sizes) if preferred else [],
+        "max_queue_delay_microseconds": resolved.options.max_queue_delay_microseconds
+        if preferred
+        else 0,
+    }
+
+
+def _python_step_context(
+    name: str,
+    resolved: ResolvedOptions,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    *,
+    instance_count: int,
+    instance_kind: InstanceKind,
+    encode: bool,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "backend": "python",
+        "max_batch_size": resolved.max_batch_size,
+        "inputs": inputs,
+        "outputs": outputs,
+        "instance_count": instance_count,
+        "instance_kind": f"KIND_{instance_kind.value.upper()}",
+        "dynamic_batching": _dynamic_batching(resolved, preferred=encode),
+        "accelerators": [],
+    }
+
+
+def _tensorrt_profile(tensors: list[TensorSpec], batch: int, length: int) -> str:
+    return ",".join(f"{t.name}:{batch}x{length}" for t in tensors)
+
+
+def _onnxruntime_encode_context(
+    name: str, manifest: Manifest, resolved: ResolvedOptions, tensors: EntryTensors
+) -> dict[str, Any]:
+    options = resolved.options
+    accelerators: list[dict[str, Any]] = []
+    if options.instance_kind is InstanceKind.GPU:
+        if options.gpu_accelerator is GpuAccelerator.TENSORRT:
+            mbs, length = resolved.max_batch_size, manifest.max_length
+            params = {
+                "precision_mode": "FP16" if options.tensorrt_fp16 else "FP32",
+                "max_workspace_size_bytes": str(1 << 30),
+                "trt_engine_cache_enable": "1",
+                "trt_engine_cache_path": f"{options.tensorrt_cache_dir}/{name}",
+                # One optimization profile over every shape the tokenize step can send, so the
+                # engine is built once at load and never rebuilt for a new shape.
+                "trt_profile_min_shapes": _tensorrt_profile(tensors.encoder_inputs, 1, 1),
+                "trt_profile_opt_shapes": _tensorrt_profile(
+                    tensors.encoder_inputs, max(1, mbs // 2), min(length, 128)
+                ),
+                "trt_profile_max_shapes": _tensorrt_profile(tensors.encoder_inputs, mbs, length),
+            }
+        else:
+            params = {"use_ep_level_unified_stream": "1"}
+        accelerators.append({"name": options.gpu_accelerator.value, "parameters": params})
+    return {
+        "name": name,
+        "backend": "onnxruntime",
+        "default_model_filename": "model.onnx",
+        "max_batch_size": resolved.max_batch_size,
+        "inputs": [_tensor_context(t) for t in tensors.encoder_inputs],
+        "outputs": [_tensor_context(t) for t in tensors.encoder_outputs],
+        "instance_count": options.instance_count,
+        "instance_kind": f"KIND_{options.instance_kind.value.upper()}",
+        "dynamic_batching": _dynamic_batching(resolved, preferred=True),
+        "accelerators": accelerators,
+    }
+
+
+def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, dict[str, Any]]:
+    """Template context of each Triton model of the entry, keyed by step (and "ensemble")."""
+    layout = EntryLayout(Path("."), manifest.name)
+    names = layout.step_names
+    tensors = entry_tensors(manifest)
+    options = resolved.options
+    optional = {INPUT_TEXT_TYPE}
+
+    ensemble_inputs = [_tensor_context(t, optional=t.name in optional) for t in tensors.inputs]
+    tokenize_inputs = [
+        _tensor_context(t, optional=t.name in optional, ragged=False) for t in tensors.inputs
+    ]
+    tokenize_outputs = [_tensor_context(t) for t in tensors.tokens]
+    # Variable-length inputs of requests with different lengths may share a batch only when
+    # declared ragged; the python steps then handle each request's own shape.
+    post_inputs = [_tensor_context(t, ragged=True) for t in tensors.postprocess_inputs]
+    post_outputs = [_tensor_context(t) for t in tensors.outputs]
+
+    contexts: dict[str, dict[str, Any]] = {}
+    contexts[STEP_TOKENIZE] = _python_step_context(
+        names[STEP_TOKENIZE],
+        resolved,
+        tokenize_inputs,
+        tokenize_outputs,
+        instance_count=options.tokenize_instance_count,
+        instance_kind=InstanceKind.CPU,
+        encode=False,
+    )
+    if resolved.runtime is Runtime.ONNXRUNTIME:
+        contexts[STEP_ENCODE] = _onnxruntime_encode_context(
+            names[STEP_ENCODE], manifest, resolved, tensors
+        )
+    else:
+        contexts[STEP_ENCODE] = _python_step_context(
+            names[STEP_ENCODE],
+            resolved,
+            [_tensor_context(t, ragged=True) for t in tensors.encoder_inputs],
+            [_tensor_context(t) for t in tensors.encoder_outputs],
+            instance_count=options.instance_count,
+            instance_kind=options.instance_kind,
+            encode=True,
+        )
+    contexts[STEP_POSTPROCESS] = _python_step_context(
+        names[STEP_POSTPROCESS],
+        resolved,
+        post_inputs,
+        post_outputs,
+        instance_count=options.postprocess_instance_count,
+        instance_kind=InstanceKind.CPU,
+        encode=False,
+    )
+
+    token_names = {t.name for t in tensors.tokens}
+    steps = [
+        {
+            "model_name": names[STEP_TOKENIZE],
+            "input_map": [(t.name, t.name) for t in tensors.inputs],
+            "output_map": [(t, _internal(STEP_TOKENIZE, t)) for t in sorted(token_names)],
+        },
+        {
+            "model_name": names[STEP_ENCODE],
+            "input_map": [
+                (t.name, _internal(STEP_TOKENIZE, t.name)) for t in tensors.encoder_inputs
+            ],
+            "output_map": [
+                (t.name, _internal(STEP_ENCODE, t.name)) for t in tensors.encoder_outputs
+            ],
+        },
+        {
+            "model_name": names[STEP_POSTPROCESS],
+            "input_map": [
+                (IDS, _internal(STEP_TOKENIZE, IDS)),
+                (MASK, _internal(STEP_TOKENIZE, MASK)),
+                *[(t.name, _internal(STEP_ENCODE, t.name)) for t in tensors.encoder_outputs],
+            ],
+            "output_map": [(t.name, t.name) for t in tensors.outputs],
+        },
+    ]
+    contexts["ensemble"] = {
+        "name": manifest.name,
+        "max_batch_size": resolved.max_batch_size,
+        "inputs": ensemble_inputs,
+        "outputs": [_tensor_context(t) for t in tensors.outputs],
+        "steps": steps,
+    }
+    return contexts
+
+
+_TEMPLATE_BY_CONTEXT = {
+    STEP_TOKENIZE: "model.pbtxt.j2",
+    STEP_ENCODE: "model.pbtxt.j2",
+    STEP_POSTPROCESS: "model.pbtxt.j2",
+    "ensemble": "ensemble.pbtxt.j2",
+}
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_configs(manifest: Manifest, options: EntryOptions) -> dict[str, str]:
+    """config.pbtxt text of every Triton model of the entry, keyed by step (and "ensemble")."""
+    resolved = resolve_options(manifest, options)
+    env = _environment()
+    env.filters["pbtxt_string"] = json.dumps  # a JSON string literal is a valid pbtxt string
+    return {
+        key: env.get_template(_TEMPLATE_BY_CONTEXT[key]).render(**context)
+        for key, context in config_contexts(manifest, resolved).items()
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Step settings (step.json)
+
+
+def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[str, Any]]:
+    """What each python step reads in `initialize`, from the manifest and the options."""
+    resolved = resolve_options(manifest, options)
+    tensors = entry_tensors(manifest)
+    tokenize = {
+        "model": manifest.name,
+        "task": manifest.task,
+        "architecture": manifest.architecture,
+        "max_length": manifest.max_length,
+        "padding_side": manifest.padding_side,
+        "prefixes": dict(manifest.prefixes),
+        "extra": dict(manifest.extra),
+        "tokenizer_dir": "tokenizer",
+        "inputs": [dataclasses.asdict(t) for t in tensors.inputs],
+        "outputs": [dataclasses.asdict(t) for t in tensors.tokens],
+        "pad_to_multiple_of": resolved.pad_to_multiple_of,
+        "max_text_bytes": options.max_text_bytes,
+    }
+    postprocess = {
+        "model": manifest.name,
+        "task": manifest.task,
+        "architecture": manifest.architecture,
+        "pooling": manifest.pooling,
+        "normalize": manifest.normalize,
+        "dims": manifest.dims,
+        "padding_side": manifest.padding_side,
+        "extra": dict(manifest.extra),
+        "inputs": [dataclasses.asdict(t) for t in tensors.postprocess_inputs],
+        "outputs": [dataclasses.asdict(t) for t in tensors.outputs],
+    }
+    configs = {STEP_TOKENIZE: tokenize, STEP_POSTPROCESS: postprocess}
+    if resolved.runtime is Runtime.PORTABLE:
+        configs[STEP_ENCODE] = {
+            "model": manifest.name,
+            "onnx": "model.onnx",
+            "padding_side": manifest.padding_side,
+            "inputs": [dataclasses.asdict(t) for t in tensors.encoder_inputs],
+            "outputs": [dataclasses.asdict(t) for t in tensors.encoder_outputs],
+            "threads": options.encode_threads,
+        }
+    return configs
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass
+class _Copies:
+    """Files copied into the entry, relative to the repository root, for the manifest's hashes."""
+
+    root: Path
+    hashed: dict[str, str] = field(default_factory=dict)
+
+    def copy(self, source: Path, destination: Path, *, hashed: bool) -> None:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+        if hashed:
+            self.hashed[destination.relative_to(self.root).as_posix()] = sha256_file(destination)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_external_data_files(onnx_path: Path) -> list[str]:
+    """Relative locations of the external-data files an ONNX graph refers to."""
+    import onnx  # the export extra; only the exporter writes entries
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    locations: set[str] = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    return sorted(locations)
+
+
+def _module_source(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise EntryError(f"cannot find {module} (its source is copied into the python steps)")
+    return Path(spec.origin)
+
+
+def write_entry(
+    staging_repository: Path,
+    manifest: Manifest,
+    onnx_path: Path,
+    tokenizer_dir: Path,
+    options: EntryOptions,
+) -> EntryLayout:
+    """Lay out the four Triton models of `manifest.name` under `staging_repository`.
+
+    Copies the ONNX graph (and its external data) and the tokenizer files, renders every
+    config.pbtxt, copies the step sources, and writes the manifest with `sha256` filled in for
+    every copied model file (paths relative to the repository root). The caller moves the staged
+    folders into the real repository.
+    """
+    staging_repository = Path(staging_repository)
+    onnx_path, tokenizer_dir = Path(onnx_path), Path(tokenizer_dir)
+    if not onnx_path.is_file():
+        raise EntryError(f"ONNX graph {onnx_path} not found")
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise EntryError(
+            f"{tokenizer_dir} has no tokenizer.json: the tokenize step needs a fast tokenizer"
+        )
+    configs = render_configs(manifest, options)
+    settings = step_configs(manifest, options)
+    resolved = resolve_options(manifest, options)
+    layout = EntryLayout(staging_repository, manifest.name)
+    existing = [d for d in layout.dirs if d.exists()]
+    if existing:
+        raise EntryError(f"staging folders already exist: {', '.join(map(str, existing))}")
+
+    copies = _Copies(staging_repository)
+    step_dirs = {
+        STEP_TOKENIZE: layout.tokenize_dir,
+        STEP_ENCODE: layout.encode_dir,
+        STEP_POSTPROCESS: layout.postprocess_dir,
+        "ensemble": layout.ensemble_dir,
+    }
+    for key, directory in step_dirs.items():
+        (directory / VERSION).mkdir(parents=True)
+        (directory / "config.pbtxt").write_text(configs[key])
+
+    # encode: the graph, its external data, and (portable) the python step running it
+    copies.copy(onnx_path, layout.onnx_path, hashed=True)
+    for location in onnx_external_data_files(onnx_path):
+        copies.copy(onnx_path.parent / location, layout.onnx_path.parent / location, hashed=True)
+    if resolved.runtime is Runtime.PORTABLE:
+        copies.copy(
+            STEP_SOURCES_DIR / "encode_portable.py",
+            layout.encode_dir / VERSION / "model.py",
+            hashed=False,
+        )
+
+    # tokenize: the tokenizer files and the step with its standalone tokenization module
+    for source in sorted(p for p in tokenizer_dir.rglob("*") if p.is_file()):
+        copies.copy(source, layout.tokenizer_dir / source.relative_to(tokenizer_dir), hashed=True)
+    copies.copy(
+        STEP_SOURCES_DIR / "tokenize.py", layout.tokenize_dir / VERSION / "model.py", hashed=False
+    )
+    copies.copy(
+        _module_source(TOKENIZATION_MODULE),
+        layout.tokenize_dir / VERSION / "tokenization.py",
+        hashed=False,
+    )
+
+    # postprocess: the step and its standalone postprocessing module
+    copies.copy(
+        STEP_SOURCES_DIR / "postprocess.py",
+        layout.postprocess_dir / VERSION / "model.py",
+        hashed=False,
+    )
+    copies.copy(
+        _module_source(POSTPROCESSING_MODULE),
+        layout.postprocess_dir / VERSION / "postprocessing.py",
+        hashed=False,
+    )
+
+    for key, setting in settings.items():
+        path = step_dirs[key] / VERSION / STEP_CONFIG_FILENAME
+        path.write_text(json.dumps(setting, indent=2, sort_keys=True) + "\n")
+
+    written = dataclasses.replace(
+        manifest, runtime=resolved.runtime.value, sha256=dict(sorted(copies.hashed.items()))
+    )
+    written.write(layout.ensemble_dir)
+    log.info(
+        "wrote entry %s (%s runtime) under %s", manifest.name, resolved.runtime, staging_repository
+    )
+    return layout

@@ -1,0 +1,80 @@
+"""Hand-written manifests of every task, for tests that need no exported model (config rendering,
+repository checks). The shapes follow what the exporter writes for the tiny test models."""
+
+from __future__ import annotations
+
+from shoal.contract import (
+    INPUT_QUERY,
+    INPUT_TEXT,
+    INPUT_TEXT_TYPE,
+    OUTPUTS_BY_TASK,
+    Runtime,
+    Task,
+)
+from shoal.manifest import Manifest, ParityResult, TensorSpec
+
+HIDDEN = 32
+VOCAB = 400
+DIMS = 16
+
+_OUTPUT_SPECS = {
+    "EMBEDDING": TensorSpec("EMBEDDING", "FP32", [DIMS]),
+    "SCORE": TensorSpec("SCORE", "FP32", [1]),
+    "SPARSE_INDICES": TensorSpec("SPARSE_INDICES", "INT64", [-1]),
+    "SPARSE_VALUES": TensorSpec("SPARSE_VALUES", "FP32", [-1]),
+    "COLBERT_VECTORS": TensorSpec("COLBERT_VECTORS", "FP32", [-1, DIMS]),
+    "COLBERT_LENGTHS": TensorSpec("COLBERT_LENGTHS", "INT32", [1]),
+}
+
+_ENCODER_OUTPUTS = {
+    Task.EMBED: [TensorSpec("last_hidden_state", "FP32", [-1, HIDDEN])],
+    Task.RERANK: [TensorSpec("logits", "FP32", [1])],
+    Task.COLBERT: [TensorSpec("token_vectors", "FP32", [-1, DIMS])],
+    Task.SPARSE: [TensorSpec("logits", "FP32", [-1, VOCAB])],
+    Task.MULTI: [
+        TensorSpec("last_hidden_state", "FP32", [-1, HIDDEN]),
+        TensorSpec("sparse_weights", "FP32", [-1, 1]),
+        TensorSpec("token_vectors", "FP32", [-1, DIMS]),
+    ],
+}
+
+
+def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str = "") -> Manifest:
+    inputs = [TensorSpec(INPUT_TEXT, "BYTES", [1])]
+    if task is Task.RERANK:
+        inputs.insert(0, TensorSpec(INPUT_QUERY, "BYTES", [1]))
+    else:
+        inputs.append(TensorSpec(INPUT_TEXT_TYPE, "BYTES", [1]))
+    encoder_inputs = [
+        TensorSpec("input_ids", "INT64", [-1]),
+        TensorSpec("attention_mask", "INT64", [-1]),
+        TensorSpec("token_type_ids", "INT64", [-1]),
+    ]
+    return Manifest(
+        name=name or f"tiny-{task.value}",
+        source="/tmp/tiny",
+        architecture="bert",
+        model_type="bert",
+        task=task.value,
+        pooling="mean" if task in (Task.EMBED, Task.MULTI) else None,
+        normalize=True,
+        max_length=64,
+        dims=DIMS if task in (Task.EMBED, Task.COLBERT, Task.MULTI) else None,
+        dtype="fp32",
+        runtime=runtime.value,
+        padding_side="right",
+        inputs=inputs,
+        outputs=[_OUTPUT_SPECS[n] for n in OUTPUTS_BY_TASK[task]],
+        encoder_inputs=encoder_inputs,
+        encoder_outputs=_ENCODER_OUTPUTS[task],
+        parameter_count=12345,
+        weights_bytes=49380,
+        memory_bytes=1 << 20,
+        max_batch_size=8,
+        fused_attention=2,
+        onnx_opset=17,
+        sha256={},
+        source_sha256="0" * 64,
+        parity=[ParityResult("fp32", "min_cosine", 0.999999, 0.99999, True)],
+        prefixes={"query": "query: ", "document": "passage: "} if task is Task.EMBED else {},
+    )
