@@ -1,0 +1,252 @@
+"""Placement and eviction on one Triton replica: which models to unload so that another fits.
+
+Pure logic, no I/O, deterministic: the same inputs give the same plan. `shoal serve` (the local
+control loop in shoal.runtime.controller) and the operator both call it with what they know of a
+replica: each model's memory (from its manifest), whether it is loaded, loading, pinned, serving
+in-flight requests, and when it was last used (Triton's `last_inference`, the router).
+
+Rules (DESIGN.md, "Placement and eviction"):
+- a model larger than the whole budget is rejected with the reason;
+- never evict a pinned model, one that is loading, or one with in-flight requests;
+- otherwise evict in the order an `EvictionPolicy` gives (LRU by default), only as many as needed;
+- when even evicting every candidate would not make room, evict nothing and say what blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What placement knows of one model on one replica."""
+
+    name: str
+    memory_bytes: int
+    loaded: bool = False
+    loading: bool = False
+    pinned: bool = False
+    in_flight: int = 0
+    last_used: float = 0.0  # any monotonic clock (Triton's last_inference ms works); 0 = never
+    load_cost_s: float = 1.0  # how long a (re)load takes: cost-aware policies weigh it
+
+    @property
+    def holds_memory(self) -> bool:
+        return self.loaded or self.loading
+
+    @property
+    def evictable(self) -> bool:
+        return self.loaded and not self.loading and not self.pinned and self.in_flight == 0
+
+
+class EvictionPolicy(Protocol):
+    """Orders eviction candidates: the first one is evicted first.
+
+    `record_use` and `record_eviction` let stateful policies (GreedyDual-Size) keep their own
+    bookkeeping; the caller reports uses and evictions it carried out. Orders must be total and
+    deterministic (break ties by name)."""
+
+    name: str
+
+    def order(self, candidates: Sequence[ModelState]) -> list[ModelState]: ...
+
+    def record_use(self, model: ModelState) -> None: ...
+
+    def record_eviction(self, model: ModelState) -> None: ...
+
+
+class LeastRecentlyUsed:
+    """Evict the model used longest ago; never-used models first; ties by name."""
+
+    name = "lru"
+
+    def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
+        return sorted(candidates, key=lambda m: (m.last_used, m.name))
+
+    def record_use(self, model: ModelState) -> None:
+        pass
+
+    def record_eviction(self, model: ModelState) -> None:
+        pass
+
+
+@dataclass
+class GreedyDualSize:
+    """Cost-aware eviction (Cao & Irani, 1997): each model's credit is H = L + cost / size, set
+    when it is used; evict the lowest H, and raise the floor L to it. A model that is slow to
+    reload for its size (cost = load seconds) stays longer than LRU would keep it; a big cheap
+    one goes first. Credits age through L, so an unused model does not stay forever."""
+
+    name: str = "gds"
+    inflation: float = 0.0  # L
+    credit: dict[str, float] = field(default_factory=dict)  # H per model
+
+    def _credit_of(self, model: ModelState) -> float:
+        return self.credit.get(model.name, self.inflation + _value_density(model))
+
+    def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
+        return sorted(candidates, key=lambda m: (self._credit_of(m), m.last_used, m.name))
+
+    def record_use(self, model: ModelState) -> None:
+        self.credit[model.name] = self.inflation + _value_density(model)
+
+    def record_eviction(self, model: ModelState) -> None:
+        self.inflation = max(self.inflation, self._credit_of(model))
+        self.credit.pop(model.name, None)
+
+
+def _value_density(model: ModelState) -> float:
+    # Seconds of reload per GiB held: scale-free enough that L and H stay readable.
+    return model.load_cost_s / max(model.memory_bytes / 2**30, 1e-9)
+
+
+POLICIES: dict[str, type] = {"lru": LeastRecentlyUsed, "gds": GreedyDualSize}
+
+
+def make_policy(name: str) -> EvictionPolicy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown eviction policy {name!r}; choose one of: {', '.join(POLICIES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """The answer to "can `model` be loaded, and what must go first?"."""
+
+    model: str
+    admit: bool
+    evict: tuple[str, ...] = ()
+    reason: str = ""  # why it was not admitted, or what was done, in words a person can act on
+
+
+def plan_load(
+    target: ModelState,
+    models: Iterable[ModelState],
+    budget_bytes: int,
+    policy: EvictionPolicy | None = None,
+) -> LoadPlan:
+    """Which models to unload so that `target` fits within `budget_bytes` on this replica.
+
+    `models` is every model the replica knows (the target may be among them; it is ignored
+    there). Memory counts for loaded and loading models."""
+    policy = policy or LeastRecentlyUsed()
+    if target.memory_bytes > budget_bytes:
+        return LoadPlan(
+            target.name,
+            admit=False,
+            reason=(
+                f"model {target.name!r} needs {format_size(target.memory_bytes)}, more than the "
+                f"whole memory budget of {format_size(budget_bytes)}; raise the budget "
+                "(--memory-budget) or export a smaller variant (shorter max length, fp16/int8)"
+            ),
+        )
+    others = [m for m in models if m.name != target.name]
+    if target.holds_memory:
+        return LoadPlan(target.name, admit=True, reason="already loaded")
+    used = sum(m.memory_bytes for m in others if m.holds_memory)
+    free = budget_bytes - used
+    if target.memory_bytes <= free:
+        return LoadPlan(target.name, admit=True, reason="fits")
+    evicted: list[str] = []
+    for candidate in policy.order([m for m in others if m.evictable]):
+        evicted.append(candidate.name)
+        free += candidate.memory_bytes
+        if target.memory_bytes <= free:
+            return LoadPlan(
+                target.name,
+                admit=True,
+                evict=tuple(evicted),
+                reason=f"evicting {', '.join(evicted)} ({policy.name})",
+            )
+    return LoadPlan(
+        target.name,
+        admit=False,
+        reason=(
+            f"model {target.name!r} needs {format_size(target.memory_bytes)} but only "
+            f"{format_size(free)} of {format_size(budget_bytes)} can be freed: "
+            f"{_blockers(others)}; retry when in-flight requests or loads finish, unpin a "
+            "model, or raise the budget"
+        ),
+    )
+
+
+def _blockers(models: Sequence[ModelState]) -> str:
+    groups = {
+        "pinned": [m.name for m in models if m.holds_memory and m.pinned],
+        "loading": [m.name for m in models if m.loading and not m.pinned],
+        "serving in-flight requests": [
+            m.name for m in models if m.loaded and m.in_flight and not m.pinned and not m.loading
+        ],
+    }
+    parts = [f"{label}: {', '.join(sorted(names))}" for label, names in groups.items() if names]
+    return "; ".join(parts) or "nothing else is loaded"
+
+
+def initial_loads(
+    models: Sequence[ModelState], budget_bytes: int
+) -> tuple[list[str], dict[str, str]]:
+    """Models to load at start: pinned ones first, then the rest in the given (stable) order, each
+    if it still fits. Returns (names to load, {skipped name: reason})."""
+    chosen: list[str] = []
+    skipped: dict[str, str] = {}
+    used = 0
+    for model in sorted(models, key=lambda m: not m.pinned):  # stable: keeps the given order
+        if used + model.memory_bytes <= budget_bytes:
+            chosen.append(model.name)
+            used += model.memory_bytes
+        else:
+            skipped[model.name] = (
+                f"needs {format_size(model.memory_bytes)}, "
+                f"{format_size(budget_bytes - used)} of the budget left"
+            )
+    return chosen, skipped
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """'2GiB', '512Mi', '1.5GB', '1000000' -> bytes (Kubernetes-style Mi/Gi accepted)."""
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower() if match else None
+    if not match or unit not in _UNITS:
+        raise ValueError(
+            f"cannot read memory size {text!r}: write a number with an optional unit, "
+            "e.g. 2GiB, 512MiB, 1.5GB, 800Mi"
+        )
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
