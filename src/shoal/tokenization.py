@@ -1,0 +1,299 @@
+"""Texts -> the int64 tensors an exported encoder graph takes, from a tokenizer.json and a plain
+dict of settings.
+
+Used by the exporter (parity probes, verification) and copied verbatim into the tokenize step of
+every Triton model-repository entry, so it imports only the standard library, numpy and
+`tokenizers` (never `shoal`). The settings dict is stored in the manifest as
+`extra["tokenization"]` and in the step's folder; `tokenization_config()` derives it from a Hugging
+Face checkpoint.
+
+Settings (all keys are written by `tokenization_config`):
+    max_length       int. Longer inputs are TRUNCATED to this many tokens (special tokens
+                     included), never rejected: embedders embed the start of long texts.
+    padding_side     "right" | "left" (decoder embedders pad left so the last token is at T-1).
+    pad_token_id     int.
+    prefixes         {"query": str, "document": str}: prepended to each text by its text type.
+    pairs            bool. Cross-encoders: encode(queries, pairs=documents) builds one
+                     "query [SEP] document" sequence per pair; truncation takes from the longer.
+    token_type_ids   bool: whether the graph takes a token_type_ids input.
+    colbert          null, or {"query_marker_id", "document_marker_id", "query_length",
+                     "mask_token_id"}: ColBERT puts a marker token after [CLS] ([Q] or [D]) and
+                     pads queries to query_length with [MASK] tokens (query augmentation; the
+                     attention mask stays 0 there, as in colbert-ai). query_length null = no
+                     augmentation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+TEXT_TYPES = ("query", "document")
+
+
+class TokenizationError(ValueError):
+    """Bad settings or bad input to the text encoder; the message says what to change."""
+
+
+class TextEncoder:
+    """Encodes batches of texts the way the exported graph was verified with."""
+
+    def __init__(self, tokenizer: Tokenizer, config: dict[str, Any]) -> None:
+        self.config = _validated(config)
+        self.tokenizer = tokenizer
+        # The tokenizer.json may carry its own padding/truncation settings: ours decide.
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+    @classmethod
+    def from_file(cls, tokenizer_json: str | Path, config: dict[str, Any]) -> TextEncoder:
+        path = Path(tokenizer_json)
+        if not path.is_file():
+            raise TokenizationError(f"tokenizer file {path} not found")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on parse errors
+            raise TokenizationError(f"{path} is not a valid tokenizer.json: {exc}") from exc
+        return cls(tokenizer, config)
+
+    @property
+    def input_names(self) -> list[str]:
+        names = ["input_ids", "attention_mask"]
+        if self.config["token_type_ids"]:
+            names.append("token_type_ids")
+        return names
+
+    def encode(
+        self,
+        texts: list[str],
+        text_type: str = "document",
+        pairs: list[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """int64 `input_ids`, `attention_mask` (+ `token_type_ids`), [batch, longest]."""
+        config = self.config
+        if text_type not in TEXT_TYPES:
+            raise TokenizationError(f"text type {text_type!r} is not one of {TEXT_TYPES}")
+        if not all(isinstance(t, str) for t in texts):
+            raise TokenizationError("every text must be a str (decode UTF-8 bytes first)")
+        if config["pairs"] != (pairs is not None):
+            if config["pairs"]:
+                raise TokenizationError("this model scores pairs: pass pairs= (one per text)")
+            raise TokenizationError("this model encodes single texts: do not pass pairs=")
+        if pairs is not None and len(pairs) != len(texts):
+            raise TokenizationError(f"{len(texts)} texts but {len(pairs)} pairs: give one each")
+
+        prefix = config["prefixes"].get(text_type, "")
+        colbert = config["colbert"]
+        if colbert is not None:
+            # colbert-ai's trick: a one-token placeholder after [CLS], replaced by the marker id,
+            # so that truncation already accounts for the marker.
+            prefix = ". " + prefix
+        texts = [prefix + t for t in texts]
+        max_length = config["max_length"]
+        fixed_length = None
+        if colbert is not None and text_type == "query" and colbert["query_length"]:
+            max_length = fixed_length = min(max_length, colbert["query_length"])
+
+        self.tokenizer.enable_truncation(max_length, strategy="longest_first")
+        if pairs is None:
+            encodings = self.tokenizer.encode_batch(texts)
+        else:
+            encodings = self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)))
+
+        ids = [e.ids for e in encodings]
+        types = [e.type_ids for e in encodings]
+        if colbert is not None:
+            marker = colbert[f"{text_type}_marker_id"]
+            for row in ids:
+                if len(row) > 1:
+                    row[1] = marker
+        return self._pad(ids, types, fixed_length)
+
+    def _pad(
+        self, ids: list[list[int]], types: list[list[int]], fixed_length: int | None
+    ) -> dict[str, np.ndarray]:
+        config = self.config
+        batch = len(ids)
+        width = fixed_length or max((len(row) for row in ids), default=0)
+        pad_id = config["pad_token_id"]
+        if fixed_length is not None:  # ColBERT query augmentation: pad with [MASK], unattended
+            pad_id = config["colbert"]["mask_token_id"]
+        input_ids = np.full((batch, width), pad_id, dtype=np.int64)
+        attention_mask = np.zeros((batch, width), dtype=np.int64)
+        token_type_ids = np.zeros((batch, width), dtype=np.int64)
+        left = config["padding_side"] == "left"
+        for i, (row, row_types) in enumerate(zip(ids, types, strict=True)):
+            n = len(row)
+            cols = slice(width - n, width) if left else slice(0, n)
+            input_ids[i, cols] = row
+            attention_mask[i, cols] = 1
+            token_type_ids[i, cols] = row_types
+        out = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if config["token_type_ids"]:
+            out["token_type_ids"] = token_type_ids
+        return out
+
+
+def _validated(config: dict[str, Any]) -> dict[str, Any]:
+    required = ("max_length", "padding_side", "pad_token_id")
+    missing = [k for k in required if k not in config]
+    if missing:
+        raise TokenizationError(
+            f"tokenization settings lack {missing}; build them with tokenization_config()"
+        )
+    out = {
+        "prefixes": {},
+        "pairs": False,
+        "token_type_ids": False,
+        "colbert": None,
+        **config,
+    }
+    if not isinstance(out["max_length"], int) or out["max_length"] < 2:
+        raise TokenizationError(f"max_length must be an int >= 2, got {out['max_length']!r}")
+    if out["padding_side"] not in ("left", "right"):
+        raise TokenizationError(
+            f"padding_side must be 'left' or 'right', got {out['padding_side']!r}"
+        )
+    unknown_types = set(out["prefixes"]) - set(TEXT_TYPES)
+    if unknown_types:
+        raise TokenizationError(
+            f"prefixes for unknown text types {sorted(unknown_types)}; use {TEXT_TYPES}"
+        )
+    colbert = out["colbert"]
+    if colbert is not None:
+        need = ("query_marker_id", "document_marker_id", "query_length", "mask_token_id")
+        lacking = [k for k in need if k not in colbert]
+        if lacking:
+            raise TokenizationError(f"colbert settings lack {lacking}")
+    return out
+
+
+# ------------------------------------------------------------------ settings from a checkpoint
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TokenizationError(f"{path} is not valid JSON: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _token_text(value: Any) -> str | None:
+    """Special tokens are stored either as strings or as AddedToken dicts."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def special_token(checkpoint: Path, role: str) -> str | None:
+    """The text of a special token (`pad_token`, `mask_token`, ...) declared by the checkpoint."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        text = _token_text(_read_json(Path(checkpoint) / name).get(role))
+        if text:
+            return text
+    return None
+
+
+def token_id(tokenizer: Tokenizer, token: str, *, what: str, source: Path) -> int:
+    found = tokenizer.token_to_id(token)
+    if found is None:
+        raise TokenizationError(
+            f"{what} {token!r} is not in the vocabulary of {source}/tokenizer.json"
+        )
+    return int(found)
+
+
+def tokenization_config(
+    checkpoint: str | Path,
+    *,
+    max_length: int | None = None,
+    padding_side: str | None = None,
+    token_type_ids: bool = False,
+    pairs: bool = False,
+    query_prefix: str = "",
+    document_prefix: str = "",
+    colbert_markers: tuple[str, str] | None = None,
+    colbert_query_length: int | None = None,
+) -> dict[str, Any]:
+    """The settings dict for `TextEncoder`, read from a Hugging Face checkpoint folder.
+
+    max_length defaults to the tokenizer's model_max_length, capped by config.json's
+    max_position_embeddings (minus RoBERTa's offset) and by 8192. colbert_markers = (query marker
+    token, document marker token), e.g. ("[unused0]", "[unused1]")."""
+    checkpoint = Path(checkpoint)
+    tokenizer_json = checkpoint / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        raise TokenizationError(
+            f"{tokenizer_json} not found: shoal needs a fast tokenizer (tokenizer.json); "
+            "save one with AutoTokenizer.from_pretrained(...).save_pretrained(...)"
+        )
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tok_config = _read_json(checkpoint / "tokenizer_config.json")
+    model_config = _read_json(checkpoint / "config.json")
+
+    limit = model_config.get("max_position_embeddings") or 8192
+    if model_config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(model_config.get("pad_token_id", 1)) + 1  # positions start after padding_idx
+    tokenizer_limit = tok_config.get("model_max_length")
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < limit:
+        limit = tokenizer_limit
+    limit = min(limit, 8192)
+    if max_length is None:
+        max_length = limit
+    elif max_length > limit:
+        raise TokenizationError(
+            f"max_length {max_length} exceeds what {checkpoint} supports ({limit} tokens)"
+        )
+
+    pad = special_token(checkpoint, "pad_token")
+    if pad is not None:
+        pad_id = token_id(tokenizer, pad, what="pad token", source=checkpoint)
+    elif model_config.get("pad_token_id") is not None:
+        pad_id = int(model_config["pad_token_id"])
+    else:
+        raise TokenizationError(
+            f"{checkpoint} declares no pad token (tokenizer_config.json pad_token or "
+            "config.json pad_token_id); set one before exporting"
+        )
+
+    colbert = None
+    if colbert_markers is not None:
+        mask = special_token(checkpoint, "mask_token")
+        if mask is None:
+            raise TokenizationError(
+                f"{checkpoint} declares no mask_token, needed by ColBERT queries"
+            )
+        query_marker, document_marker = colbert_markers
+        colbert = {
+            "query_marker_id": token_id(
+                tokenizer, query_marker, what="query marker", source=checkpoint
+            ),
+            "document_marker_id": token_id(
+                tokenizer, document_marker, what="document marker", source=checkpoint
+            ),
+            "query_length": colbert_query_length,
+            "mask_token_id": token_id(tokenizer, mask, what="mask token", source=checkpoint),
+        }
+
+    prefixes = {}
+    if query_prefix:
+        prefixes["query"] = query_prefix
+    if document_prefix:
+        prefixes["document"] = document_prefix
+    config = {
+        "max_length": int(max_length),
+        "padding_side": padding_side or tok_config.get("padding_side") or "right",
+        "pad_token_id": pad_id,
+        "prefixes": prefixes,
+        "pairs": pairs,
+        "token_type_ids": token_type_ids,
+        "colbert": colbert,
+    }
+    return _validated(config)

@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny model builders, real Triton and kube-apiserver fixtures."""
