@@ -27,14 +27,14 @@ _OUTPUT_SPECS = {
 }
 
 _ENCODER_OUTPUTS = {
-    Task.EMBED: [TensorSpec("last_hidden_state", "FP32", [-1, HIDDEN])],
+    Task.EMBED: [TensorSpec("hidden_states", "FP32", [-1, HIDDEN])],
     Task.RERANK: [TensorSpec("logits", "FP32", [1])],
     Task.COLBERT: [TensorSpec("token_vectors", "FP32", [-1, DIMS])],
-    Task.SPARSE: [TensorSpec("logits", "FP32", [-1, VOCAB])],
+    Task.SPARSE: [TensorSpec("sparse_weights", "FP32", [VOCAB])],
     Task.MULTI: [
-        TensorSpec("last_hidden_state", "FP32", [-1, HIDDEN]),
-        TensorSpec("sparse_weights", "FP32", [-1, 1]),
-        TensorSpec("token_vectors", "FP32", [-1, DIMS]),
+        TensorSpec("hidden_states", "FP32", [-1, HIDDEN]),
+        TensorSpec("token_weights", "FP32", [-1]),
+        TensorSpec("colbert_vectors", "FP32", [-1, HIDDEN]),
     ],
 }
 
@@ -50,6 +50,7 @@ def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str =
         TensorSpec("attention_mask", "INT64", [-1]),
         TensorSpec("token_type_ids", "INT64", [-1]),
     ]
+    prefixes = {"query": "query: ", "document": "passage: "} if task is Task.EMBED else {}
     return Manifest(
         name=name or f"tiny-{task.value}",
         source="/tmp/tiny",
@@ -76,5 +77,17 @@ def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str =
         sha256={},
         source_sha256="0" * 64,
         parity=[ParityResult("fp32", "min_cosine", 0.999999, 0.99999, True)],
-        prefixes={"query": "query: ", "document": "passage: "} if task is Task.EMBED else {},
+        prefixes=prefixes,
+        extra={
+            "tokenization": {
+                "max_length": 64,
+                "padding_side": "right",
+                "pad_token_id": 0,
+                "prefixes": prefixes,
+                "pairs": task is Task.RERANK,
+                "token_type_ids": True,
+                "colbert": None,
+            },
+            "postprocessing": {"pooling": "mean", "normalize": True, "dims": DIMS},
+        },
     )

@@ -1,9 +1,105 @@
-"""Subcommands of this component (filled in by its issue)."""
+"""`shoal repo list DIR` and `shoal repo check DIR [NAME ...]`: what a model repository holds, and
+whether every entry is complete and consistent with its manifest."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this component's subcommands to `shoal`."""
+    repo = subparsers.add_parser("repo", help="inspect and check a model repository")
+    commands = repo.add_subparsers(dest="repo_command", required=True, metavar="ACTION")
+
+    listing = commands.add_parser("list", help="one line per shoal entry of the repository")
+    listing.add_argument("repository", type=Path, metavar="DIR")
+    listing.set_defaults(func=_list)
+
+    check = commands.add_parser(
+        "check", help="check entries: files, configs, hashes, inputs/outputs vs manifest"
+    )
+    check.add_argument("repository", type=Path, metavar="DIR")
+    check.add_argument("names", nargs="*", metavar="NAME", help="entries to check (default: all)")
+    check.set_defaults(func=_check)
+
+
+def format_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _parity(manifest) -> str:
+    if not manifest.parity:
+        return "-"
+    worst = manifest.parity[0]
+    for result in manifest.parity:
+        if not result.passed:
+            worst = result
+    verdict = "ok" if all(r.passed for r in manifest.parity) else "FAILED"
+    return f"{verdict} {worst.dtype} {worst.metric}={worst.value:.6g}"
+
+
+def _rows(repository: Path) -> list[list[str]]:
+    from shoal.model_repository.repository import list_entries
+
+    rows = []
+    for entry in list_entries(repository):
+        m = entry.manifest
+        if m is None:
+            rows.append([entry.name, "?", "?", "?", "?", "?", f"unreadable: {entry.error}"])
+            continue
+        dims = "-" if m.dims is None else str(m.dims)
+        rows.append(
+            [m.name, m.task, dims, m.dtype, m.runtime, format_bytes(m.memory_bytes), _parity(m)]
+        )
+    return rows
+
+
+def _list(args: argparse.Namespace) -> int:
+    from shoal.cli import UserError
+    from shoal.model_repository.repository import RepositoryError
+
+    try:
+        rows = _rows(args.repository)
+    except RepositoryError as exc:
+        raise UserError(str(exc)) from exc
+    if not rows:
+        print(f"{args.repository}: no shoal entries (folders with a shoal.json)")
+        return 0
+    header = ["NAME", "TASK", "DIMS", "DTYPE", "RUNTIME", "MEMORY", "PARITY"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from shoal.cli import UserError
+    from shoal.model_repository.repository import RepositoryError, check_repository
+
+    try:
+        reports = check_repository(args.repository, args.names or None)
+    except RepositoryError as exc:
+        raise UserError(str(exc)) from exc
+    if not reports:
+        raise UserError(f"{args.repository}: no shoal entries (folders with a shoal.json) to check")
+    failed = 0
+    for report in reports:
+        if report.ok:
+            print(f"{report.name}: ok")
+            continue
+        failed += 1
+        for problem in report.problems:
+            print(f"{report.name}: {problem}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {len(reports)} entries have problems", file=sys.stderr)
+        return 1
+    return 0

@@ -46,6 +46,8 @@ MASK = "attention_mask"
 # A text over this many UTF-8 bytes is refused before tokenization (a few thousand tokens need a
 # few tens of KB; megabytes are a mistake or an attack and would stall the tokenize instance).
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
+# Keys of step.json that come from EntryOptions rather than the manifest (a check ignores them).
+OPTION_KEYS = frozenset({"pad_to_multiple_of", "max_text_bytes", "threads"})
 
 
 class InstanceKind(StrEnum):
@@ -405,44 +407,50 @@ def render_configs(manifest: Manifest, options: EntryOptions) -> dict[str, str]:
 # Step settings (step.json)
 
 
+def _extra_settings(manifest: Manifest, key: str) -> dict[str, Any]:
+    settings = manifest.extra.get(key)
+    if not isinstance(settings, dict):
+        raise EntryError(
+            f"the manifest of {manifest.name!r} has no extra[{key!r}] settings (written by "
+            "`shoal export`); re-export the model with this version of shoal"
+        )
+    return settings
+
+
 def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[str, Any]]:
-    """What each python step reads in `initialize`, from the manifest and the options."""
+    """What each python step reads in `initialize` (its step.json), from the manifest (the
+    exporter's tokenization/postprocessing settings, verified at parity) and the options."""
     resolved = resolve_options(manifest, options)
+    tokenization = _extra_settings(manifest, "tokenization")
+    postprocessing = _extra_settings(manifest, "postprocessing")
     tensors = entry_tensors(manifest)
-    tokenize = {
-        "model": manifest.name,
-        "task": manifest.task,
-        "architecture": manifest.architecture,
-        "max_length": manifest.max_length,
-        "padding_side": manifest.padding_side,
-        "prefixes": dict(manifest.prefixes),
-        "extra": dict(manifest.extra),
-        "tokenizer_dir": "tokenizer",
-        "inputs": [dataclasses.asdict(t) for t in tensors.inputs],
-        "outputs": [dataclasses.asdict(t) for t in tensors.tokens],
-        "pad_to_multiple_of": resolved.pad_to_multiple_of,
-        "max_text_bytes": options.max_text_bytes,
+    produced = {IDS, MASK} | ({"token_type_ids"} if tokenization.get("token_type_ids") else set())
+    unknown = sorted({t.name for t in tensors.tokens} - produced)
+    if unknown:
+        raise EntryError(
+            f"the encoder of {manifest.name!r} takes {unknown}, which the tokenize step does not "
+            f"produce (it produces {sorted(produced)})"
+        )
+    configs: dict[str, dict[str, Any]] = {
+        STEP_TOKENIZE: {
+            "model": manifest.name,
+            "task": manifest.task,
+            "tokenization": tokenization,
+            "tokenizer_dir": "tokenizer",
+            "pad_to_multiple_of": resolved.pad_to_multiple_of,
+            "max_text_bytes": options.max_text_bytes,
+        },
+        STEP_POSTPROCESS: {
+            "model": manifest.name,
+            "task": manifest.task,
+            "postprocessing": postprocessing,
+        },
     }
-    postprocess = {
-        "model": manifest.name,
-        "task": manifest.task,
-        "architecture": manifest.architecture,
-        "pooling": manifest.pooling,
-        "normalize": manifest.normalize,
-        "dims": manifest.dims,
-        "padding_side": manifest.padding_side,
-        "extra": dict(manifest.extra),
-        "inputs": [dataclasses.asdict(t) for t in tensors.postprocess_inputs],
-        "outputs": [dataclasses.asdict(t) for t in tensors.outputs],
-    }
-    configs = {STEP_TOKENIZE: tokenize, STEP_POSTPROCESS: postprocess}
     if resolved.runtime is Runtime.PORTABLE:
         configs[STEP_ENCODE] = {
             "model": manifest.name,
             "onnx": "model.onnx",
             "padding_side": manifest.padding_side,
-            "inputs": [dataclasses.asdict(t) for t in tensors.encoder_inputs],
-            "outputs": [dataclasses.asdict(t) for t in tensors.encoder_outputs],
             "threads": options.encode_threads,
         }
     return configs
