@@ -1,0 +1,42 @@
+"""The operator as kopf sees it: `kopf run -m shoal.operator.handlers` (or `shoal operator run`).
+
+Importing this module registers every handler: startup/cleanup here, the InferencePool handlers
+(pool_handlers.py) and the InferenceModel handlers (model_handlers.py). Per-run state (the
+Kubernetes client, the placer with its per-replica locks) lives in kopf's memo, created at startup,
+so that several runs in one process (tests) never share asyncio objects across event loops.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from shoal.operator import model_handlers, pool_handlers  # noqa: F401  (registers handlers)
+from shoal.operator.kube import KubeApi
+from shoal.operator.placer import Placer
+from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER
+
+
+@kopf.on.startup()
+async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    # Progress and the last handled spec in annotations: status stays what a person reads.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    memo.kube = await KubeApi.connect()
+    memo.placer = Placer()
+
+
+@kopf.on.cleanup()
+async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    kube = getattr(memo, "kube", None)
+    if kube is not None:
+        await kube.close()

@@ -1,0 +1,189 @@
+"""The operator's own Kubernetes API calls: apply the pool's children, read Endpoints and pools.
+
+Used by handlers.py. kopf watches and patches the custom resources itself; this module is for
+everything else, through kubernetes_asyncio with plain dicts in and out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from shoal.operator.crds import GROUP, POOL_PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+
+class KubeApi:
+    """One API client for the operator's lifetime (created at startup, closed at cleanup)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self._pdb_version: str | None = None
+
+    @classmethod
+    async def connect(cls) -> KubeApi:
+        """In a pod: its service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+        configuration = client.Configuration()
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            await config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
+        return cls(client.ApiClient(configuration))
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
+    def to_dict(self, obj: Any) -> dict[str, Any]:
+        return self.api_client.sanitize_for_serialization(obj)
+
+    # -- pools --------------------------------------------------------------------------------
+    async def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, POOL_PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_pools(self, namespace: str) -> list[dict[str, Any]]:
+        result = await self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, POOL_PLURAL
+        )
+        return list(result.get("items", []))
+
+    # -- endpoints ----------------------------------------------------------------------------
+    async def get_endpoints(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.to_dict(await self.core.read_namespaced_endpoints(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # -- children of a pool -------------------------------------------------------------------
+    async def apply_deployment(
+        self, desired: dict[str, Any], replicas_rule: Callable[[int | None], int]
+    ) -> str:
+        """Create the Deployment, or replace its template, labels and owner (rolling out a
+        change); `replicas_rule(current)` decides `spec.replicas` (see resources.py).
+        Returns "created", "updated" or "unchanged"."""
+        namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        desired = _with_intent_hash(desired, exclude=("replicas",))
+        try:
+            current = self.to_dict(await self.apps.read_namespaced_deployment(name, namespace))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            await self.apps.create_namespaced_deployment(namespace, desired)
+            return "created"
+        replicas = replicas_rule(current["spec"].get("replicas"))
+        if _intent_hash(current) == _intent_hash(desired):
+            if replicas == current["spec"].get("replicas"):
+                return "unchanged"
+            await self.apps.patch_namespaced_deployment(
+                name, namespace, {"spec": {"replicas": replicas}}
+            )
+            return "updated"
+        updated = {**current, "metadata": _merge_metadata(current, desired)}
+        updated["spec"] = {
+            **current["spec"],
+            "template": desired["spec"]["template"],
+            "strategy": desired["spec"]["strategy"],
+            "replicas": replicas,
+        }
+        await self.apps.replace_namespaced_deployment(name, namespace, updated)
+        return "updated"
+
+    async def apply_service(self, desired: dict[str, Any]) -> str:
+        namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        desired = _with_intent_hash(desired)
+        try:
+            current = self.to_dict(await self.core.read_namespaced_service(name, namespace))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            await self.core.create_namespaced_service(namespace, desired)
+            return "created"
+        if _intent_hash(current) == _intent_hash(desired):
+            return "unchanged"
+        updated = {**current, "metadata": _merge_metadata(current, desired)}
+        # clusterIP and its allocation are the API server's: keep them, replace what we own.
+        updated["spec"] = {
+            **current["spec"],
+            "selector": desired["spec"]["selector"],
+            "ports": desired["spec"]["ports"],
+        }
+        await self.core.replace_namespaced_service(name, namespace, updated)
+        return "updated"
+
+    async def pdb_api_version(self) -> str:
+        """policy/v1 where served (Kubernetes >= 1.21), else policy/v1beta1."""
+        if self._pdb_version is None:
+            groups = self.to_dict(await client.ApisApi(self.api_client).get_api_versions())
+            policy = next((g for g in groups.get("groups", []) if g["name"] == "policy"), None)
+            versions = {v["version"] for v in (policy or {}).get("versions", [])}
+            self._pdb_version = "policy/v1" if "v1" in versions else "policy/v1beta1"
+        return self._pdb_version
+
+    async def apply_pdb(self, desired: dict[str, Any]) -> str:
+        namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        version = desired["apiVersion"].split("/")[1]
+        args = ("policy", version, namespace, "poddisruptionbudgets")
+        try:
+            current = await self.custom.get_namespaced_custom_object(*args, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            await self.custom.create_namespaced_custom_object(*args, desired)
+            return "created"
+        if current.get("spec", {}).get("maxUnavailable") == desired["spec"]["maxUnavailable"]:
+            return "unchanged"
+        await self.custom.patch_namespaced_custom_object(
+            *args, name, {"spec": {"maxUnavailable": desired["spec"]["maxUnavailable"]}}
+        )
+        return "updated"
+
+
+INTENT_ANNOTATION = "shoal.dev/intent-hash"
+
+
+def _intent_hash(obj: dict[str, Any]) -> str | None:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(INTENT_ANNOTATION)
+
+
+def _with_intent_hash(desired: dict[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Mark an object with a hash of what the operator asked for. The server adds defaults to
+    what it stores, so comparing specs would always differ; comparing the hash of our own intent
+    tells whether a replace (and so a rollout) is due."""
+    spec = {k: v for k, v in desired["spec"].items() if k not in exclude}
+    intent = {"spec": spec, "labels": desired["metadata"].get("labels")}
+    digest = hashlib.sha256(json.dumps(intent, sort_keys=True).encode()).hexdigest()[:16]
+    metadata = dict(desired["metadata"])
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), INTENT_ANNOTATION: digest}
+    return {**desired, "metadata": metadata}
+
+
+def _merge_metadata(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    metadata = dict(current["metadata"])
+    metadata["labels"] = {**(metadata.get("labels") or {}), **desired["metadata"]["labels"]}
+    metadata["annotations"] = {
+        **(metadata.get("annotations") or {}),
+        **desired["metadata"]["annotations"],
+    }
+    metadata["ownerReferences"] = desired["metadata"].get("ownerReferences", [])
+    return metadata

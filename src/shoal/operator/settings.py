@@ -1,0 +1,38 @@
+"""Operator settings read from the environment once, when the handlers are imported.
+
+kopf timers take their interval at decoration time, so these are module constants; `shoal
+operator run` sets the variables before it imports the handlers.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be positive")
+    return value
+
+
+# How often each InferenceModel's placement is compared with its replicas and repaired.
+DRIFT_INTERVAL_S = _seconds("SHOAL_OPERATOR_DRIFT_INTERVAL_S", 30.0)
+# How often each InferencePool's status (ready replicas, phase) is refreshed.
+POOL_STATUS_INTERVAL_S = _seconds("SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", 15.0)
+# Retries after a failed load or an unreachable replica: base * 2**attempt, capped.
+RETRY_BASE_S = _seconds("SHOAL_OPERATOR_RETRY_BASE_S", 5.0)
+RETRY_MAX_S = _seconds("SHOAL_OPERATOR_RETRY_MAX_S", 300.0)
+
+FINALIZER = "shoal.dev/unload-models"
+ANNOTATION_PREFIX = "shoal.dev"
+
+
+def retry_delay(attempt: int) -> float:
+    return min(RETRY_BASE_S * 2 ** max(attempt, 0), RETRY_MAX_S)
