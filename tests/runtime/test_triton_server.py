@@ -17,38 +17,9 @@ import pytest
 import tritonclient.http as httpclient
 
 from shoal.runtime.triton import TritonServer, TritonStartError
+from tests.support.triton import write_doubler
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(120)]
-
-DOUBLER_CONFIG = """
-name: "{name}"
-backend: "python"
-max_batch_size: 8
-input [ {{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }} ]
-output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ -1 ] }} ]
-instance_group [ {{ kind: KIND_CPU count: 1 }} ]
-"""
-
-DOUBLER_MODEL = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
-            y = pb_utils.Tensor("Y", (x * 2).astype(np.float32))
-            responses.append(pb_utils.InferenceResponse([y]))
-        return responses
-"""
-
-
-def write_doubler(repository: Path, name: str = "doubler") -> None:
-    (repository / name / "1").mkdir(parents=True)
-    (repository / name / "config.pbtxt").write_text(DOUBLER_CONFIG.format(name=name))
-    (repository / name / "1" / "model.py").write_text(DOUBLER_MODEL)
 
 
 def process_alive(pid: int) -> bool:
