@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -50,7 +51,7 @@ class KubeCluster:
         """A synchronous client with the admin token, for test setup and assertions."""
         return httpx.Client(
             base_url=self.server,
-            verify=str(self.ca_path),
+            verify=ssl.create_default_context(cafile=str(self.ca_path)),
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=30.0,
         )
@@ -141,7 +142,10 @@ def _wait_ready(
 ) -> None:
     deadline = time.monotonic() + READY_DEADLINE_S
     last = "no answer yet"
-    with httpx.Client(verify=str(ca), headers={"Authorization": f"Bearer {token}"}) as client:
+    with httpx.Client(
+        verify=ssl.create_default_context(cafile=str(ca)),
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
         while time.monotonic() < deadline:
             for name, process in processes.items():
                 if process.poll() is not None:

@@ -1,0 +1,103 @@
+"""Fixtures for the operator's end-to-end tests: a real kube-apiserver (one per session, CRDs
+applied), a fresh namespace per test, the operator under kopf's KopfRunner, and real Triton
+processes standing in for pool replicas, published through Endpoints the test writes (there is no
+endpoints controller).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+# Fast timers for tests; read when shoal.operator.handlers is first imported (by KopfRunner).
+os.environ.setdefault("SHOAL_OPERATOR_DRIFT_INTERVAL_S", "2")
+os.environ.setdefault("SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", "1")
+os.environ.setdefault("SHOAL_OPERATOR_RETRY_BASE_S", "1")
+os.environ.setdefault("SHOAL_OPERATOR_RETRY_MAX_S", "4")
+
+from shoal.operator.crds import all_crds  # noqa: E402
+from tests.operator.helpers import Kube  # noqa: E402
+from tests.support.kube import KubeCluster, KubeUnavailable, running_cluster, wait_for  # noqa: E402
+from tests.support.triton import triton_server  # noqa: E402, F401  (fixture)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    try:
+        context = running_cluster()
+        cluster = context.__enter__()
+    except KubeUnavailable as exc:
+        pytest.fail(str(exc))
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    try:
+        with cluster.http() as http:
+            for crd in all_crds():
+                http.post(
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd
+                ).raise_for_status()
+            for crd in all_crds():
+                wait_for(
+                    lambda crd=crd: _established(http, crd["metadata"]["name"]),
+                    30,
+                    what="CRD established",
+                )
+        yield cluster
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
+        context.__exit__(None, None, None)
+
+
+def _established(http: httpx.Client, name: str) -> bool:
+    crd = http.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}").json()
+    return any(
+        c["type"] == "Established" and c["status"] == "True"
+        for c in (crd.get("status") or {}).get("conditions") or []
+    )
+
+
+@pytest.fixture
+def kube(kube_cluster: KubeCluster) -> Iterator[Kube]:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    with kube_cluster.http() as http:
+        http.post(
+            "/api/v1/namespaces",
+            json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        ).raise_for_status()
+        yield Kube(http, namespace)
+
+
+@pytest.fixture
+def run_operator(kube: Kube) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """`with run_operator() as runner:` runs the operator on the test's namespace."""
+    from kopf.testing import KopfRunner
+
+    def start() -> contextlib.AbstractContextManager[Any]:
+        args = [
+            "run",
+            "-m",
+            "shoal.operator.handlers",
+            "--standalone",
+            "--namespace",
+            kube.namespace,
+        ]
+        return KopfRunner(args, timeout=60)
+
+    return start
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    path = tmp_path / "repository"
+    path.mkdir()
+    return path
