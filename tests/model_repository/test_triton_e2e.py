@@ -203,3 +203,11 @@ def test_a_wrong_input_dtype_is_refused(server) -> None:
         return [tensor]
 
     expect_error(server, ints, "data-type is 'INT32', but model 'tiny-bert-embed' expects 'BYTES'")
+
+
+def test_a_batch_over_max_batch_size_is_refused(server) -> None:
+    expect_error(
+        server,
+        lambda m: [text_input(m, "TEXT", ["fish"] * 9)],
+        "batch-size must be <= 8",
+    )
