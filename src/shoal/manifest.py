@@ -36,6 +36,7 @@ class ParityResult:
     threshold: float
     passed: bool
     details: dict[str, float] = field(default_factory=dict)  # per output / per probe figures
+    output: str = ""  # the contract output compared (EMBEDDING, SCORE, ...)
 
 
 @dataclass
@@ -93,7 +94,9 @@ class Manifest:
             data["parity"] = [ParityResult(**p) for p in data["parity"]]
             return cls(**data)
         except (KeyError, TypeError) as exc:
-            raise ManifestError(f"manifest does not match schema {MANIFEST_SCHEMA_VERSION}: {exc}") from exc
+            raise ManifestError(
+                f"manifest does not match schema {MANIFEST_SCHEMA_VERSION}: {exc}"
+            ) from exc
 
     @classmethod
     def read(cls, entry_dir: Path) -> Manifest:

@@ -1,0 +1,224 @@
+"""The adapter base class: what the export, the parity reference and the manifest need to know
+about one architecture family. A family is a small subclass that overrides class attributes and,
+where its head differs, `graph_module` / `reference` (see the sibling modules).
+
+Who calls it: shoal.exporter.export (plan, load, graph module), shoal.exporter.parity (reference).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from shoal.contract import Pooling, Task
+from shoal.exporter.checkpoint import Checkpoint
+from shoal.exporter.errors import ExportError
+from shoal.exporter.options import ExportOptions, ExportPlan
+from shoal.postprocessing import GRAPH_HIDDEN_STATES
+from shoal.tokenization import TokenizationError, tokenization_config
+
+log = logging.getLogger(__name__)
+
+DENSE_TASKS = (Task.EMBED, Task.MULTI)
+# Weights a checkpoint may lack without changing what shoal exports (unused by every graph).
+IGNORABLE_MISSING_PREFIXES = ("pooler.",)
+
+
+class Adapter:
+    name: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()  # Hugging Face config.model_type values
+    tasks: ClassVar[tuple[Task, ...]] = (Task.EMBED,)  # first = default
+    default_pooling: ClassVar[Pooling | None] = Pooling.MEAN
+    padding_side: ClassVar[str] = "right"
+    token_type_ids: ClassVar[bool] = False  # the graph takes a token_type_ids input
+    # Detection order: heads (reranker, ColBERT, SPLADE, bge-m3) are checked before plain
+    # encoders that share their model_type.
+    detection_priority: ClassVar[int] = 0
+    # Export with eager attention (needed for attention fusion, and for padded parity on
+    # ModernBERT); the onnxruntime optimizer is asked to fuse when the model_type supports it.
+    attention_implementation: ClassVar[str] = "eager"
+    auto_class: ClassVar[str] = "AutoModel"
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+
+    # ------------------------------------------------------------------ detection
+
+    @classmethod
+    def matches(cls, checkpoint: Checkpoint) -> bool:
+        """Whether this family handles the checkpoint (plain encoders: by model_type)."""
+        return checkpoint.model_type in cls.model_types
+
+    # ------------------------------------------------------------------ planning
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.checkpoint.config["hidden_size"])
+
+    def output_width(self, task: Task) -> int:
+        """Width of the dense (or ColBERT) vectors before Matryoshka truncation."""
+        return self.hidden_size
+
+    def plan(self, options: ExportOptions) -> ExportPlan:
+        task = Task(options.task) if options.task else self.tasks[0]
+        if task not in self.tasks:
+            raise ExportError(
+                f"family {self.name!r} exports tasks {[t.value for t in self.tasks]}, not "
+                f"{task.value!r}"
+            )
+        st = self.checkpoint.sentence_transformers
+        dense = task in DENSE_TASKS
+        if not dense and (options.pooling or options.dims):
+            raise ExportError(
+                f"--pooling/--dims apply to dense embeddings (tasks embed, multi), not {task.value!r}"
+            )
+        pooling = None
+        if dense:
+            pooling = Pooling(
+                options.pooling or (st.pooling if st else None) or self.default_pooling
+            )
+        normalize = options.normalize
+        if normalize is None:
+            normalize = (st.normalize if st else True) if dense else task == Task.COLBERT
+        width = self.output_width(task)
+        if options.dims is not None and options.dims > width:
+            raise ExportError(f"--dims {options.dims} exceeds the model's output width ({width})")
+
+        prompts = st.prompts if st else {}
+        query_prefix = options.query_prefix
+        if query_prefix is None:
+            query_prefix = prompts.get("query", "")
+        document_prefix = options.document_prefix
+        if document_prefix is None:
+            document_prefix = prompts.get("document", prompts.get("passage", ""))
+
+        max_length = options.max_length or self.default_max_length()
+        try:
+            tokenization = tokenization_config(
+                self.checkpoint.path,
+                max_length=max_length,
+                padding_side=self.padding_side,
+                token_type_ids=self.token_type_ids,
+                pairs=task == Task.RERANK,
+                query_prefix=query_prefix,
+                document_prefix=document_prefix,
+                **self.tokenization_extra(),
+            )
+        except TokenizationError as exc:
+            raise ExportError(str(exc)) from exc
+        postprocessing: dict[str, Any] = {
+            "pooling": pooling.value if pooling else None,
+            "normalize": bool(normalize),
+            "dims": options.dims,
+            "special_token_ids": self.special_token_ids(),
+        }
+        postprocessing.update(self.postprocessing_extra(tokenization))
+        return ExportPlan(
+            family=self.name,
+            task=task,
+            pooling=pooling,
+            normalize=bool(normalize),
+            max_length=tokenization["max_length"],
+            dims=options.dims,
+            hidden_size=self.hidden_size,
+            prefixes={
+                k: v for k, v in (("query", query_prefix), ("document", document_prefix)) if v
+            },
+            tokenization=tokenization,
+            postprocessing=postprocessing,
+            extra=self.manifest_extra(),
+        )
+
+    def default_max_length(self) -> int | None:
+        st = self.checkpoint.sentence_transformers
+        return st.max_seq_length if st and st.max_seq_length else None
+
+    def tokenization_extra(self) -> dict[str, Any]:
+        return {}
+
+    def postprocessing_extra(self, tokenization: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {}
+
+    def special_token_ids(self) -> list[int]:
+        """Ids of the tokenizer's special tokens (never reported as sparse terms)."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.checkpoint.path / "tokenizer.json"))
+        return sorted(int(i) for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
+
+    # ------------------------------------------------------------------ torch side
+
+    def load(self) -> Any:
+        """The Hugging Face model in eval mode, fp32, with the export attention implementation."""
+        import torch
+        import transformers
+
+        auto = getattr(transformers, self.auto_class)
+        try:
+            model, info = auto.from_pretrained(
+                str(self.checkpoint.path),
+                attn_implementation=self.attention_implementation,
+                dtype=torch.float32,
+                output_loading_info=True,
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ExportError(f"cannot load the weights of {self.checkpoint.path}: {exc}") from exc
+        missing = [
+            k for k in info.get("missing_keys", []) if not k.startswith(IGNORABLE_MISSING_PREFIXES)
+        ]
+        if missing:
+            raise ExportError(
+                f"{self.checkpoint.path} lacks weights {sorted(missing)[:5]}"
+                f"{' ...' if len(missing) > 5 else ''} that {type(model).__name__} needs: is it "
+                f"a {self.name} checkpoint? (pass --family to choose another adapter)"
+            )
+        return model.eval()
+
+    def graph_outputs(self, task: Task) -> tuple[str, ...]:
+        from shoal.postprocessing import GRAPH_OUTPUTS_BY_TASK
+
+        return GRAPH_OUTPUTS_BY_TASK[task.value]
+
+    def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        """A torch module: (input_ids, attention_mask[, token_type_ids]) -> graph outputs."""
+        return HiddenStates(model, self.token_type_ids)
+
+    def graph_input_names(self) -> list[str]:
+        names = ["input_ids", "attention_mask"]
+        if self.token_type_ids:
+            names.append("token_type_ids")
+        return names
+
+    def reference(
+        self, model: Any, plan: ExportPlan, encoded: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Contract outputs for ONE unpadded text, computed in torch independently of
+        shoal.postprocessing (see shoal.exporter.reference)."""
+        from shoal.exporter import reference
+
+        inputs = {k: v for k, v in encoded.items() if k in self.graph_input_names()}
+        hidden = model(**inputs).last_hidden_state[0]
+        return reference.dense_outputs(hidden, plan)
+
+
+class HiddenStates(torch.nn.Module):
+    """Embedders: the last hidden state; pooling happens in the postprocess step."""
+
+    output_names = (GRAPH_HIDDEN_STATES,)
+
+    def __init__(self, model: Any, token_type_ids: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.takes_token_type_ids = token_type_ids
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.takes_token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.model(**kwargs).last_hidden_state

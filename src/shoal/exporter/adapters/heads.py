@@ -1,0 +1,338 @@
+"""Families defined by a head on top of an encoder: cross-encoder rerankers, ColBERT, SPLADE and
+bge-m3. They are detected before the plain encoders that share their model_type."""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import torch
+
+from shoal.contract import (
+    OUTPUT_COLBERT_VECTORS,
+    OUTPUT_SCORE,
+    OUTPUT_SPARSE_VALUES,
+    Pooling,
+    Task,
+)
+from shoal.exporter import reference
+from shoal.exporter.adapters.base import Adapter
+from shoal.exporter.adapters.registry import register
+from shoal.exporter.errors import ExportError
+from shoal.exporter.options import ExportPlan
+from shoal.postprocessing import (
+    GRAPH_COLBERT_VECTORS,
+    GRAPH_HIDDEN_STATES,
+    GRAPH_LOGITS,
+    GRAPH_SPARSE_WEIGHTS,
+    GRAPH_TOKEN_VECTORS,
+    GRAPH_TOKEN_WEIGHTS,
+)
+
+
+def _architecture_endswith(checkpoint: Any, suffix: str) -> bool:
+    return any(a.endswith(suffix) for a in checkpoint.architectures)
+
+
+def _inputs(adapter: Adapter, encoded: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in encoded.items() if k in adapter.graph_input_names()}
+
+
+# ---------------------------------------------------------------- reranker
+
+
+class Logits(torch.nn.Module):
+    output_names = (GRAPH_LOGITS,)
+
+    def __init__(self, model: Any, token_type_ids: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.takes_token_type_ids = token_type_ids
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.takes_token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.model(**kwargs).logits
+
+
+@register
+class RerankerAdapter(Adapter):
+    """Cross-encoders (`*ForSequenceClassification`): one score per (query, document) pair."""
+
+    name = "reranker"
+    model_types = ("bert", "xlm-roberta", "modernbert")
+    tasks = (Task.RERANK,)
+    default_pooling = None
+    detection_priority = 10
+    auto_class = "AutoModelForSequenceClassification"
+
+    @classmethod
+    def matches(cls, checkpoint: Any) -> bool:
+        return checkpoint.model_type in cls.model_types and _architecture_endswith(
+            checkpoint, "ForSequenceClassification"
+        )
+
+    @property
+    def token_type_ids(self) -> bool:  # type: ignore[override]
+        return self.checkpoint.model_type == "bert"
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {"num_labels": int(self.checkpoint.config.get("num_labels", 1) or 1)}
+
+    def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        return Logits(model, self.token_type_ids)
+
+    def reference(self, model: Any, plan: ExportPlan, encoded: dict[str, Any]) -> dict[str, Any]:
+        score = model(**_inputs(self, encoded)).logits[0, :1]
+        if plan.postprocessing.get("score_activation") == "sigmoid":
+            score = torch.sigmoid(score)
+        return {OUTPUT_SCORE: score.detach().double().numpy()}
+
+
+# ---------------------------------------------------------------- ColBERT
+
+
+class ColbertVectors(torch.nn.Module):
+    output_names = (GRAPH_TOKEN_VECTORS,)
+
+    def __init__(self, model: Any, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.model = model
+        self.linear = linear
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        return self.linear(hidden)
+
+
+def _load_state_tensor(checkpoint: Any, key: str) -> torch.Tensor:
+    if checkpoint.has("model.safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(checkpoint.path / "model.safetensors"), framework="pt") as handle:
+            if key in handle.keys():  # noqa: SIM118  (safe_open has keys(), not __contains__)
+                return handle.get_tensor(key)
+    elif checkpoint.has("pytorch_model.bin"):
+        state = torch.load(
+            checkpoint.path / "pytorch_model.bin", map_location="cpu", weights_only=True
+        )
+        if key in state:
+            return state[key]
+    raise ExportError(f"{checkpoint.path} has no {key!r} weight, which a ColBERT checkpoint holds")
+
+
+@register
+class ColbertAdapter(Adapter):
+    """colbert-ai's HF_ColBERT: BERT + a bias-free `linear` projection; [Q]/[D] markers after
+    [CLS]; queries padded with [MASK] to query_maxlen; punctuation dropped from documents."""
+
+    name = "colbert"
+    model_types = ("bert",)
+    tasks = (Task.COLBERT,)
+    default_pooling = None
+    token_type_ids = True
+    detection_priority = 10
+
+    @classmethod
+    def matches(cls, checkpoint: Any) -> bool:
+        return checkpoint.model_type in cls.model_types and (
+            "HF_ColBERT" in checkpoint.architectures or checkpoint.has("artifact.metadata")
+        )
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.checkpoint.read_json("artifact.metadata")
+
+    def output_width(self, task: Task) -> int:
+        return int(_load_state_tensor(self.checkpoint, "linear.weight").shape[0])
+
+    def default_max_length(self) -> int | None:
+        return self.metadata.get("doc_maxlen") or super().default_max_length()
+
+    def tokenization_extra(self) -> dict[str, Any]:
+        meta = self.metadata
+        return {
+            "colbert_markers": (
+                meta.get("query_token_id", "[unused0]"),
+                meta.get("doc_token_id", "[unused1]"),
+            ),
+            "colbert_query_length": meta.get("query_maxlen", 32),
+        }
+
+    def postprocessing_extra(self, tokenization: dict[str, Any]) -> dict[str, Any]:
+        from tokenizers import Tokenizer
+
+        colbert = dict(tokenization["colbert"])
+        skiplist: list[int] = []
+        if self.metadata.get("mask_punctuation", True):
+            tokenizer = Tokenizer.from_file(str(self.checkpoint.path / "tokenizer.json"))
+            ids = (tokenizer.token_to_id(symbol) for symbol in string.punctuation)
+            skiplist = sorted({i for i in ids if i is not None})
+        return {
+            "colbert": {
+                "query_marker_id": colbert["query_marker_id"],
+                "document_marker_id": colbert["document_marker_id"],
+                "mask_token_id": colbert["mask_token_id"],
+                "skiplist_ids": skiplist,
+            }
+        }
+
+    def manifest_extra(self) -> dict[str, Any]:
+        meta = self.metadata
+        return {"colbert": {k: meta[k] for k in ("query_maxlen", "doc_maxlen", "dim") if k in meta}}
+
+    def load(self) -> Any:
+        model = super().load()
+        weight = _load_state_tensor(self.checkpoint, "linear.weight")
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(weight.float())
+        model.shoal_colbert_linear = linear
+        return model
+
+    def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        return ColbertVectors(model, model.shoal_colbert_linear)
+
+    def reference(self, model: Any, plan: ExportPlan, encoded: dict[str, Any]) -> dict[str, Any]:
+        hidden = model(**_inputs(self, encoded)).last_hidden_state[0]
+        vectors = model.shoal_colbert_linear(hidden)
+        ids = encoded["input_ids"][0].tolist()
+        colbert = plan.postprocessing["colbert"]
+        is_document = len(ids) > 1 and ids[1] == colbert["document_marker_id"]
+        skip = set(colbert["skiplist_ids"]) if is_document else set()
+        # Queries: every position, [MASK] augmentation included; documents: attended tokens only.
+        attended = encoded["attention_mask"][0].tolist()
+        keep = [
+            i
+            for i, (t, m) in enumerate(zip(ids, attended, strict=True))
+            if t not in skip and (m or not is_document)
+        ]
+        return {OUTPUT_COLBERT_VECTORS: reference.normalized_rows(vectors[keep])}
+
+
+# ---------------------------------------------------------------- SPLADE
+
+
+class SpladeWeights(torch.nn.Module):
+    """log1p(relu(MLM logits)), padding masked, max over tokens: [B, vocab] leaves the graph
+    instead of [B, T, vocab] (vocab ~30k: this cuts what travels to postprocess by T times)."""
+
+    output_names = (GRAPH_SPARSE_WEIGHTS,)
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        logits = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+        weights = torch.log1p(torch.relu(logits)) * attention_mask.unsqueeze(-1).to(logits.dtype)
+        return weights.max(dim=1).values
+
+
+@register
+class SpladeAdapter(Adapter):
+    name = "splade"
+    model_types = ("bert",)
+    tasks = (Task.SPARSE,)
+    default_pooling = None
+    token_type_ids = True
+    detection_priority = 5
+    auto_class = "AutoModelForMaskedLM"
+
+    @classmethod
+    def matches(cls, checkpoint: Any) -> bool:
+        return checkpoint.model_type in cls.model_types and _architecture_endswith(
+            checkpoint, "ForMaskedLM"
+        )
+
+    def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        return SpladeWeights(model)
+
+    def reference(self, model: Any, plan: ExportPlan, encoded: dict[str, Any]) -> dict[str, Any]:
+        logits = model(**_inputs(self, encoded)).logits[0]
+        weights = torch.log1p(torch.relu(logits)).max(dim=0).values
+        ids = torch.arange(weights.shape[0])
+        terms = reference.sparse_terms(ids, weights, plan.postprocessing["special_token_ids"])
+        return {OUTPUT_SPARSE_VALUES: terms}
+
+
+# ---------------------------------------------------------------- bge-m3
+
+
+class BgeM3Outputs(torch.nn.Module):
+    output_names = (GRAPH_HIDDEN_STATES, GRAPH_TOKEN_WEIGHTS, GRAPH_COLBERT_VECTORS)
+
+    def __init__(self, model: Any, sparse_linear: Any, colbert_linear: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.sparse_linear = sparse_linear
+        self.colbert_linear = colbert_linear
+
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        token_weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
+        return hidden, token_weights, self.colbert_linear(hidden[:, 1:])
+
+
+def _load_linear(checkpoint: Any, filename: str) -> torch.nn.Linear:
+    path = checkpoint.path / filename
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        weight = state["weight"]
+    except Exception as exc:  # torch raises many kinds on a corrupt file
+        raise ExportError(
+            f"{path} is not a readable Linear state dict ({exc}); restore it"
+        ) from exc
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
+    linear.load_state_dict(state)
+    return linear.eval()
+
+
+@register
+class BgeM3Adapter(Adapter):
+    """BAAI/bge-m3: XLM-R with dense (CLS), sparse (sparse_linear.pt) and ColBERT
+    (colbert_linear.pt) outputs from one pass, as FlagEmbedding computes them."""
+
+    name = "bge-m3"
+    model_types = ("xlm-roberta",)
+    tasks = (Task.MULTI,)
+    default_pooling = Pooling.CLS
+    detection_priority = 10
+
+    @classmethod
+    def matches(cls, checkpoint: Any) -> bool:
+        return (
+            checkpoint.model_type in cls.model_types
+            and checkpoint.has("colbert_linear.pt")
+            and checkpoint.has("sparse_linear.pt")
+        )
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {"heads": ["colbert_linear.pt", "sparse_linear.pt"]}
+
+    def load(self) -> Any:
+        model = super().load()
+        model.shoal_sparse_linear = _load_linear(self.checkpoint, "sparse_linear.pt")
+        model.shoal_colbert_linear = _load_linear(self.checkpoint, "colbert_linear.pt")
+        return model
+
+    def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        return BgeM3Outputs(model, model.shoal_sparse_linear, model.shoal_colbert_linear)
+
+    def reference(self, model: Any, plan: ExportPlan, encoded: dict[str, Any]) -> dict[str, Any]:
+        hidden = model(**_inputs(self, encoded)).last_hidden_state[0]
+        out = reference.dense_outputs(hidden, plan)
+        weights = torch.relu(model.shoal_sparse_linear(hidden)).squeeze(-1)
+        ids = encoded["input_ids"][0]
+        out[OUTPUT_SPARSE_VALUES] = reference.sparse_terms(
+            ids, weights, plan.postprocessing["special_token_ids"]
+        )
+        out[OUTPUT_COLBERT_VECTORS] = reference.normalized_rows(
+            model.shoal_colbert_linear(hidden[1:])
+        )
+        return out

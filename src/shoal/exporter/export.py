@@ -1,0 +1,454 @@
+"""`export_model`: a Hugging Face checkpoint -> a verified model-repository entry, atomically;
+`verify_entry`: re-run the parity check of an existing entry.
+
+Order of work: check the checkpoint and options (nothing heavy yet) -> export the graph module
+with torch -> optimize (fused attention) -> convert dtype -> parity against the PyTorch reference
+-> write the whole entry into a staging folder (shoal.model_repository.entry.write_entry) -> move
+its folders into the repository, steps first, ensemble last. Any failure before the move leaves
+the repository untouched; the move itself swaps each folder with a rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+from contextlib import suppress
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from shoal.contract import (
+    INPUT_QUERY,
+    INPUT_TEXT,
+    INPUT_TEXT_TYPE,
+    OUTPUT_COLBERT_LENGTHS,
+    OUTPUT_COLBERT_VECTORS,
+    OUTPUT_EMBEDDING,
+    OUTPUT_SCORE,
+    OUTPUT_SPARSE_INDICES,
+    OUTPUT_SPARSE_VALUES,
+    Dtype,
+    Task,
+)
+from shoal.exporter.adapters import Adapter, detect_adapter
+from shoal.exporter.checkpoint import TOKENIZER_FILES, inspect_checkpoint
+from shoal.exporter.errors import ExportError
+from shoal.exporter.options import ExportOptions, ExportPlan
+from shoal.exporter.parity import THRESHOLDS, check_parity, raise_on_failure
+from shoal.manifest import Manifest, ManifestError, ParityResult, TensorSpec
+from shoal.model_repository.entry import EntryError, write_entry
+from shoal.model_repository.layout import EntryLayout
+from shoal.tokenization import TextEncoder
+
+log = logging.getLogger(__name__)
+
+# Triton model names: shoal adds `__<step>` to the entry name, so the name itself may not hold `__`.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+VERSIONED_TOOLS = ("shoal", "torch", "transformers", "tokenizers", "onnx", "onnxruntime")
+
+
+# ------------------------------------------------------------------ checks before work
+
+
+def check_name(name: str) -> None:
+    if not NAME_PATTERN.match(name) or "__" in name:
+        raise ExportError(
+            f"model name {name!r} is not allowed: use letters, digits, '.', '-', '_' (start with a "
+            "letter or digit, at most 100 characters), without '__' (shoal names steps "
+            "<name>__tokenize etc.)"
+        )
+
+
+def check_destination(layout: EntryLayout, overwrite: bool) -> None:
+    """An existing entry is replaced only when asked; a folder that is not a shoal entry never."""
+    existing = [d for d in layout.dirs if d.exists()]
+    if not existing:
+        return
+    if layout.ensemble_dir.exists() and not layout.manifest_path.is_file():
+        raise ExportError(
+            f"{layout.ensemble_dir} exists and is not a shoal entry (no {layout.manifest_path.name}); "
+            "shoal will not replace it: choose another --name or remove the folder"
+        )
+    if not overwrite:
+        raise ExportError(
+            f"an entry named {layout.model!r} already exists in {layout.repository} "
+            f"({', '.join(d.name for d in existing)}); pass --overwrite to replace it atomically, "
+            "or choose another --name"
+        )
+
+
+# ------------------------------------------------------------------ export
+
+
+def export_model(
+    source: str | Path,
+    name: str,
+    repository: Path,
+    options: ExportOptions | None = None,
+) -> Manifest:
+    """Export `source` as entry `name` of `repository` and return the written manifest."""
+    options = options or ExportOptions()
+    check_name(name)
+    repository = Path(repository)
+    layout = EntryLayout(repository, name)
+    check_destination(layout, options.overwrite)
+    checkpoint = inspect_checkpoint(source)
+    adapter = detect_adapter(checkpoint, options.family)
+    plan = adapter.plan(options)
+    log.info("exporting %s as %r (family %s, task %s)", source, name, plan.family, plan.task)
+
+    repository.mkdir(parents=True, exist_ok=True)
+    staging = _staging_dir(repository, name)
+    try:
+        _build_entry(adapter, plan, options, name, staging)
+        _move_into_place(EntryLayout(staging / "repository", name), layout, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s", layout.ensemble_dir)
+    return Manifest.read(layout.ensemble_dir)
+
+
+def _staging_dir(repository: Path, name: str) -> Path:
+    """A fresh folder on the repository's filesystem (renames into place must not copy), outside
+    the repository when its parent is on the same filesystem (Triton never sees it)."""
+    parent = repository.resolve().parent
+    same_fs = os.access(parent, os.W_OK) and os.stat(parent).st_dev == os.stat(repository).st_dev
+    where = parent if same_fs else repository
+    return Path(tempfile.mkdtemp(prefix=f".shoal-staging-{name}-", dir=where))
+
+
+def _build_entry(
+    adapter: Adapter, plan: ExportPlan, options: ExportOptions, name: str, staging: Path
+) -> Manifest:
+    import torch
+    from transformers import AutoTokenizer
+
+    from shoal.exporter.torch_export import export_graph
+
+    checkpoint = adapter.checkpoint
+    work = staging / "work"
+    work.mkdir()
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    model = adapter.load()
+    module = adapter.graph_module(model, plan).eval()
+    encoder = TextEncoder.from_file(checkpoint.path / "tokenizer.json", plan.tokenization)
+    texts = ["a shoal of small fish moves as one", "fish"]  # different lengths: padding traced
+    sample = encoder.encode(texts, pairs=texts[::-1] if plan.task == Task.RERANK else None)
+    raw = work / "raw.onnx"
+    export_graph(
+        module, adapter.graph_input_names(), module.output_names, sample, raw, options.opset
+    )
+
+    fp32 = work / "fp32.onnx"
+    optimization = _optimize(adapter, raw, fp32, options.optimize)
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
+    parity = check_parity(adapter, model, hf_tokenizer, plan, fp32, encoder, Dtype.FP32.value)
+    raise_on_failure(parity, f"the fp32 export of {checkpoint.path}")
+    final = fp32
+    if options.dtype != Dtype.FP32.value:
+        final = work / f"{options.dtype}.onnx"
+        _convert_dtype(fp32, final, options.dtype)
+        converted = check_parity(adapter, model, hf_tokenizer, plan, final, encoder, options.dtype)
+        raise_on_failure(converted, f"the {options.dtype} conversion of {checkpoint.path}")
+        parity = parity + converted
+
+    tokenizer_dir = work / "tokenizer"
+    tokenizer_dir.mkdir()
+    for filename in TOKENIZER_FILES:
+        if checkpoint.has(filename):
+            shutil.copyfile(checkpoint.path / filename, tokenizer_dir / filename)
+
+    manifest = build_manifest(
+        adapter,
+        plan,
+        options,
+        name,
+        final,
+        parity,
+        optimization,
+        parameter_count=sum(p.numel() for p in module.parameters()),
+    )
+    try:
+        write_entry(staging / "repository", manifest, final, tokenizer_dir, options.entry)
+    except EntryError as exc:
+        raise ExportError(f"cannot lay out entry {name!r}: {exc}") from exc
+    return manifest
+
+
+def _optimize(adapter: Adapter, raw: Path, out: Path, enabled: bool) -> dict[str, Any]:
+    from shoal.exporter.optimize import copy_graph, optimize_graph
+
+    config = adapter.checkpoint.config
+    if not enabled:
+        copy_graph(raw, out)
+        return {"fused_attention": 0, "note": "optimization disabled (--no-optimize)"}
+    report = optimize_graph(
+        raw,
+        out,
+        model_type=adapter.checkpoint.model_type,
+        num_heads=int(config["num_attention_heads"]),
+        hidden_size=int(config["hidden_size"]),
+    )
+    return report.to_dict()
+
+
+def _convert_dtype(fp32: Path, out: Path, dtype: str) -> None:
+    try:
+        from shoal.exporter import quantize
+    except ImportError as exc:  # pragma: no cover - the optimizer helper's module
+        raise ExportError(f"--dtype {dtype} needs shoal.exporter.quantize ({exc})") from exc
+    if dtype == Dtype.FP16.value:
+        quantize.convert_fp16(fp32, out)
+    else:
+        quantize.quantize_int8(fp32, out)
+
+
+# ------------------------------------------------------------------ manifest
+
+
+def _spec(name: str, dtype: str, dims: list[int]) -> TensorSpec:
+    return TensorSpec(name=name, dtype=dtype, dims=dims)
+
+
+def application_tensors(
+    plan: ExportPlan, width: int | None
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Ensemble inputs and outputs (the contract) for the plan's task."""
+    inputs = [_spec(INPUT_TEXT, "BYTES", [1])]
+    if plan.task == Task.RERANK:
+        inputs.insert(0, _spec(INPUT_QUERY, "BYTES", [1]))
+    else:
+        inputs.append(_spec(INPUT_TEXT_TYPE, "BYTES", [1]))
+    dense = _spec(OUTPUT_EMBEDDING, "FP32", [plan.dims or plan.hidden_size])
+    sparse = [
+        _spec(OUTPUT_SPARSE_INDICES, "INT64", [-1]),
+        _spec(OUTPUT_SPARSE_VALUES, "FP32", [-1]),
+    ]
+    colbert = [
+        _spec(OUTPUT_COLBERT_VECTORS, "FP32", [-1, width or plan.hidden_size]),
+        _spec(OUTPUT_COLBERT_LENGTHS, "INT32", [1]),
+    ]
+    outputs = {
+        Task.EMBED: [dense],
+        Task.RERANK: [_spec(OUTPUT_SCORE, "FP32", [1])],
+        Task.SPARSE: sparse,
+        Task.COLBERT: colbert,
+        Task.MULTI: [dense, *sparse, *colbert],
+    }[plan.task]
+    return inputs, outputs
+
+
+def encoder_tensors(
+    onnx_path: Path, plan: ExportPlan, adapter: Adapter
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Graph inputs/outputs with the dtypes actually stored in the graph."""
+    from shoal.exporter.torch_export import graph_io
+    from shoal.postprocessing import (
+        GRAPH_COLBERT_VECTORS,
+        GRAPH_HIDDEN_STATES,
+        GRAPH_LOGITS,
+        GRAPH_SPARSE_WEIGHTS,
+        GRAPH_TOKEN_VECTORS,
+        GRAPH_TOKEN_WEIGHTS,
+    )
+
+    config = adapter.checkpoint.config
+    hidden = plan.hidden_size
+    dims = {
+        GRAPH_HIDDEN_STATES: [-1, hidden],
+        GRAPH_LOGITS: [int(config.get("num_labels") or len(config.get("id2label") or {}) or 1)],
+        GRAPH_TOKEN_VECTORS: [-1, adapter.output_width(plan.task)],
+        GRAPH_SPARSE_WEIGHTS: [int(config["vocab_size"])],
+        GRAPH_TOKEN_WEIGHTS: [-1],
+        GRAPH_COLBERT_VECTORS: [-1, hidden],
+    }
+    inputs, outputs = graph_io(onnx_path)
+    return (
+        [_spec(n, dtype, [-1]) for n, dtype in inputs],
+        [_spec(n, dtype, dims[n]) for n, dtype in outputs],
+    )
+
+
+def estimate_memory(
+    config: dict[str, Any], plan: ExportPlan, max_batch_size: int, dtype: str, weights_bytes: int
+) -> int:
+    """weights + activations of one batch at max_batch_size x max_length (docs/manifest.md):
+
+    activations = e * B * T * (4H + I + A*T) + e * B * T * H  (+ e * B * T * V for SPLADE's MLM
+    logits), e = 2 bytes for fp16 graphs, else 4 (int8 graphs keep fp32 activations)."""
+    element = 2 if dtype == Dtype.FP16.value else 4
+    batch, length = max_batch_size, plan.max_length
+    hidden = int(config.get("hidden_size", plan.hidden_size))
+    intermediate = int(config.get("intermediate_size") or 4 * hidden)
+    heads = int(config.get("num_attention_heads", 1))
+    per_token = 4 * hidden + intermediate + heads * length + hidden
+    if plan.task == Task.SPARSE:
+        per_token += int(config.get("vocab_size", 0))
+    return int(weights_bytes + element * batch * length * per_token)
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for tool in VERSIONED_TOOLS:
+        with suppress(metadata.PackageNotFoundError):
+            versions[tool] = metadata.version(tool)
+    return versions
+
+
+def source_hash(checkpoint_hash: str, options: ExportOptions) -> str:
+    payload = json.dumps(
+        {
+            "checkpoint": checkpoint_hash,
+            "options": options.hashed_dict(),
+            "versions": tool_versions(),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_manifest(
+    adapter: Adapter,
+    plan: ExportPlan,
+    options: ExportOptions,
+    name: str,
+    onnx_path: Path,
+    parity: list[ParityResult],
+    optimization: dict[str, Any],
+    *,
+    parameter_count: int,
+) -> Manifest:
+    checkpoint = adapter.checkpoint
+    config = checkpoint.config
+    weights_bytes = sum(
+        p.stat().st_size for p in onnx_path.parent.iterdir() if p.name.startswith(onnx_path.name)
+    )
+    width = adapter.output_width(plan.task)
+    inputs, outputs = application_tensors(plan, width)
+    encoder_inputs, encoder_outputs = encoder_tensors(onnx_path, plan, adapter)
+    dims = None
+    if plan.task in (Task.EMBED, Task.MULTI):
+        dims = plan.dims or plan.hidden_size
+    elif plan.task == Task.COLBERT:
+        dims = width
+    extra = {
+        "tokenization": plan.tokenization,
+        "postprocessing": plan.postprocessing,
+        "optimization": optimization,
+        "parity_thresholds": {
+            k: {"min_cosine": v.min_cosine, "max_scaled_diff": v.max_scaled_diff}
+            for k, v in THRESHOLDS.items()
+        },
+        "hidden_size": plan.hidden_size,
+        "num_layers": int(config.get("num_hidden_layers", 0)),
+        "vocab_size": int(config.get("vocab_size", 0)),
+        "architectures": checkpoint.architectures,
+        **plan.extra,
+    }
+    return Manifest(
+        name=name,
+        source=str(checkpoint.path.resolve()),
+        architecture=plan.family,
+        model_type=checkpoint.model_type,
+        task=plan.task.value,
+        pooling=plan.pooling.value if plan.pooling else None,
+        normalize=plan.normalize,
+        max_length=plan.max_length,
+        dims=dims,
+        dtype=options.dtype,
+        runtime=options.runtime,
+        padding_side=plan.tokenization["padding_side"],
+        inputs=inputs,
+        outputs=outputs,
+        encoder_inputs=encoder_inputs,
+        encoder_outputs=encoder_outputs,
+        parameter_count=int(parameter_count),
+        weights_bytes=int(weights_bytes),
+        memory_bytes=estimate_memory(
+            config, plan, options.max_batch_size, options.dtype, weights_bytes
+        ),
+        max_batch_size=options.max_batch_size,
+        fused_attention=int(optimization.get("fused_attention", 0)),
+        onnx_opset=options.opset,
+        sha256={},  # filled by write_entry with the copied files' hashes
+        source_sha256=source_hash(checkpoint.content_sha256(), options),
+        parity=parity,
+        prefixes=plan.prefixes,
+        extra=extra,
+        versions=tool_versions(),
+    )
+
+
+# ------------------------------------------------------------------ moving into place
+
+
+def _move_into_place(staged: EntryLayout, target: EntryLayout, staging: Path) -> None:
+    """Rename each staged folder over the repository's, steps first, ensemble last. An old
+    folder is first renamed aside (into staging), and restored if a later rename fails."""
+    aside = staging / "replaced"
+    aside.mkdir()
+    moved: list[tuple[Path, Path | None]] = []
+    try:
+        for model in staged.triton_models:
+            source, destination = staged.model_dir(model), target.model_dir(model)
+            previous = None
+            if destination.exists():
+                previous = aside / model
+                os.rename(destination, previous)
+            moved.append((destination, previous))
+            os.rename(source, destination)
+    except OSError as exc:
+        for destination, previous in reversed(moved):
+            shutil.rmtree(destination, ignore_errors=True)
+            if previous is not None:
+                os.rename(previous, destination)
+        raise ExportError(f"could not move the entry into {target.repository}: {exc}") from exc
+
+
+# ------------------------------------------------------------------ verify
+
+
+def verify_entry(entry: EntryLayout | str | Path) -> list[ParityResult]:
+    """Re-run parity of an existing entry's ONNX graph against the source in its manifest."""
+    from transformers import AutoTokenizer
+
+    if not isinstance(entry, EntryLayout):
+        path = Path(entry)
+        entry = EntryLayout(path.parent, path.name)
+    try:
+        manifest = Manifest.read(entry.ensemble_dir)
+    except ManifestError as exc:
+        raise ExportError(str(exc)) from exc
+    if not entry.onnx_path.is_file():
+        raise ExportError(f"{entry.onnx_path} not found: the entry {entry.model!r} is incomplete")
+    checkpoint = inspect_checkpoint(manifest.source)
+    adapter = detect_adapter(checkpoint, manifest.architecture)
+    options = ExportOptions(
+        task=manifest.task,
+        pooling=manifest.pooling,
+        normalize=manifest.normalize,
+        max_length=manifest.max_length,
+        dims=manifest.dims
+        if manifest.task in (Task.EMBED.value, Task.MULTI.value)
+        and manifest.dims != adapter.hidden_size
+        else None,
+        query_prefix=manifest.prefixes.get("query", ""),
+        document_prefix=manifest.prefixes.get("document", ""),
+    )
+    plan = adapter.plan(options)
+    # The entry's own settings (what its steps run) win over re-derived ones.
+    plan.tokenization = manifest.extra.get("tokenization", plan.tokenization)
+    plan.postprocessing = manifest.extra.get("postprocessing", plan.postprocessing)
+    encoder = TextEncoder.from_file(entry.tokenizer_dir / "tokenizer.json", plan.tokenization)
+    model = adapter.load()
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
+    return check_parity(
+        adapter, model, hf_tokenizer, plan, entry.onnx_path, encoder, manifest.dtype
+    )

@@ -1,0 +1,78 @@
+"""What a person chooses when exporting (`ExportOptions`), and the plan it resolves to with the
+adapter's defaults and the checkpoint's own settings (`ExportPlan`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shoal.contract import Dtype, Pooling, Runtime, Task
+from shoal.model_repository.entry import EntryOptions
+
+DEFAULT_OPSET = 17  # TorchScript export; attention fuses at this opset (see optimize.py)
+DEFAULT_MAX_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Unset (None) fields take the adapter's or the checkpoint's default."""
+
+    task: str | None = None
+    pooling: str | None = None
+    normalize: bool | None = None
+    max_length: int | None = None
+    dims: int | None = None  # Matryoshka truncation of dense outputs
+    dtype: str = Dtype.FP32.value
+    opset: int = DEFAULT_OPSET
+    runtime: str = Runtime.PORTABLE.value
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    query_prefix: str | None = None
+    document_prefix: str | None = None
+    family: str | None = None  # force an adapter instead of detecting it
+    overwrite: bool = False  # replace an existing entry of the same name (atomically)
+    optimize: bool = True  # onnxruntime transformer optimizer (fused attention)
+    entry: EntryOptions = field(default_factory=EntryOptions)
+
+    def __post_init__(self) -> None:
+        def check(value: Any, enum: type, what: str) -> None:
+            if value is not None and value not in {e.value for e in enum}:
+                choices = ", ".join(e.value for e in enum)
+                raise ValueError(f"{what} {value!r} is not one of: {choices}")
+
+        check(self.task, Task, "task")
+        check(self.pooling, Pooling, "pooling")
+        check(self.dtype, Dtype, "dtype")
+        check(self.runtime, Runtime, "runtime")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.dims is not None and self.dims < 1:
+            raise ValueError(f"dims must be >= 1, got {self.dims}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if not 14 <= self.opset <= 21:
+            raise ValueError(f"opset {self.opset} is outside the supported 14..21")
+
+    def hashed_dict(self) -> dict[str, Any]:
+        """The options that change the exported files (for the source hash)."""
+        data = asdict(self)
+        for key in ("overwrite",):
+            data.pop(key)
+        data["entry"] = {k: str(v) for k, v in data["entry"].items()}
+        return data
+
+
+@dataclass
+class ExportPlan:
+    """Every setting of one export, resolved; recorded in the manifest."""
+
+    family: str
+    task: Task
+    pooling: Pooling | None
+    normalize: bool
+    max_length: int
+    dims: int | None
+    hidden_size: int
+    prefixes: dict[str, str]
+    tokenization: dict[str, Any]  # shoal.tokenization settings
+    postprocessing: dict[str, Any]  # shoal.postprocessing settings
+    extra: dict[str, Any] = field(default_factory=dict)  # family facts for the manifest

@@ -1,0 +1,328 @@
+"""Parity verification: the exported path (shoal.tokenization -> ONNX on onnxruntime ->
+shoal.postprocessing, on padded batches) against the PyTorch reference (the Hugging Face tokenizer
+and model, one unpadded text at a time, pooled by shoal.exporter.reference).
+
+Who calls it: export_model (every export; a failure aborts it) and verify_entry (`shoal verify`).
+
+Probe set: batch 1, and one padded batch of varied lengths with unicode, an empty string and a
+text longer than max_length (truncated on both sides). Query-side probes run too where queries
+differ (prefixes, ColBERT markers); rerankers get (query, document) pairs.
+
+Metrics (the manifest's ParityResult): "min_cosine" for dense and ColBERT vectors (the lowest
+cosine over every probe text / token vector), "max_scaled_diff" for scores and sparse weights
+(largest |onnx - reference| divided by max(1, largest |reference|) of that text).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shoal.contract import (
+    OUTPUT_COLBERT_LENGTHS,
+    OUTPUT_COLBERT_VECTORS,
+    OUTPUT_EMBEDDING,
+    OUTPUT_SCORE,
+    OUTPUT_SPARSE_INDICES,
+    OUTPUT_SPARSE_VALUES,
+    Dtype,
+    Task,
+)
+from shoal.exporter.errors import ParityError
+from shoal.exporter.options import ExportPlan
+from shoal.manifest import ParityResult
+from shoal.postprocessing import postprocess
+from shoal.tokenization import TextEncoder
+
+log = logging.getLogger(__name__)
+
+MIN_COSINE = "min_cosine"
+MAX_SCALED_DIFF = "max_scaled_diff"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    min_cosine: float
+    max_scaled_diff: float
+
+
+# fp32 is the issue's bar; fp16 halves the mantissa (~1e-3 relative); int8 dynamic quantization
+# of activations and weights loses more (cosine >= 0.99 is the usual bar for int8 embedders).
+THRESHOLDS: dict[str, Threshold] = {
+    Dtype.FP32.value: Threshold(min_cosine=0.99999, max_scaled_diff=1e-4),
+    Dtype.FP16.value: Threshold(min_cosine=0.999, max_scaled_diff=1e-2),
+    Dtype.INT8.value: Threshold(min_cosine=0.99, max_scaled_diff=0.1),
+}
+
+PROBE_TEXTS: tuple[str, ...] = (
+    "The quick brown fox jumps over the lazy dog.",
+    "fish",
+    "",
+    "Café naïve résumé, 東京は日本の首都です 🐟🚀 Москва",
+    "What is the capital of France? Paris is the capital of France.",
+)
+PROBE_QUERIES: tuple[str, ...] = ("where do fish live?", "capital of France", "", "東京 🐟")
+LONG_SENTENCE = "Sparse encoders weigh the words of the vocabulary that matter. "
+
+
+def long_text(max_length: int) -> str:
+    """Longer than max_length tokens for any tokenizer (every word is at least one token)."""
+    return LONG_SENTENCE * (max_length // 4 + 2)
+
+
+@dataclass
+class ProbeRun:
+    """One batch the exported path runs, and what the reference compares it with."""
+
+    label: str
+    texts: list[str]
+    text_type: str = "document"
+    pairs: list[str] | None = None
+
+
+def probe_runs(plan: ExportPlan) -> list[ProbeRun]:
+    documents = [*PROBE_TEXTS, long_text(plan.max_length)]
+    if plan.task == Task.RERANK:
+        queries = [PROBE_QUERIES[i % len(PROBE_QUERIES)] for i in range(len(documents))]
+        queries[-1] = long_text(plan.max_length)  # both sides longer than max_length together
+        return [
+            ProbeRun("batch1", queries[:1], pairs=documents[:1]),
+            ProbeRun("padded", queries, pairs=documents),
+        ]
+    runs = [ProbeRun("batch1", documents[:1]), ProbeRun("padded", documents)]
+    if "query" in plan.prefixes or plan.tokenization.get("colbert"):
+        runs.append(ProbeRun("queries", [*PROBE_QUERIES, long_text(plan.max_length)], "query"))
+    return runs
+
+
+# ------------------------------------------------------------------ the exported path
+
+
+def onnx_session(onnx_path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = min(2, os.cpu_count() or 1)
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def exported_outputs(
+    session: Any, encoder: TextEncoder, plan: ExportPlan, run: ProbeRun
+) -> dict[str, np.ndarray]:
+    tokens = encoder.encode(run.texts, run.text_type, run.pairs)
+    feed = {i.name: tokens[i.name] for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    graph = {
+        name: value.astype(np.float32)
+        for name, value in zip(names, session.run(names, feed), strict=True)
+    }
+    return postprocess(
+        plan.task.value, graph, tokens["input_ids"], tokens["attention_mask"], plan.postprocessing
+    )
+
+
+# ------------------------------------------------------------------ the reference path
+
+
+def reference_encoding(
+    hf_tokenizer: Any, plan: ExportPlan, text: str, text_type: str, pair: str | None
+) -> dict[str, Any]:
+    """One text tokenized by the Hugging Face tokenizer (not shoal.tokenization), unpadded except
+    for ColBERT's query augmentation."""
+    import torch
+
+    text = plan.prefixes.get(text_type, "") + text
+    colbert = plan.tokenization.get("colbert")
+    max_length = plan.max_length
+    if colbert is not None:
+        text = ". " + text  # colbert-ai's placeholder for the marker
+        if text_type == "query" and colbert["query_length"]:
+            max_length = min(max_length, colbert["query_length"])
+    # Batch form, as sentence-transformers' CrossEncoder calls it: an empty second text is still
+    # a pair ([CLS] q [SEP] [SEP]), where the single-text form would drop it.
+    encoded = hf_tokenizer(
+        [text],
+        [pair] if pair is not None else None,
+        truncation=True,
+        max_length=max_length,
+        return_token_type_ids=True,
+    )
+    encoded = {key: values[0] for key, values in encoded.items()}
+    ids = list(encoded["input_ids"])
+    mask = [1] * len(ids)
+    types = list(encoded.get("token_type_ids") or [0] * len(ids))
+    if colbert is not None:
+        ids[1] = colbert[f"{text_type}_marker_id"]
+        if text_type == "query" and colbert["query_length"]:
+            extra = max_length - len(ids)
+            ids += [colbert["mask_token_id"]] * extra
+            mask += [0] * extra
+            types += [0] * extra
+    as_tensor = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
+    return {
+        "input_ids": as_tensor(ids),
+        "attention_mask": as_tensor(mask),
+        "token_type_ids": as_tensor(types),
+    }
+
+
+def reference_outputs(
+    adapter: Any, model: Any, hf_tokenizer: Any, plan: ExportPlan, run: ProbeRun
+) -> list[dict[str, Any]]:
+    import torch
+
+    pairs = run.pairs or [None] * len(run.texts)
+    with torch.inference_mode():
+        return [
+            adapter.reference(
+                model, plan, reference_encoding(hf_tokenizer, plan, text, run.text_type, pair)
+            )
+            for text, pair in zip(run.texts, pairs, strict=True)
+        ]
+
+
+# ------------------------------------------------------------------ comparison
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(a @ b / (na * nb))
+
+
+def _scaled_diff(got: np.ndarray, want: np.ndarray) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    return float(np.abs(got - want).max(initial=0.0) / scale)
+
+
+def _sparse_row(indices: np.ndarray, values: np.ndarray) -> dict[int, float]:
+    return {int(i): float(v) for i, v in zip(indices, values, strict=True) if i >= 0}
+
+
+def compare_text(
+    task: Task, got: dict[str, np.ndarray], row: int, want: dict[str, Any]
+) -> dict[str, tuple[str, float]]:
+    """(metric, value) per contract output for one text."""
+    figures: dict[str, tuple[str, float]] = {}
+    if OUTPUT_EMBEDDING in want:
+        figures[OUTPUT_EMBEDDING] = (
+            MIN_COSINE,
+            _cosine(got[OUTPUT_EMBEDDING][row], want[OUTPUT_EMBEDDING]),
+        )
+    if OUTPUT_SCORE in want:
+        figures[OUTPUT_SCORE] = (
+            MAX_SCALED_DIFF,
+            _scaled_diff(got[OUTPUT_SCORE][row], want[OUTPUT_SCORE]),
+        )
+    if OUTPUT_SPARSE_VALUES in want:
+        terms = _sparse_row(got[OUTPUT_SPARSE_INDICES][row], got[OUTPUT_SPARSE_VALUES][row])
+        reference_terms = want[OUTPUT_SPARSE_VALUES]
+        keys = sorted(set(terms) | set(reference_terms))
+        figures[OUTPUT_SPARSE_VALUES] = (
+            MAX_SCALED_DIFF,
+            _scaled_diff(
+                [terms.get(k, 0.0) for k in keys], [reference_terms.get(k, 0.0) for k in keys]
+            ),
+        )
+    if OUTPUT_COLBERT_VECTORS in want:
+        expected = want[OUTPUT_COLBERT_VECTORS]
+        length = int(got[OUTPUT_COLBERT_LENGTHS][row, 0])
+        if length != len(expected):
+            value = -1.0  # a different number of token vectors can never pass
+            log.warning("ColBERT row %d: %d vectors, reference has %d", row, length, len(expected))
+        else:
+            vectors = got[OUTPUT_COLBERT_VECTORS][row, :length]
+            value = min(
+                (_cosine(a, b) for a, b in zip(vectors, expected, strict=True)), default=1.0
+            )
+        figures[OUTPUT_COLBERT_VECTORS] = (MIN_COSINE, value)
+    return figures
+
+
+def check_parity(
+    adapter: Any,
+    model: Any,
+    hf_tokenizer: Any,
+    plan: ExportPlan,
+    onnx_path: Path,
+    encoder: TextEncoder,
+    dtype: str,
+) -> list[ParityResult]:
+    """One ParityResult per contract output; raises nothing (see `raise_on_failure`)."""
+    session = onnx_session(onnx_path)
+    threshold = THRESHOLDS[dtype]
+    per_output: dict[str, tuple[str, dict[str, float]]] = {}
+    for run in probe_runs(plan):
+        got = exported_outputs(session, encoder, plan, run)
+        for row, want in enumerate(reference_outputs(adapter, model, hf_tokenizer, plan, run)):
+            for output, (metric, value) in compare_text(plan.task, got, row, want).items():
+                per_output.setdefault(output, (metric, {}))[1][f"{run.label}/{row}"] = round(
+                    value, 9
+                )
+    results = []
+    for output, (metric, details) in per_output.items():
+        if metric == MIN_COSINE:
+            value, limit = min(details.values()), threshold.min_cosine
+            passed = value >= limit
+        else:
+            value, limit = max(details.values()), threshold.max_scaled_diff
+            passed = value <= limit
+        results.append(
+            ParityResult(
+                dtype=dtype,
+                metric=metric,
+                value=value,
+                threshold=limit,
+                passed=bool(passed),
+                details=details,
+                output=output,
+            )
+        )
+    return results
+
+
+def raise_on_failure(results: list[ParityResult], what: str) -> None:
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        return
+    lines = [
+        f"  {r.output} {r.dtype}: {r.metric} {r.value:.6g} (threshold {r.threshold:g});"
+        f" worst probe {_worst(r)}"
+        for r in failed
+    ]
+    raise ParityError(f"{what} failed parity against the PyTorch reference:\n" + "\n".join(lines))
+
+
+def _worst(result: ParityResult) -> str:
+    figures = result.details
+    pick = min if result.metric == MIN_COSINE else max
+    key = pick(figures, key=figures.__getitem__)
+    return f"{key} = {figures[key]:.6g}"
+
+
+def format_table(results: list[ParityResult]) -> str:
+    rows = [("output", "dtype", "metric", "value", "threshold", "result")]
+    for r in results:
+        rows.append(
+            (
+                r.output,
+                r.dtype,
+                r.metric,
+                f"{r.value:.7f}",
+                f"{r.threshold:g}",
+                "ok" if r.passed else "FAIL",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )
