@@ -14,11 +14,18 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.model_repository.private_export import export_bert_embedder, reference_embeddings
+from tests.model_repository.private_export import (
+    export_tiny,
+    reference_embeddings,
+    reference_scores,
+)
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(300)]
 
 EMBEDDER = "tiny-bert-embed"
+DECODER = "tiny-qwen2-embed"  # last-token pooling, left padding
+RERANKER = "tiny-reranker"
+SCORE_TOLERANCE = 1e-4  # max abs difference of rerank scores vs PyTorch (fp32)
 TEXTS = [
     "A shoal of small fish moves as one.",
     "Triton serves many small models",
@@ -33,7 +40,22 @@ def bert_checkpoint(tiny_model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, bert_checkpoint: Path) -> Iterator:
+def qwen2_checkpoint(tiny_model) -> Path:
+    return tiny_model("qwen2")
+
+
+@pytest.fixture(scope="module")
+def reranker_checkpoint(tiny_model) -> Path:
+    return tiny_model("reranker")
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    bert_checkpoint: Path,
+    qwen2_checkpoint: Path,
+    reranker_checkpoint: Path,
+) -> Iterator:
     from shoal.runtime.installation import TritonNotInstalled, locate_triton
     from shoal.runtime.triton import TritonServer
 
@@ -43,10 +65,15 @@ def server(tmp_path_factory: pytest.TempPathFactory, bert_checkpoint: Path) -> I
         pytest.skip(f"Triton is not available: {exc}")
     repository = tmp_path_factory.mktemp("e2e") / "repository"
     repository.mkdir()
-    layout = export_bert_embedder(bert_checkpoint, repository, EMBEDDER)
+    layouts = [
+        export_tiny(bert_checkpoint, repository, EMBEDDER, "bert"),
+        export_tiny(qwen2_checkpoint, repository, DECODER, "qwen2"),
+        export_tiny(reranker_checkpoint, repository, RERANKER, "reranker"),
+    ]
+    models = [m for layout in layouts for m in layout.triton_models]
     log_path = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
     with TritonServer(
-        repository, load_models=layout.triton_models, installation=installation, log_path=log_path
+        repository, load_models=models, installation=installation, log_path=log_path
     ) as running:
         yield running
 
@@ -58,14 +85,20 @@ def text_input(module, name: str, texts: list, dtype: str = "BYTES"):
     return tensor
 
 
-def embed(server, texts: list, protocol: str = "http", text_type: str | None = None) -> np.ndarray:
+def embed(
+    server,
+    texts: list,
+    protocol: str = "http",
+    text_type: str | None = None,
+    model: str = EMBEDDER,
+) -> np.ndarray:
     module = httpclient if protocol == "http" else grpcclient
     address = server.http_address if protocol == "http" else server.grpc_address
     client = module.InferenceServerClient(address)
     inputs = [text_input(module, "TEXT", texts)]
     if text_type is not None:
         inputs.append(text_input(module, "TEXT_TYPE", [text_type] * len(texts)))
-    result = client.infer(EMBEDDER, inputs, outputs=[module.InferRequestedOutput("EMBEDDING")])
+    result = client.infer(model, inputs, outputs=[module.InferRequestedOutput("EMBEDDING")])
     return result.as_numpy("EMBEDDING")
 
 
@@ -82,6 +115,42 @@ def test_embeddings_match_pytorch_over_both_protocols(server, bert_checkpoint, p
     assert min_cosine(got, reference_embeddings(bert_checkpoint, TEXTS)) >= 0.9999
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_left_padded_last_token_embedder_matches_pytorch(
+    server, qwen2_checkpoint, protocol
+) -> None:
+    got = embed(server, TEXTS, protocol, model=DECODER)
+    expected = reference_embeddings(qwen2_checkpoint, TEXTS, family="qwen2")
+    assert min_cosine(got, expected) >= 0.9999
+
+
+def rerank(server, queries: list[str], documents: list[str], protocol: str = "http") -> np.ndarray:
+    module = httpclient if protocol == "http" else grpcclient
+    address = server.http_address if protocol == "http" else server.grpc_address
+    client = module.InferenceServerClient(address)
+    inputs = [text_input(module, "QUERY", queries), text_input(module, "TEXT", documents)]
+    return client.infer(RERANKER, inputs).as_numpy("SCORE")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_rerank_scores_match_pytorch(server, reranker_checkpoint, protocol) -> None:
+    queries = ["where do fish live?"] * 3 + ["capital of France"]
+    documents = ["Fish live in water, rivers, lakes and seas.", "Paris", "", "fish " * 100]
+    got = rerank(server, queries, documents, protocol)
+    assert got.shape == (4, 1) and got.dtype == np.float32
+    expected = np.array(reference_scores(reranker_checkpoint, queries, documents))
+    assert np.abs(got[:, 0] - expected).max() <= SCORE_TOLERANCE
+
+
+def test_rerank_with_unequal_queries_and_documents_is_refused(server) -> None:
+    client = httpclient.InferenceServerClient(server.http_address)
+    inputs = [text_input(httpclient, "QUERY", ["q"]), text_input(httpclient, "TEXT", ["a", "b"])]
+    # Triton compares the batch sizes of the ensemble's inputs before any step runs.
+    with pytest.raises(InferenceServerException, match="'QUERY' batch size does not match"):
+        client.infer(RERANKER, inputs)
+    assert rerank(server, ["q"], ["a"]).shape == (1, 1)
+
+
 def test_text_type_query_uses_the_query_prefix(server, bert_checkpoint) -> None:
     got = embed(server, TEXTS[:2], text_type="query")
     assert min_cosine(got, reference_embeddings(bert_checkpoint, TEXTS[:2], "query: ")) >= 0.9999
@@ -95,9 +164,11 @@ def test_text_type_query_uses_the_query_prefix(server, bert_checkpoint) -> None:
     assert min_cosine(mixed[1:], embed(server, TEXTS[1:2])) >= 0.9999
 
 
+@pytest.mark.parametrize(("model", "family"), [(EMBEDDER, "bert"), (DECODER, "qwen2")])
 def test_concurrent_requests_of_different_lengths_are_batched_and_split_back(
-    server, bert_checkpoint
+    server, request, model, family
 ) -> None:
+    checkpoint = request.getfixturevalue(f"{family}_checkpoint")
     texts = [" ".join(["fish"] * n) for n in range(1, 17)]
     client = grpcclient.InferenceServerClient(server.grpc_address)
     results: dict[int, np.ndarray] = {}
@@ -114,21 +185,22 @@ def test_concurrent_requests_of_different_lengths_are_batched_and_split_back(
 
         return on_result
 
-    before = _encode_counts(client)
+    before = _encode_counts(client, model)
     for index, text in enumerate(texts):
-        client.async_infer(EMBEDDER, [text_input(grpcclient, "TEXT", [text])], callback(index))
+        client.async_infer(model, [text_input(grpcclient, "TEXT", [text])], callback(index))
     for _ in texts:
         assert done.acquire(timeout=60)
     assert errors == []
     got = np.concatenate([results[i] for i in range(len(texts))])
-    assert min_cosine(got, reference_embeddings(bert_checkpoint, texts)) >= 0.9999
-    inferences, executions = (a - b for a, b in zip(_encode_counts(client), before, strict=True))
+    assert min_cosine(got, reference_embeddings(checkpoint, texts, family=family)) >= 0.9999
+    after = _encode_counts(client, model)
+    inferences, executions = (a - b for a, b in zip(after, before, strict=True))
     assert inferences == len(texts)
     assert executions < inferences, "the dynamic batcher formed no batch of several requests"
 
 
-def _encode_counts(client) -> tuple[int, int]:
-    stats = client.get_inference_statistics(f"{EMBEDDER}__encode", as_json=True)
+def _encode_counts(client, model: str) -> tuple[int, int]:
+    stats = client.get_inference_statistics(f"{model}__encode", as_json=True)
     model = stats["model_stats"][0]
     return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
 
