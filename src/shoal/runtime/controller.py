@@ -1,0 +1,269 @@
+"""The control loop of `shoal serve`: keeps the models loaded on one local Triton within a memory
+budget, using shoal.placement for every decision and shoal.triton_control for every call.
+
+- `ensure_loaded(name)` (shoal commands, quickstart, tests): plan with placement, unload what the
+  plan evicts, then load. Control calls are serialized by one lock.
+- `run()` polls Triton's repository index and statistics: models loaded by clients straight
+  through Triton's repository API are noticed there, counted against the budget, and the least
+  recently used others are evicted to make room; recency comes from `last_inference`.
+
+Hot swap: an entry is four Triton models, and each python step costs a stub process start
+(~1.6-2 s here). Evicting unloads only the memory-heavy `<model>__encode` step; the tokenize and
+postprocess steps (tens of MB each) stay loaded, the ensemble turns UNAVAILABLE, and loading the
+encode step again brings the ensemble back by itself (measured on Triton 2.51: ~2.4 s to reload
+the encode step vs ~5.2 s for the whole entry on this 2-core machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from shoal.contract import STEP_ENCODE, STEP_POSTPROCESS, STEP_TOKENIZE, step_name
+from shoal.manifest import Manifest
+from shoal.placement import (
+    EvictionPolicy,
+    LeastRecentlyUsed,
+    ModelState,
+    format_size,
+    initial_loads,
+    plan_load,
+)
+from shoal.triton_control import IndexEntry, TritonControl, TritonControlError
+
+log = logging.getLogger(__name__)
+
+UNLOAD_TIMEOUT_S = 30.0
+
+
+class PlacementRefused(RuntimeError):
+    """The model cannot be loaded within the budget now (the reason says why and what to do)."""
+
+
+class UnknownModel(LookupError):
+    """No entry of that name in the served repository."""
+
+
+@dataclass
+class EntryStatus:
+    """What the controller knows of one entry (an ensemble and its three steps)."""
+
+    name: str
+    memory_bytes: int
+    pinned: bool = False
+    ensemble: str | None = None  # Triton state of the ensemble
+    encode: str | None = None  # Triton state of <name>__encode: the step that holds the memory
+    light_steps_ready: bool = False  # tokenize and postprocess
+    last_used_ms: float = 0.0
+    load_seconds: float = 2.5  # last measured (re)load time, for cost-aware policies
+    reason: str = ""  # Triton's reason for an UNAVAILABLE encode/ensemble
+
+    @property
+    def loaded(self) -> bool:
+        return self.encode == "READY"
+
+    @property
+    def loading(self) -> bool:
+        return self.encode == "LOADING" or (self.encode == "READY" and self.ensemble == "LOADING")
+
+    @property
+    def ready(self) -> bool:
+        return self.ensemble == "READY" and self.encode == "READY"
+
+
+class LocalController:
+    def __init__(
+        self,
+        control: TritonControl,
+        manifests: dict[str, Manifest],
+        *,
+        budget_bytes: int | None = None,
+        policy: EvictionPolicy | None = None,
+        pinned: set[str] | frozenset[str] = frozenset(),
+        metrics_url: str | None = None,
+        keep_light_steps: bool = True,
+    ) -> None:
+        self.control = control
+        self.manifests = dict(manifests)
+        self.budget_bytes = budget_bytes if budget_bytes is not None else 2**63
+        self.policy = policy or LeastRecentlyUsed()
+        self.metrics_url = metrics_url
+        self.keep_light_steps = keep_light_steps
+        self.entries = {
+            name: EntryStatus(name, m.memory_bytes, pinned=name in pinned)
+            for name, m in sorted(self.manifests.items())
+        }
+        unknown_pins = sorted(set(pinned) - set(self.entries))
+        if unknown_pins:
+            raise UnknownModel(self._unknown_message(unknown_pins[0]))
+        self._lock = asyncio.Lock()
+        self._in_flight: dict[str, int] = {}
+
+    # -- what placement sees --------------------------------------------------------------------
+    def model_states(self) -> list[ModelState]:
+        return [
+            ModelState(
+                name=e.name,
+                memory_bytes=e.memory_bytes,
+                loaded=e.loaded,
+                loading=e.loading,
+                pinned=e.pinned,
+                in_flight=self._in_flight.get(e.name, 0),
+                last_used=e.last_used_ms,
+                load_cost_s=e.load_seconds,
+            )
+            for e in self.entries.values()
+        ]
+
+    def used_bytes(self) -> int:
+        return sum(e.memory_bytes for e in self.entries.values() if e.loaded or e.loading)
+
+    # -- observing Triton -----------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Read states from the repository index and recency from the statistics."""
+        index: dict[str, IndexEntry] = {e.name: e for e in await self.control.index()}
+        now_ms = time.time() * 1000
+        for entry in self.entries.values():
+            encode = index.get(step_name(entry.name, STEP_ENCODE))
+            ensemble = index.get(entry.name)
+            was_holding = entry.loaded or entry.loading
+            entry.encode = encode.state if encode else None
+            entry.ensemble = ensemble.state if ensemble else None
+            entry.light_steps_ready = all(
+                (row := index.get(step_name(entry.name, s))) is not None and row.ready
+                for s in (STEP_TOKENIZE, STEP_POSTPROCESS)
+            )
+            entry.reason = (encode.reason if encode else "") or (
+                ensemble.reason if ensemble else ""
+            )
+            if not was_holding and (entry.loaded or entry.loading):
+                # Loaded by someone else: count it as just used, so it is not the first evicted.
+                entry.last_used_ms = max(entry.last_used_ms, now_ms)
+        for stats in await self.control.statistics():
+            entry = self.entries.get(stats.name)
+            if entry and stats.last_inference_ms > entry.last_used_ms:
+                entry.last_used_ms = float(stats.last_inference_ms)
+                self.policy.record_use(self._state(entry.name))
+        if self.metrics_url:
+            try:
+                self._in_flight = await self.control.pending_requests(self.metrics_url)
+            except TritonControlError as exc:
+                log.debug("pending requests unavailable: %s", exc)
+
+    def _state(self, name: str) -> ModelState:
+        return next(m for m in self.model_states() if m.name == name)
+
+    # -- acting ---------------------------------------------------------------------------------
+    async def start(self, load: list[str] | None = None) -> list[str]:
+        """Load `load` (default: every entry that fits the budget, pinned first, then by name).
+        Returns what was loaded."""
+        async with self._lock:
+            await self.refresh()
+            if load is None:
+                chosen, skipped = initial_loads(self.model_states(), self.budget_bytes)
+                for name, why in skipped.items():
+                    log.info("not loading %s at start: %s", name, why)
+            else:
+                for name in load:
+                    self._require(name)
+                chosen = list(dict.fromkeys(load))
+        for name in chosen:
+            await self.ensure_loaded(name)
+        return chosen
+
+    async def ensure_loaded(self, name: str) -> EntryStatus:
+        """Load `name` if it is not ready, evicting by policy first when the budget needs it."""
+        self._require(name)
+        async with self._lock:
+            await self.refresh()
+            entry = self.entries[name]
+            if entry.ready:
+                entry.last_used_ms = max(entry.last_used_ms, time.time() * 1000)
+                return entry
+            plan = plan_load(self._state(name), self.model_states(), self.budget_bytes, self.policy)
+            if not plan.admit:
+                raise PlacementRefused(plan.reason)
+            for victim in plan.evict:
+                await self._evict(victim)
+            await self._load(entry)
+            return entry
+
+    async def enforce_budget(self) -> list[str]:
+        """Evict by policy until loaded models fit the budget (after loads made by clients)."""
+        async with self._lock:
+            await self.refresh()
+            evicted: list[str] = []
+            while self.used_bytes() > self.budget_bytes:
+                candidates = [m for m in self.model_states() if m.evictable]
+                if not candidates:
+                    log.warning(
+                        "loaded models use %s, over the %s budget, and none can be evicted now",
+                        format_size(self.used_bytes()),
+                        format_size(self.budget_bytes),
+                    )
+                    break
+                victim = self.policy.order(candidates)[0].name
+                await self._evict(victim)
+                evicted.append(victim)
+            return evicted
+
+    async def run(self, stop: asyncio.Event, interval_s: float = 0.5) -> None:
+        """Poll until `stop` is set; errors are logged and the loop goes on."""
+        while not stop.is_set():
+            try:
+                evicted = await self.enforce_budget()
+                if evicted:
+                    log.info("over budget: evicted %s", ", ".join(evicted))
+            except TritonControlError as exc:
+                log.warning("control loop: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+    async def _evict(self, name: str) -> None:
+        entry = self.entries[name]
+        started = time.monotonic()
+        if self.keep_light_steps:
+            target = step_name(name, STEP_ENCODE)
+            await self.control.unload(target)
+            await self.control.wait_until_unloaded([target, name], UNLOAD_TIMEOUT_S)
+        else:
+            targets = [
+                name,
+                *(step_name(name, s) for s in (STEP_TOKENIZE, STEP_ENCODE, STEP_POSTPROCESS)),
+            ]
+            for target in targets:
+                await self.control.unload(target)
+            await self.control.wait_until_unloaded(targets, UNLOAD_TIMEOUT_S)
+        self.policy.record_eviction(self._state(name))
+        entry.encode = "UNAVAILABLE"
+        entry.ensemble = "UNAVAILABLE"
+        log.info("evicted %s in %.2fs", name, time.monotonic() - started)
+
+    async def _load(self, entry: EntryStatus) -> None:
+        started = time.monotonic()
+        if entry.light_steps_ready and self.keep_light_steps:
+            # Only the encoder: the ensemble comes back READY by itself once its steps are.
+            await self.control.load(step_name(entry.name, STEP_ENCODE))
+            if not await self.control.is_model_ready(entry.name):
+                await self.control.load(entry.name)
+            how = "encode step"
+        else:
+            await self.control.load(entry.name)  # Triton loads the three steps with it
+            how = "whole entry"
+        entry.load_seconds = time.monotonic() - started
+        entry.encode = entry.ensemble = "READY"
+        entry.light_steps_ready = True
+        entry.last_used_ms = max(entry.last_used_ms, time.time() * 1000)
+        self.policy.record_use(self._state(entry.name))
+        log.info("loaded %s (%s) in %.2fs", entry.name, how, entry.load_seconds)
+
+    def _require(self, name: str) -> None:
+        if name not in self.entries:
+            raise UnknownModel(self._unknown_message(name))
+
+    def _unknown_message(self, name: str) -> str:
+        known = ", ".join(self.entries) or "none"
+        return f"no model named {name!r} in the served repository (models: {known})"
