@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ os.environ.setdefault("SHOAL_OPERATOR_RETRY_BASE_S", "1")
 os.environ.setdefault("SHOAL_OPERATOR_RETRY_MAX_S", "4")
 
 from shoal.operator.crds import all_crds  # noqa: E402
+from shoal.runtime.triton import TritonServer  # noqa: E402
 from tests.operator.helpers import Kube  # noqa: E402
 from tests.support.kube import KubeCluster, KubeUnavailable, running_cluster, wait_for  # noqa: E402
 from tests.support.triton import triton_server  # noqa: E402, F401  (fixture)
@@ -92,6 +94,40 @@ def run_operator(kube: Kube) -> Callable[[], contextlib.AbstractContextManager[A
             kube.namespace,
         ]
         return KopfRunner(args, timeout=60)
+
+    return start
+
+
+def _host_address() -> str | None:
+    """This machine's own non-loopback IPv4 address (UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))
+            address = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+@pytest.fixture(scope="session")
+def replica_address() -> str:
+    """Where the test's Triton replicas are reached through Endpoints. The API server rejects
+    loopback addresses in Endpoints (as the endpoints controller never writes them), so the
+    replicas listen on all interfaces and are published under the machine's own address."""
+    address = _host_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address: Endpoints cannot point at loopback")
+    return address
+
+
+@pytest.fixture
+def start_replica(triton_server, replica_address) -> Callable[[Path], TritonServer]:  # noqa: F811
+    def start(repository: Path) -> TritonServer:
+        server = triton_server(
+            repository, extra_args=["--http-address=0.0.0.0", "--metrics-address=0.0.0.0"]
+        )
+        server.replica_address = replica_address  # type: ignore[attr-defined]
+        return server
 
     return start
 

@@ -66,7 +66,7 @@ class Kube:
             {
                 "addresses": [
                     {
-                        "ip": "127.0.0.1",
+                        "ip": server.replica_address,
                         "targetRef": {"kind": "Pod", "name": pod, "namespace": self.namespace},
                     }
                 ],

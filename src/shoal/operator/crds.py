@@ -278,8 +278,12 @@ def model_crd() -> dict[str, Any]:
             "items": {"type": "string"},
             "description": "Replicas (pods) where the model is loaded.",
         },
-        "lastUsed": {"type": "string", "format": "date-time"},
-        "lastError": {"type": "string", "description": "Triton's error from the last failed load."},
+        "lastUsed": {"type": "string", "format": "date-time", "nullable": True},
+        "lastError": {
+            "type": "string",
+            "nullable": True,
+            "description": "Triton's error from the last failed load.",
+        },
     }
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

@@ -232,7 +232,7 @@ async def _reconcile(
         get_condition(conditions, "Loaded")["message"], generation,
     )  # fmt: skip
     if desired.get("phase") == "Ready" and status.get("lastError") and not result.load_errors:
-        desired["lastError"] = ""
+        desired["lastError"] = None  # merge patch: removes the field
     desired["conditions"] = conditions
     _write(patch, status, desired)
     if retry_message and raise_for_retry:
