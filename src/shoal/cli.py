@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "shoal.model_repository.cli",
     "shoal.runtime.cli",
     "shoal.operator.cli",
+    "shoal.catalog.cli",
 )
 
 

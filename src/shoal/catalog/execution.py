@@ -1,0 +1,227 @@
+"""Runs the planned exports: parallel processes, bounded by --jobs and by memory.
+
+Called by `shoal build` after planning. Each export runs in a spawned process (worker.py). A new
+export starts only while fewer than `jobs` run and its memory estimate fits beside the running
+ones in the budget (MemAvailable by default); one export always runs, even if its estimate alone
+exceeds the budget. Larger models start first (shorter builds overall). When an export finishes,
+its entry is published at once (the others keep running), so one failure costs only its model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from multiprocessing.connection import Connection, wait
+from typing import Protocol
+
+from shoal.catalog.planning import Action, PlannedModel
+from shoal.catalog.publishing import Destination, LocalRepository
+from shoal.catalog.worker import ExportJob, ExportOutcome, run_export
+from shoal.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+# Rough peak memory of one export: the interpreter with torch, transformers and onnxruntime
+# loaded, plus the weights held several times at once (the torch model, the traced graph, the
+# ONNX protobuf and its optimized copy, an onnxruntime session for parity, the PyTorch reference).
+EXPORT_BASE_BYTES = 1_200 * 2**20
+EXPORT_WEIGHTS_FACTOR = 6
+TICK_S = 1.0  # how often a live display refreshes while exports run
+
+
+class Status(StrEnum):
+    BUILT = "built"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    name: str
+    status: Status
+    reason: str  # why it was built/skipped, or the error
+    elapsed_s: float = 0.0
+    manifest: Manifest | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not Status.FAILED
+
+
+class Progress(Protocol):
+    def started(self, name: str, reason: str, running: int, remaining: int) -> None: ...
+    def finished(self, result: ModelResult) -> None: ...
+    def tick(self) -> None: ...
+
+
+def export_memory_estimate(weights_bytes: int) -> int:
+    return EXPORT_BASE_BYTES + EXPORT_WEIGHTS_FACTOR * weights_bytes
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo (what can be used without swapping), else total memory."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass
+class _Running:
+    plan: PlannedModel
+    process: multiprocessing.process.BaseProcess
+    connection: Connection
+    started: float
+    estimate: int
+    outcome: ExportOutcome | None = None
+
+
+def run_exports(
+    plans: list[PlannedModel],
+    destination: Destination,
+    progress: Progress,
+    jobs: int = 1,
+    memory_budget: int | None = None,
+    log_level: int = logging.WARNING,
+) -> list[ModelResult]:
+    """Export every BUILD plan, publish each that succeeds; results in catalog order."""
+    results: dict[str, ModelResult] = {}
+    for plan in plans:
+        if plan.action is Action.SKIP:
+            results[plan.model.name] = ModelResult(
+                plan.model.name, Status.SKIPPED, plan.reason, manifest=plan.existing
+            )
+        elif plan.action is Action.FAIL:
+            results[plan.model.name] = ModelResult(plan.model.name, Status.FAILED, plan.reason)
+            progress.finished(results[plan.model.name])
+    to_build = [p for p in plans if p.action is Action.BUILD]
+    if to_build:
+        budget = memory_budget if memory_budget is not None else available_memory()
+        for result in _Scheduler(to_build, destination, progress, jobs, budget, log_level).run():
+            results[result.name] = result
+    return [results[p.model.name] for p in plans]
+
+
+class _Scheduler:
+    def __init__(
+        self,
+        plans: list[PlannedModel],
+        destination: Destination,
+        progress: Progress,
+        jobs: int,
+        budget: int,
+        log_level: int,
+    ) -> None:
+        self.destination = destination
+        self.progress = progress
+        self.jobs = max(1, jobs)
+        self.budget = budget
+        self.log_level = log_level
+        # Largest first: the long exports start early and small ones fill the gaps.
+        self.pending = sorted(plans, key=lambda p: -p.weights_bytes)
+        parallel = min(self.jobs, len(plans))
+        self.threads = max(1, (os.cpu_count() or 1) // parallel)
+        self.context = multiprocessing.get_context("spawn")  # never fork a process holding torch
+        self.running: list[_Running] = []
+        self.repository = destination.export_repository()
+        self.overwrite = isinstance(destination, LocalRepository)
+
+    def run(self) -> list[ModelResult]:
+        results: list[ModelResult] = []
+        try:
+            while self.pending or self.running:
+                self._start_what_fits()
+                ready = wait(
+                    [r.connection for r in self.running]
+                    + [r.process.sentinel for r in self.running],
+                    timeout=TICK_S,
+                )
+                for running in list(self.running):
+                    if running.connection in ready and running.outcome is None:
+                        # EOF: the process died before answering (reported by _finish).
+                        with contextlib.suppress(EOFError, OSError):
+                            running.outcome = running.connection.recv()
+                    if running.process.sentinel in ready or running.outcome is not None:
+                        running.process.join(timeout=30)
+                        if running.process.exitcode is None:
+                            continue
+                        self.running.remove(running)
+                        result = self._finish(running)
+                        results.append(result)
+                        self.progress.finished(result)
+                self.progress.tick()
+        finally:
+            for running in self.running:  # interrupted: leave no exports behind
+                running.process.terminate()
+                running.process.join(timeout=10)
+        return results
+
+    def _used(self) -> int:
+        return sum(r.estimate for r in self.running)
+
+    def _start_what_fits(self) -> None:
+        for plan in list(self.pending):
+            if len(self.running) >= self.jobs:
+                return
+            estimate = export_memory_estimate(plan.weights_bytes)
+            if self.running and self._used() + estimate > self.budget:
+                continue  # a smaller model further down may still fit
+            if not self.running and estimate > self.budget:
+                log.warning(
+                    "exporting %s may need ~%d MiB, more than the %d MiB budget; running it alone",
+                    plan.model.name,
+                    estimate >> 20,
+                    self.budget >> 20,
+                )
+            self.pending.remove(plan)
+            self._start(plan, estimate)
+
+    def _start(self, plan: PlannedModel, estimate: int) -> None:
+        options = replace(plan.model.export, overwrite=self.overwrite)
+        job = ExportJob(
+            plan.model.name, plan.model.source, self.repository, options, self.threads,
+            self.log_level,
+        )  # fmt: skip
+        parent, child = self.context.Pipe(duplex=False)
+        process = self.context.Process(
+            target=run_export, args=(job, child), name=f"shoal-export-{plan.model.name}"
+        )
+        process.start()
+        child.close()  # the parent keeps only its end: EOF when the child dies
+        self.running.append(_Running(plan, process, parent, time.monotonic(), estimate))
+        self.progress.started(plan.model.name, plan.reason, len(self.running), len(self.pending))
+
+    def _finish(self, running: _Running) -> ModelResult:
+        name = running.plan.model.name
+        elapsed = time.monotonic() - running.started
+        running.connection.close()
+        outcome = running.outcome
+        if outcome is None:
+            code = running.process.exitcode
+            why = " (killed: out of memory?)" if code == -9 else ""
+            return ModelResult(
+                name, Status.FAILED, f"the export process exited with {code}{why}", elapsed
+            )
+        if not outcome.ok:
+            if outcome.detail:
+                log.error("export of %s failed unexpectedly:\n%s", name, outcome.detail)
+            return ModelResult(name, Status.FAILED, outcome.error or "failed", elapsed)
+        manifest = Manifest.from_dict(json.loads(outcome.manifest_json or "{}"))
+        try:
+            self.destination.publish(name)
+        except Exception as exc:  # noqa: BLE001 - object-store errors vary by backend
+            log.debug("publishing %s failed", name, exc_info=True)
+            return ModelResult(
+                name, Status.FAILED, f"publishing failed: {type(exc).__name__}: {exc}", elapsed
+            )
+        return ModelResult(name, Status.BUILT, running.plan.reason, elapsed, manifest)

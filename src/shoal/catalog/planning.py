@@ -1,0 +1,84 @@
+"""Which catalog models need exporting: compare each model's input hash with the entry at DEST.
+
+Called by `shoal build` after validation, before any export. A model is skipped only when the
+entry at the destination has a manifest whose `source_sha256` equals the hash of the model's inputs
+now (checkpoint files + export options + tool versions, computed by the exporter's own
+`source_hash`, so the two can never disagree) AND the entry is intact: `shoal repo check` for a
+local repository; for an object store, every file the manifest lists is present (see
+publishing.RemoteRepository.entry_problems).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shoal.catalog.publishing import Destination
+from shoal.catalog.schema import CatalogModel
+from shoal.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+
+class Action(StrEnum):
+    BUILD = "build"
+    SKIP = "skip"
+    FAIL = "fail"  # the inputs cannot even be hashed (a checkpoint that is not a model folder)
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    model: CatalogModel
+    action: Action
+    reason: str  # why: "new", "inputs changed", "entry broken: ...", "unchanged", the error
+    source_sha256: str | None = None
+    existing: Manifest | None = None  # the manifest at DEST, for skipped models
+    weights_bytes: int = 0  # checkpoint weights on disk, for the export memory estimate
+
+
+def input_hash(model: CatalogModel) -> tuple[str, int]:
+    """The exporter's source hash for this model's inputs, and the checkpoint's weight bytes."""
+    from shoal.exporter.checkpoint import WEIGHT_FILES, inspect_checkpoint
+    from shoal.exporter.export import source_hash  # the exporter's definition: never duplicated
+
+    checkpoint = inspect_checkpoint(model.source)
+    weights = sum(
+        (checkpoint.path / f).stat().st_size
+        for f in checkpoint.files
+        if f.endswith((".safetensors", ".bin", ".pt")) or f in WEIGHT_FILES
+    )
+    return source_hash(checkpoint.content_sha256(), model.export), weights
+
+
+def plan_model(model: CatalogModel, destination: Destination, force: bool = False) -> PlannedModel:
+    from shoal.exporter.errors import ExportError
+
+    try:
+        digest, weights = input_hash(model)
+    except (ExportError, OSError) as exc:
+        return PlannedModel(model, Action.FAIL, str(exc))
+    if force:
+        return PlannedModel(model, Action.BUILD, "--force", digest, weights_bytes=weights)
+    existing, problem = destination.read_manifest(model.name)
+    if existing is None:
+        reason = "new" if problem is None else f"entry unreadable: {problem}"
+        return PlannedModel(model, Action.BUILD, reason, digest, weights_bytes=weights)
+    if existing.source_sha256 != digest:
+        return PlannedModel(model, Action.BUILD, "inputs changed", digest, weights_bytes=weights)
+    problems = destination.entry_problems(model.name)
+    if problems:
+        reason = f"entry broken: {problems[0]}" + (
+            f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        )
+        return PlannedModel(model, Action.BUILD, reason, digest, weights_bytes=weights)
+    return PlannedModel(model, Action.SKIP, "unchanged", digest, existing, weights)
+
+
+def plan_build(
+    models: list[CatalogModel], destination: Destination, force: bool = False
+) -> list[PlannedModel]:
+    plans = [plan_model(m, destination, force) for m in models]
+    for plan in plans:
+        log.debug("plan %s: %s (%s)", plan.model.name, plan.action, plan.reason)
+    return plans
