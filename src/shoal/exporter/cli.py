@@ -1,9 +1,96 @@
-"""Subcommands of this component (filled in by its issue)."""
+"""`shoal export` and `shoal verify`: thin wrappers over shoal.exporter (imported lazily so that
+`shoal --help` and the operator image never load torch)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+
+from shoal.contract import Dtype, Pooling, Runtime, Task
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this component's subcommands to `shoal`."""
+    export = subparsers.add_parser(
+        "export", help="export a Hugging Face checkpoint to a verified Triton repository entry"
+    )
+    export.add_argument("source", help="local Hugging Face model folder")
+    export.add_argument("--name", required=True, help="model name in the repository")
+    export.add_argument("--repository", required=True, help="Triton model repository folder")
+    export.add_argument("--task", choices=[t.value for t in Task])
+    export.add_argument("--pooling", choices=[p.value for p in Pooling])
+    export.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
+    export.add_argument("--max-length", type=int)
+    export.add_argument("--dims", type=int, help="Matryoshka truncation of dense vectors")
+    export.add_argument("--dtype", choices=[d.value for d in Dtype], default=Dtype.FP32.value)
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument(
+        "--runtime", choices=[r.value for r in Runtime], default=Runtime.PORTABLE.value
+    )
+    export.add_argument("--max-batch-size", type=int, default=32)
+    export.add_argument("--query-prefix")
+    export.add_argument("--document-prefix")
+    export.add_argument("--family", help="force an architecture adapter instead of detecting it")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing entry")
+    export.add_argument("--no-optimize", dest="optimize", action="store_false")
+    export.set_defaults(func=run_export)
+
+    verify = subparsers.add_parser("verify", help="re-run the parity check of an exported entry")
+    verify.add_argument("entry", help="REPOSITORY/NAME")
+    verify.set_defaults(func=run_verify)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shoal.cli import UserError
+    from shoal.exporter import ExportError, ExportOptions, export_model
+    from shoal.exporter.parity import format_table
+
+    try:
+        options = ExportOptions(
+            task=args.task,
+            pooling=args.pooling,
+            normalize=args.normalize,
+            max_length=args.max_length,
+            dims=args.dims,
+            dtype=args.dtype,
+            opset=args.opset,
+            runtime=args.runtime,
+            max_batch_size=args.max_batch_size,
+            query_prefix=args.query_prefix,
+            document_prefix=args.document_prefix,
+            family=args.family,
+            overwrite=args.overwrite,
+            optimize=args.optimize,
+        )
+        manifest = export_model(args.source, args.name, Path(args.repository), options)
+    except (ExportError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    print(
+        f"exported {manifest.name}: {manifest.architecture} {manifest.task}, {manifest.dtype}, "
+        f"fused attention {manifest.fused_attention}, memory {manifest.memory_bytes / 2**20:.1f} MiB"
+    )
+    print(format_table(manifest.parity))
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shoal.cli import UserError
+    from shoal.exporter import ExportError, verify_entry
+    from shoal.exporter.parity import format_table
+
+    try:
+        results = verify_entry(Path(args.entry))
+    except ExportError as exc:
+        raise UserError(str(exc)) from exc
+    print(format_table(results))
+    failed = [r for r in results if not r.passed]
+    if failed:
+        print(f"{len(failed)} output(s) failed parity")
+        return 1
+    return 0
