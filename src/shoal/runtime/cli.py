@@ -1,9 +1,210 @@
-"""Subcommands of this component (filled in by its issue)."""
+"""`shoal serve`, `shoal quickstart`, `shoal embed`, `shoal rerank`: the local runtime from the
+shell. Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _quiet_http_logs() -> None:
+    # httpx logs every control request at INFO: noise next to the runtime's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this component's subcommands to `shoal`."""
+    serve = subparsers.add_parser(
+        "serve", help="serve a model repository on a local Triton (explicit mode, LRU budget)"
+    )
+    serve.add_argument("repository", help="model repository folder (made by `shoal export`)")
+    serve.add_argument("--http-port", type=int, help="default: a free port")
+    serve.add_argument("--grpc-port", type=int, help="default: a free port")
+    serve.add_argument("--metrics-port", type=int, help="default: a free port")
+    serve.add_argument(
+        "--load",
+        action="append",
+        metavar="NAME",
+        help="load these models at start (repeatable); default: every model that fits the budget",
+    )
+    serve.add_argument("--pin", action="append", default=[], metavar="NAME", help="never evict")
+    serve.add_argument(
+        "--memory-budget", metavar="SIZE", help="e.g. 2GiB; default: no limit (load everything)"
+    )
+    serve.add_argument("--policy", default="lru", choices=["lru", "gds"], help="eviction policy")
+    serve.add_argument("--log-file", help="Triton's log (default: a temporary file)")
+    serve.set_defaults(func=run_serve)
+
+    quickstart = subparsers.add_parser(
+        "quickstart", help="export MiniLM once, serve it, query it over HTTP and gRPC (offline)"
+    )
+    quickstart.add_argument(
+        "--repository", help="cache repository (default: ~/.cache/shoal/quickstart-repository)"
+    )
+    quickstart.set_defaults(func=run_quickstart_command)
+
+    for name, helptext in (
+        ("embed", "embed texts with a served model"),
+        ("rerank", "score documents against a query with a served reranker"),
+    ):
+        parser = subparsers.add_parser(name, help=helptext)
+        parser.add_argument("model")
+        if name == "rerank":
+            parser.add_argument("query")
+            parser.add_argument("texts", nargs="+", metavar="DOC")
+        else:
+            parser.add_argument("texts", nargs="+", metavar="TEXT")
+            parser.add_argument("--text-type", choices=["query", "document"])
+        parser.add_argument("--url", default=DEFAULT_URL, help=f"Triton (default {DEFAULT_URL})")
+        parser.add_argument("--protocol", choices=["http", "grpc"], default="http")
+        parser.add_argument(
+            "--load-timeout", type=float, default=120.0, help="seconds to wait for a cold model"
+        )
+        parser.set_defaults(func=run_embed if name == "embed" else run_rerank)
+
+
+# -- serve ----------------------------------------------------------------------------------------
+def run_serve(args: argparse.Namespace) -> int:
+    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.placement import make_policy, parse_size  # noqa: PLC0415
+    from shoal.runtime.controller import PlacementRefused, UnknownModel  # noqa: PLC0415
+    from shoal.runtime.serve import LocalServing, RepositoryProblem  # noqa: PLC0415
+    from shoal.runtime.triton import TritonStartError  # noqa: PLC0415
+    from shoal.triton_control import TritonControlError  # noqa: PLC0415
+
+    _quiet_http_logs()
+    try:
+        budget = parse_size(args.memory_budget) if args.memory_budget else None
+        serving = LocalServing(
+            args.repository,
+            budget_bytes=budget,
+            policy=make_policy(args.policy),
+            pinned=frozenset(args.pin),
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            log_path=args.log_file,
+        )
+    except (ValueError, RepositoryProblem) as exc:
+        raise UserError(str(exc)) from exc
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with serving:
+            assert serving.server and serving.controller
+            loaded = await serving.controller.start(args.load)
+            server = serving.server
+            print(
+                f"shoal serve: Triton on HTTP {server.http_url}  gRPC {server.grpc_url}  "
+                f"metrics {server.metrics_url}\n"
+                f"  loaded: {', '.join(loaded) or 'none'}; models: "
+                f"{', '.join(serving.manifests)}\n  log: {server.log_path}\n"
+                "  Ctrl-C to stop",
+                flush=True,
+            )
+            await serving.run_until(stop)
+            log.info("stopping")
+
+    try:
+        asyncio.run(main())
+    except (UnknownModel, PlacementRefused) as exc:
+        raise UserError(str(exc)) from exc
+    except (TritonStartError, TritonControlError) as exc:
+        raise UserError(f"{exc}") from exc
+    return 0
+
+
+# -- quickstart -----------------------------------------------------------------------------------
+def run_quickstart_command(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.runtime.installation import TritonNotInstalled  # noqa: PLC0415
+    from shoal.runtime.quickstart import QuickstartError, run_quickstart  # noqa: PLC0415
+
+    _quiet_http_logs()
+    try:
+        run_quickstart(Path(args.repository) if args.repository else None)
+    except (QuickstartError, TritonNotInstalled) as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
+# -- embed / rerank -------------------------------------------------------------------------------
+def _ready_client(args: argparse.Namespace):  # noqa: ANN202
+    """A client for a ready model: a cold model is loaded through Triton's repository API (a
+    `shoal serve` control loop then keeps the budget)."""
+    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+
+    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.runtime import client as triton_client  # noqa: PLC0415
+
+    client = triton_client.connect(args.url, args.protocol)
+    try:
+        if not client.is_server_live():
+            raise UserError(f"no Triton answering at {args.url}; start one with `shoal serve DIR`")
+        if not client.is_model_ready(args.model):
+            log.info("%s is not loaded: loading it", args.model)
+            client.load_model(args.model)
+            triton_client.wait_until_ready(client, args.model, args.load_timeout)
+    except InferenceServerException as exc:
+        client.close()
+        raise UserError(f"model {args.model!r} at {args.url}: {exc.message()}") from exc
+    except triton_client.ModelCallError as exc:
+        client.close()
+        raise UserError(str(exc)) from exc
+    except Exception as exc:
+        client.close()
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"cannot reach Triton at {args.url}: {exc}") from exc
+    return client
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.runtime import client as triton_client  # noqa: PLC0415
+
+    client = _ready_client(args)
+    try:
+        vectors = triton_client.embed(
+            client, args.model, args.texts, protocol=args.protocol, text_type=args.text_type
+        )
+    except triton_client.ModelCallError as exc:
+        raise UserError(str(exc)) from exc
+    finally:
+        client.close()
+    for text, vector in zip(args.texts, vectors, strict=True):
+        json.dump({"text": text, "embedding": [round(float(v), 6) for v in vector]}, sys.stdout)
+        sys.stdout.write("\n")
+    return 0
+
+
+def run_rerank(args: argparse.Namespace) -> int:
+    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.runtime import client as triton_client  # noqa: PLC0415
+
+    client = _ready_client(args)
+    try:
+        scores = triton_client.rerank(
+            client, args.model, args.query, args.texts, protocol=args.protocol
+        )
+    except triton_client.ModelCallError as exc:
+        raise UserError(str(exc)) from exc
+    finally:
+        client.close()
+    ranked = sorted(zip(scores.tolist(), args.texts, strict=True), key=lambda p: -p[0])
+    for score, text in ranked:
+        print(f"{score:10.4f}  {text}")
+    return 0
