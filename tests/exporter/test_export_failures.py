@@ -1,0 +1,138 @@
+"""Failure paths: each gives a clear error naming the file or option, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from shoal.exporter import ExportError, ExportOptions, ParityError, export_model
+
+
+def copy_of(tiny_model, family, tmp_path):
+    folder = tmp_path / f"{family}-copy"
+    shutil.copytree(tiny_model(family), folder)
+    return folder
+
+
+def assert_untouched(repository, before):
+    after = sorted(p.name for p in repository.iterdir()) if repository.exists() else []
+    assert after == before
+    leftovers = [p for p in repository.parent.iterdir() if p.name.startswith(".shoal-staging")]
+    assert not leftovers
+
+
+@pytest.mark.parametrize(
+    ("remove", "message"),
+    [
+        ("config.json", "config.json not found"),
+        ("model.safetensors", "no weights"),
+        ("tokenizer.json", "tokenizer.json not found"),
+    ],
+)
+def test_missing_files_are_named(remove, message, tiny_model, tmp_path):
+    source = copy_of(tiny_model, "bert", tmp_path)
+    (source / remove).unlink()
+    repository = tmp_path / "repo"
+    with pytest.raises(ExportError, match=message):
+        export_model(source, "m", repository)
+    assert_untouched(repository, [])
+
+
+def test_truncated_safetensors_is_reported_as_corrupt(tiny_model, tmp_path):
+    source = copy_of(tiny_model, "bert", tmp_path)
+    weights = source / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ExportError, match=r"model.safetensors is truncated or corrupt"):
+        export_model(source, "m", tmp_path / "repo")
+    assert_untouched(tmp_path / "repo", [])
+
+
+def test_unsupported_architecture_lists_supported_families(tiny_model, tmp_path):
+    source = copy_of(tiny_model, "bert", tmp_path)
+    config = json.loads((source / "config.json").read_text())
+    config["model_type"] = "gpt_neox"
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ExportError, match=r"unsupported architecture.*gpt_neox.*bert \(bert\).*qwen3"
+    ):
+        export_model(source, "m", tmp_path / "repo")
+
+
+def test_missing_source_and_bad_names_and_options(tmp_path, tiny_model):
+    with pytest.raises(ExportError, match="does not exist"):
+        export_model(tmp_path / "nowhere", "m", tmp_path / "repo")
+    with pytest.raises(ExportError, match="not allowed"):
+        export_model(tiny_model("bert"), "a__tokenize", tmp_path / "repo")
+    with pytest.raises(ExportError, match="exports tasks"):
+        export_model(tiny_model("bert"), "m", tmp_path / "repo", ExportOptions(task="rerank"))
+    with pytest.raises(ExportError, match="--dims 999 exceeds"):
+        export_model(tiny_model("bert"), "m", tmp_path / "repo", ExportOptions(dims=999))
+    with pytest.raises(ValueError, match="pooling 'sum'"):
+        ExportOptions(pooling="sum")
+
+
+@pytest.mark.slow
+def test_existing_name_needs_overwrite_and_is_then_swapped(exported, tiny_model):
+    repository, manifest = exported("bert")
+    before = sorted(p.name for p in repository.iterdir())
+    with pytest.raises(ExportError, match="already exists.*--overwrite"):
+        export_model(tiny_model("bert"), manifest.name, repository)
+    assert_untouched(repository, before)
+    replaced = export_model(
+        tiny_model("bert"),
+        manifest.name,
+        repository,
+        ExportOptions(max_length=48, overwrite=True, dims=16),
+    )
+    assert replaced.dims == 16 and sorted(p.name for p in repository.iterdir()) == before
+    export_model(
+        tiny_model("bert"), manifest.name, repository, ExportOptions(max_length=48, overwrite=True)
+    )
+
+
+def test_a_foreign_folder_is_never_replaced(tmp_path, tiny_model):
+    repository = tmp_path / "repo"
+    (repository / "m").mkdir(parents=True)
+    with pytest.raises(ExportError, match="not a shoal entry"):
+        export_model(tiny_model("bert"), "m", repository, ExportOptions(overwrite=True))
+
+
+@pytest.mark.slow
+def test_failing_parity_reports_figures_and_leaves_nothing(tiny_model, tmp_path, monkeypatch):
+    """A reference that pools differently from the graph (a real pooling bug) must fail."""
+    import torch
+
+    from shoal.exporter import reference
+
+    monkeypatch.setattr(
+        reference,
+        "pool_one",
+        lambda hidden, pooling: hidden[0] * 0 + torch.tensor(1.0) + hidden[-1],
+    )
+    repository = tmp_path / "repo"
+    with pytest.raises(
+        ParityError, match=r"EMBEDDING fp32: min_cosine 0\.\d+ \(threshold 0\.99999\); worst probe"
+    ):
+        export_model(tiny_model("bert"), "m", repository, ExportOptions(max_length=48))
+    assert_untouched(repository, [])
+
+
+def test_cli_prints_user_errors_without_traceback(tmp_path, capsys):
+    from shoal.cli import main
+
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "nowhere"),
+                "--name",
+                "m",
+                "--repository",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
