@@ -35,9 +35,12 @@ def format_parity(manifest: Manifest | None) -> str:
     results = [p for p in manifest.parity if p.dtype == manifest.dtype] or manifest.parity
     # The least favourable result: lowest cosine, or largest difference.
     worst = min(results, key=lambda p: p.value if p.metric == "min_cosine" else -p.value)
-    label = "cos" if worst.metric == "min_cosine" else worst.metric.replace("_", " ")
+    if worst.metric == "min_cosine":
+        figure = f"cos {worst.value:.7f}"
+    else:
+        figure = f"{worst.metric.replace('_', ' ')} {worst.value:.2e}"
     mark = "ok" if all(p.passed for p in results) else "FAILED"
-    return f"{worst.dtype} {label} {worst.value:.6g} {mark}"
+    return f"{worst.dtype} {figure} {mark}"
 
 
 def summary_rows(results: list[ModelResult]) -> list[tuple[str, ...]]:

@@ -76,6 +76,22 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def next_to_start(pending: list[int], running: list[int], jobs: int, budget: int) -> int | None:
+    """Index of the first pending export (by memory estimate) that may start now, or None.
+
+    At most `jobs` at once; the estimates of the running ones plus the new one must fit in
+    `budget`, except that one export always runs when none does (progress beats a stall)."""
+    if not pending or len(running) >= jobs:
+        return None
+    if not running:
+        return 0
+    used = sum(running)
+    for index, estimate in enumerate(pending):
+        if used + estimate <= budget:
+            return index
+    return None
+
+
 @dataclass
 class _Running:
     plan: PlannedModel
@@ -166,24 +182,21 @@ class _Scheduler:
                 running.process.join(timeout=10)
         return results
 
-    def _used(self) -> int:
-        return sum(r.estimate for r in self.running)
-
     def _start_what_fits(self) -> None:
-        for plan in list(self.pending):
-            if len(self.running) >= self.jobs:
+        while True:
+            running = [r.estimate for r in self.running]
+            pending = [export_memory_estimate(p.weights_bytes) for p in self.pending]
+            index = next_to_start(pending, running, self.jobs, self.budget)
+            if index is None:
                 return
-            estimate = export_memory_estimate(plan.weights_bytes)
-            if self.running and self._used() + estimate > self.budget:
-                continue  # a smaller model further down may still fit
-            if not self.running and estimate > self.budget:
+            plan, estimate = self.pending.pop(index), pending[index]
+            if estimate > self.budget:
                 log.warning(
                     "exporting %s may need ~%d MiB, more than the %d MiB budget; running it alone",
                     plan.model.name,
                     estimate >> 20,
                     self.budget >> 20,
                 )
-            self.pending.remove(plan)
             self._start(plan, estimate)
 
     def _start(self, plan: PlannedModel, estimate: int) -> None:

@@ -261,7 +261,6 @@ class _Validator:
     ) -> CatalogModel | None:
         before = len(self.problems)
         label = f"models[{where[-1]}]"
-        self._check_keys(item, where, MODEL_KEYS, label)
         name = item.get("name")
         if name is None:
             self.report(where, f"{label} has no name; add `name:`")
@@ -276,6 +275,7 @@ class _Validator:
             )
         else:
             label = f"model {name!r}"
+        self._check_keys(item, where, MODEL_KEYS, label)
         source = self._source(item, where, label)
         merged = {k: v for k, v in defaults.items() if k in DEFAULTS_KEYS}
         if any(k in item for k in TARGET_KEYS):  # a model's own target replaces the default one

@@ -45,6 +45,9 @@ def run_export(job: ExportJob, connection: Connection) -> None:
     for variable in THREAD_VARIABLES:
         os.environ[variable] = str(job.threads)  # before torch/onnxruntime start their pools
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a catalog names local folders only
+    if job.log_level > logging.DEBUG:  # progress bars of many processes garble a CI log
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(
         level=job.log_level, format=f"%(asctime)s %(levelname)s [{job.name}] %(name)s: %(message)s"
     )
