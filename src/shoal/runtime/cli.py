@@ -155,6 +155,12 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
         if not client.is_server_live():
             raise UserError(f"no Triton answering at {args.url}; start one with `shoal serve DIR`")
         if not client.is_model_ready(args.model):
+            known = [m["name"] for m in _index(client)]
+            if args.model not in known:
+                raise UserError(
+                    f"no model named {args.model!r} at {args.url}; models: "
+                    f"{', '.join(n for n in known if '__' not in n) or 'none'}"
+                )
             log.info("%s is not loaded: loading it", args.model)
             client.load_model(args.model)
             triton_client.wait_until_ready(client, args.model, args.load_timeout)
@@ -170,6 +176,13 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
             raise
         raise UserError(f"cannot reach Triton at {args.url}: {exc}") from exc
     return client
+
+
+def _index(client) -> list[dict]:  # noqa: ANN001
+    index = client.get_model_repository_index()
+    if not isinstance(index, list):  # gRPC answers a protobuf message
+        index = [{"name": m.name} for m in index.models]
+    return index
 
 
 def run_embed(args: argparse.Namespace) -> int:

@@ -177,7 +177,12 @@ class TritonServer:
             *(f"--load-model={name}" for name in self.load_models),
             *self.extra_args,
         ]
-        log.info("starting tritonserver on %s (log: %s)", self.http_url, self.log_path)
+        log.info(
+            "starting tritonserver on %s (log: %s, stub shm prefix %s)",
+            self.http_url,
+            self.log_path,
+            self.shm_prefix,
+        )
         log.debug("command: %s", command)
         with open(self.log_path, "ab") as log_file:
             self._process = subprocess.Popen(
