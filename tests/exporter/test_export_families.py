@@ -142,3 +142,17 @@ def test_verify_fails_when_the_graph_no_longer_matches(exported, tmp_path):
     step["extra"]["postprocessing"]["pooling"] = "cls"  # the entry now pools differently
     (entry / "shoal.json").write_text(json.dumps(step))
     assert main(["verify", str(entry)]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_reduced_precision_exports_record_both_parities(dtype, tiny_model, tmp_path):
+    from shoal.exporter import ExportOptions, export_model
+
+    manifest = export_model(
+        tiny_model("bert"), "m", tmp_path / "repo", ExportOptions(max_length=48, dtype=dtype)
+    )
+    by_dtype = {r.dtype: r for r in manifest.parity}
+    assert set(by_dtype) == {"fp32", dtype} and all(r.passed for r in manifest.parity)
+    assert by_dtype[dtype].threshold == {"int8": 0.99, "fp16": 0.999}[dtype]
+    assert manifest.dtype == dtype
