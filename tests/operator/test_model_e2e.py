@@ -106,3 +106,160 @@ def test_failing_load_reports_tritons_message_and_retries_until_fixed(
         status = _wait_phase(kube, "broken", "Ready", timeout=60)
         assert status["loadedReplicas"] == 1
         assert not status.get("lastError")
+
+
+def test_memory_pressure_evicts_the_least_recently_used_and_never_a_pinned_model(
+    kube, run_operator, repository, start_replica
+):
+    for name in ("pinned", "old", "recent", "newcomer"):
+        write_entry(repository, name, 100 * MiB)
+    replica = start_replica(repository)
+    with run_operator():
+        kube.create(
+            "inferencepools", "InferencePool", POOL, pool_spec(repository, "350Mi")
+        ).raise_for_status()
+        kube.write_endpoints(POOL, {"gpu-a-0": replica})
+        _model(kube, "pinned", pinned=True)
+        _wait_phase(kube, "pinned", "Ready")
+        _model(kube, "old")
+        _wait_phase(kube, "old", "Ready")
+        _model(kube, "recent")
+        _wait_phase(kube, "recent", "Ready")
+        infer(replica, "recent")  # "pinned" is used least recently of all, then "old"
+        _model(kube, "newcomer")  # 400 MiB wanted on a 350 MiB replica: one must go
+        _wait_phase(kube, "newcomer", "Ready")
+        assert {"pinned", "recent", "newcomer"} <= loaded_entries(replica)
+        assert not any(m.startswith("old") for m in loaded_entries(replica))
+        status = _wait_phase(kube, "old", "Evicted", timeout=30)
+        assert status["loadedReplicas"] == 0
+        assert _condition(status, "Loaded")["reason"] == "Evicted"
+        evictions = [e["message"] for e in kube.events("newcomer") if e["reason"] == "Evicted"]
+        assert evictions and "evicted old from replica gpu-a-0" in evictions[0]
+        assert any(e["reason"] == "Evicted" for e in kube.events("old"))
+        # The evicted model does not evict back (no ping-pong) while the drift timer runs.
+        time.sleep(5)
+        assert {"pinned", "recent", "newcomer"} <= loaded_entries(replica)
+        assert _status(kube, "old")["phase"] == "Evicted"
+
+
+def test_model_too_large_for_any_replica_is_reported_not_loaded(
+    kube, run_operator, repository, start_replica
+):
+    write_entry(repository, "huge", 900 * MiB)
+    replica = start_replica(repository)
+    with run_operator():
+        kube.create(
+            "inferencepools", "InferencePool", POOL, pool_spec(repository, "250Mi")
+        ).raise_for_status()
+        kube.write_endpoints(POOL, {"gpu-a-0": replica})
+        _model(kube, "huge")
+        status = _wait_phase(kube, "huge", "Failed")
+        valid = _condition(status, "Valid")
+        assert valid["reason"] == "TooLarge"
+        assert "900.0 MiB" in valid["message"] and "memoryPerReplica" in valid["message"]
+        assert not any(m.startswith("huge") for m in loaded_entries(replica))
+        # A person raises the budget: the drift timer places it.
+        kube.patch_spec("inferencepools", POOL, {"memoryPerReplica": "1Gi"})
+        _wait_phase(kube, "huge", "Ready", timeout=60)
+
+
+def test_unknown_pool_and_missing_memory_are_reported_with_what_to_do(
+    kube, run_operator, repository
+):
+    with run_operator():
+        _model(kube, "orphan")
+        status = _wait_phase(kube, "orphan", "Pending")
+        valid = _condition(status, "Valid")
+        assert valid["reason"] == "PoolNotFound" and "create it" in valid["message"]
+        spec = pool_spec(repository, "1Gi")
+        del spec["storage"]["localPath"]  # the operator cannot read manifests
+        kube.create("inferencepools", "InferencePool", POOL, spec).raise_for_status()
+        wait_for(
+            lambda: _condition(_status(kube, "orphan"), "Valid")["reason"] == "MemoryUnknown",
+            30,
+            what="MemoryUnknown",
+        )
+        assert "set spec.memory" in _condition(_status(kube, "orphan"), "Valid")["message"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"entry": "x"}, "spec"),  # neither pool nor gpuClass
+        ({"pool": "p", "minReplicas": -1}, "spec.minReplicas"),
+        ({"pool": "p", "memory": "a lot"}, "spec.memory"),
+        ({"pool": "p", "entry": "bad name/"}, "spec.entry"),
+    ],
+)
+def test_schema_rejects_invalid_models(kube, spec, expected):
+    response = kube.create("inferencemodels", "InferenceModel", "bad", spec)
+    assert response.status_code == 422, response.text
+    assert expected in response.json()["message"]
+
+
+def test_delete_unloads_everywhere_and_removes_the_object(
+    kube, run_operator, repository, start_replica
+):
+    write_entry(repository, "gone", 50 * MiB)
+    write_entry(repository, "stays", 50 * MiB)
+    replicas = {"gpu-a-0": start_replica(repository), "gpu-a-1": start_replica(repository)}
+    with run_operator():
+        kube.create(
+            "inferencepools", "InferencePool", POOL, pool_spec(repository, "250Mi")
+        ).raise_for_status()
+        kube.write_endpoints(POOL, replicas)
+        _model(kube, "gone", minReplicas=2)
+        _model(kube, "stays", minReplicas=2)
+        _wait_phase(kube, "gone", "Ready")
+        _wait_phase(kube, "stays", "Ready")
+        kube.delete("inferencemodels", "gone")
+        wait_for(lambda: kube.get("inferencemodels", "gone") is None, 30, what="object deleted")
+        for server in replicas.values():
+            loaded = loaded_entries(server)
+            assert not any(m.startswith("gone") for m in loaded), loaded
+            assert "stays" in loaded
+
+
+def test_restarted_triton_gets_its_models_back(kube, run_operator, repository, start_replica):
+    write_entry(repository, "sticky", 50 * MiB)
+    replica = start_replica(repository)
+    with run_operator():
+        kube.create(
+            "inferencepools", "InferencePool", POOL, pool_spec(repository, "250Mi")
+        ).raise_for_status()
+        kube.write_endpoints(POOL, {"gpu-a-0": replica})
+        _model(kube, "sticky")
+        _wait_phase(kube, "sticky", "Ready")
+        replica.stop()
+        restarted = start_replica(repository)  # same pod, new container: empty, new ports
+        kube.write_endpoints(POOL, {"gpu-a-0": restarted})
+        wait_for(
+            lambda: "sticky" in loaded_entries(restarted),
+            60,
+            what="sticky reloaded by drift repair",
+        )
+        assert infer(restarted, "sticky") == [7.0]
+        assert _status(kube, "sticky")["phase"] == "Ready"
+
+
+def test_operator_restart_repeats_no_completed_work(kube, run_operator, repository, start_replica):
+    write_entry(repository, "once", 50 * MiB)
+    replica = start_replica(repository)
+    kube.create(
+        "inferencepools", "InferencePool", POOL, pool_spec(repository, "250Mi")
+    ).raise_for_status()
+    kube.write_endpoints(POOL, {"gpu-a-0": replica})
+    with run_operator():
+        _model(kube, "once")
+        _wait_phase(kube, "once", "Ready")
+    loads_before = replica.log_text().count("successfully loaded 'once'")
+    assert loads_before == 1
+    deployment = kube.get_core("/apis/apps/v1/namespaces/{ns}/deployments/" + POOL)
+    with run_operator() as runner:
+        time.sleep(6)  # resume handlers and a few drift and status timers run
+        assert _status(kube, "once")["phase"] == "Ready"
+    assert replica.log_text().count("successfully loaded 'once'") == loads_before
+    assert replica.log_text().count("successfully unloaded") == 0
+    again = kube.get_core("/apis/apps/v1/namespaces/{ns}/deployments/" + POOL)
+    assert again["metadata"]["resourceVersion"] == deployment["metadata"]["resourceVersion"]
+    assert "Handler 'inferencemodel_resume' succeeded" in runner.output

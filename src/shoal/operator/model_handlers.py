@@ -11,6 +11,7 @@ changes, or the router asks for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,9 @@ async def _reconcile(
         conditions, "Valid", True, "Valid", "spec, pool and memory are valid", generation
     )
     replicas = replicas_from_endpoints(await memo.kube.get_endpoints(namespace, pool.name))
-    known = {k.entry: k for k in inferencemodel_by_pool.get((namespace, pool.name), [])}
+    known = _with_memory(
+        {k.entry: k for k in inferencemodel_by_pool.get((namespace, pool.name), [])}, pool
+    )
     me = _known(model, memory, meta.get("uid"))
     known[model.entry] = me
     wanted = min(model.min_replicas, len(replicas))
@@ -173,6 +176,10 @@ async def _reconcile(
         me, memory, model.min_replicas, replicas, pool.memory_per_replica, known, allow_evict
     )
     _announce_evictions(body, result, known)
+    log.debug(
+        "%s/%s placed (evict=%s): loaded on %s, blocked: %s",
+        namespace, name, allow_evict, result.loaded_on, result.blocked or "-",
+    )  # fmt: skip
     loaded = len(result.loaded_on)
     desired.update(
         {
@@ -291,6 +298,23 @@ def _memory_of(model: ModelSpec, pool: PoolSpec) -> int:
             "ManifestUnreadable",
             f"{exc}; export the model into the pool's repository (shoal export) or set spec.memory",
         ) from exc
+
+
+def _with_memory(known: dict[str, KnownModel], pool: PoolSpec) -> dict[str, KnownModel]:
+    """Fill in the memory of models whose InferenceModel has not recorded it yet (created a
+    moment ago) from their manifests: placement must never count a loaded model as free."""
+    filled = {}
+    for entry, info in known.items():
+        if info.memory_bytes is None and pool.local_repository:
+            try:
+                memory = Manifest.read(Path(pool.local_repository) / entry).memory_bytes
+                info = dataclasses.replace(info, memory_bytes=memory)
+            except ManifestError as exc:
+                log.warning("memory of %s unknown, counted as the whole budget: %s", entry, exc)
+        if info.memory_bytes is None:
+            info = dataclasses.replace(info, memory_bytes=pool.memory_per_replica)
+        filled[entry] = info
+    return filled
 
 
 async def _mark_loading(kube: Any, namespace: str, name: str) -> None:
