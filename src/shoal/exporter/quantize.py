@@ -79,14 +79,26 @@ def convert_fp16(onnx_in: Path, onnx_out: Path) -> None:
     logger.info("converted %s to fp16 -> %s", onnx_in.name, onnx_out)
 
 
+# Ops that only a quantized or fp16 graph holds.
+_CONVERTED_OPS = {
+    "DynamicQuantizeLinear",
+    "DynamicQuantizeMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "QAttention",
+    "QLinearMatMul",
+}
+
+
 def _require_fp32_graph(path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"ONNX graph not found: {path}")
     model = onnx.load(str(path), load_external_data=False)
-    precisions = {t.data_type for t in model.graph.initializer}
-    if onnx.TensorProto.FLOAT not in precisions:
-        names = {onnx.TensorProto.DataType.Name(p) for p in precisions}
+    converted = sorted({n.op_type for n in model.graph.node} & _CONVERTED_OPS)
+    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    if converted or fp16:
+        found = ", ".join(converted) if converted else "fp16 weights"
         raise ValueError(
-            f"{path} has no fp32 weights (found {sorted(names)}): int8/fp16 conversion starts "
-            f"from the fp32 graph, not an already converted one"
+            f"{path} is already converted ({found}): int8/fp16 conversion starts from the fp32 "
+            f"graph that optimize_graph wrote"
         )
