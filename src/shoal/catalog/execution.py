@@ -1,10 +1,11 @@
 """Runs the planned exports: parallel processes, bounded by --jobs and by memory.
 
-Called by `shoal build` after planning. Each export runs in a spawned process (worker.py). A new
-export starts only while fewer than `jobs` run and its memory estimate fits beside the running
-ones in the budget (MemAvailable by default); one export always runs, even if its estimate alone
-exceeds the budget. Larger models start first (shorter builds overall). When an export finishes,
-its entry is published at once (the others keep running), so one failure costs only its model.
+Called by `shoal build` after planning. Exports run in spawned worker processes (worker.py), at
+most `jobs` of them, each serving exports one after another. A new export starts only while fewer
+than `jobs` run and its memory estimate fits beside the running ones in the budget (MemAvailable
+by default); one export always runs, even if its estimate alone exceeds the budget. Larger models
+start first (shorter builds overall). When an export finishes, its entry is published at once
+(the others keep running), so one failure costs only its model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Protocol
 
 from shoal.catalog.planning import Action, PlannedModel
 from shoal.catalog.publishing import Destination, LocalRepository
-from shoal.catalog.worker import ExportJob, ExportOutcome, run_export
+from shoal.catalog.worker import ExportJob, ExportOutcome, serve
 from shoal.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,12 @@ def next_to_start(pending: list[int], running: list[int], jobs: int, budget: int
 
 
 @dataclass
-class _Running:
-    plan: PlannedModel
+class _Worker:
     process: multiprocessing.process.BaseProcess
-    connection: Connection
-    started: float
-    estimate: int
-    outcome: ExportOutcome | None = None
+    connection: Connection  # duplex: jobs out, outcomes in
+    plan: PlannedModel | None = None  # the export it runs now; None: idle
+    started: float = 0.0
+    estimate: int = 0
 
 
 def run_exports(
@@ -145,46 +145,64 @@ class _Scheduler:
         self.log_level = log_level
         # Largest first: the long exports start early and small ones fill the gaps.
         self.pending = sorted(plans, key=lambda p: -p.weights_bytes)
-        parallel = min(self.jobs, len(plans))
-        self.threads = max(1, (os.cpu_count() or 1) // parallel)
+        self.threads = max(1, (os.cpu_count() or 1) // min(self.jobs, len(plans)))
         self.context = multiprocessing.get_context("spawn")  # never fork a process holding torch
-        self.running: list[_Running] = []
+        self.workers: list[_Worker] = []
         self.repository = destination.export_repository()
         self.overwrite = isinstance(destination, LocalRepository)
+
+    @property
+    def busy(self) -> list[_Worker]:
+        return [w for w in self.workers if w.plan is not None]
 
     def run(self) -> list[ModelResult]:
         results: list[ModelResult] = []
         try:
-            while self.pending or self.running:
+            while self.pending or self.busy:
                 self._start_what_fits()
+                busy = self.busy
                 ready = wait(
-                    [r.connection for r in self.running]
-                    + [r.process.sentinel for r in self.running],
+                    [w.connection for w in busy] + [w.process.sentinel for w in busy],
                     timeout=TICK_S,
                 )
-                for running in list(self.running):
-                    if running.connection in ready and running.outcome is None:
-                        # EOF: the process died before answering (reported by _finish).
+                for worker in busy:
+                    outcome = None
+                    if worker.connection in ready:
+                        # EOF: the process died mid-export (its exit code is reported).
                         with contextlib.suppress(EOFError, OSError):
-                            running.outcome = running.connection.recv()
-                    if running.process.sentinel in ready or running.outcome is not None:
-                        running.process.join(timeout=30)
-                        if running.process.exitcode is None:
-                            continue
-                        self.running.remove(running)
-                        result = self._finish(running)
-                        results.append(result)
-                        self.progress.finished(result)
+                            outcome = worker.connection.recv()
+                    if outcome is None and worker.process.sentinel not in ready:
+                        continue
+                    if outcome is None:
+                        worker.process.join(timeout=10)
+                        self.workers.remove(worker)
+                    result = self._finish(worker, outcome)
+                    worker.plan = None
+                    results.append(result)
+                    self.progress.finished(result)
                 self.progress.tick()
         finally:
-            for running in self.running:  # interrupted: leave no exports behind
-                running.process.terminate()
-                running.process.join(timeout=10)
+            self._stop_workers()
         return results
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.plan is None:
+                with contextlib.suppress(OSError):
+                    worker.connection.send(None)
+            else:  # interrupted mid-export: leave nothing running
+                worker.process.terminate()
+        for worker in self.workers:
+            worker.process.join(timeout=10)
+            if worker.process.exitcode is None:
+                worker.process.kill()
+                worker.process.join(timeout=10)
+            worker.connection.close()
+        self.workers = []
 
     def _start_what_fits(self) -> None:
         while True:
-            running = [r.estimate for r in self.running]
+            running = [w.estimate for w in self.busy]
             pending = [export_memory_estimate(p.weights_bytes) for p in self.pending]
             index = next_to_start(pending, running, self.jobs, self.budget)
             if index is None:
@@ -199,28 +217,37 @@ class _Scheduler:
                 )
             self._start(plan, estimate)
 
-    def _start(self, plan: PlannedModel, estimate: int) -> None:
-        options = replace(plan.model.export, overwrite=self.overwrite)
-        job = ExportJob(
-            plan.model.name, plan.model.source, self.repository, options, self.threads,
-            self.log_level,
-        )  # fmt: skip
-        parent, child = self.context.Pipe(duplex=False)
+    def _idle_worker(self) -> _Worker:
+        for worker in self.workers:
+            if worker.plan is None and worker.process.is_alive():
+                return worker
+        parent, child = self.context.Pipe(duplex=True)
         process = self.context.Process(
-            target=run_export, args=(job, child), name=f"shoal-export-{plan.model.name}"
+            target=serve,
+            args=(child, self.threads, self.log_level),
+            name=f"shoal-export-{len(self.workers) + 1}",
         )
         process.start()
-        child.close()  # the parent keeps only its end: EOF when the child dies
-        self.running.append(_Running(plan, process, parent, time.monotonic(), estimate))
-        self.progress.started(plan.model.name, plan.reason, len(self.running), len(self.pending))
+        child.close()  # the parent keeps only its end: EOF when the worker dies
+        worker = _Worker(process, parent)
+        self.workers.append(worker)
+        return worker
 
-    def _finish(self, running: _Running) -> ModelResult:
-        name = running.plan.model.name
-        elapsed = time.monotonic() - running.started
-        running.connection.close()
-        outcome = running.outcome
+    def _start(self, plan: PlannedModel, estimate: int) -> None:
+        options = replace(plan.model.export, overwrite=self.overwrite)
+        worker = self._idle_worker()
+        worker.connection.send(
+            ExportJob(plan.model.name, plan.model.source, self.repository, options)
+        )
+        worker.plan, worker.started, worker.estimate = plan, time.monotonic(), estimate
+        self.progress.started(plan.model.name, plan.reason, len(self.busy), len(self.pending))
+
+    def _finish(self, worker: _Worker, outcome: ExportOutcome | None) -> ModelResult:
+        assert worker.plan is not None
+        name = worker.plan.model.name
+        elapsed = time.monotonic() - worker.started
         if outcome is None:
-            code = running.process.exitcode
+            code = worker.process.exitcode
             why = " (killed: out of memory?)" if code == -9 else ""
             return ModelResult(
                 name, Status.FAILED, f"the export process exited with {code}{why}", elapsed
@@ -237,4 +264,4 @@ class _Scheduler:
             return ModelResult(
                 name, Status.FAILED, f"publishing failed: {type(exc).__name__}: {exc}", elapsed
             )
-        return ModelResult(name, Status.BUILT, running.plan.reason, elapsed, manifest)
+        return ModelResult(name, Status.BUILT, worker.plan.reason, elapsed, manifest)

@@ -1,8 +1,10 @@
-"""One export, run in its own process (spawned by execution.py).
+"""An export worker process (spawned by execution.py): receives ExportJobs over a pipe, exports
+them one at a time, answers each with an ExportOutcome, and exits on `None`.
 
-A fresh process per model: torch export is CPU-heavy and not re-entrant, a crash (or the OOM
-killer) takes down only this model's export, and its memory returns to the system when it ends.
-The result travels back over a pipe as plain data (the manifest's JSON, or the error's message).
+Processes, not threads: torch export is CPU-heavy and not re-entrant, and a crash (or the OOM
+killer) takes down only the export running in that process. A worker serves several exports in
+turn because importing torch and transformers costs 5-15 s per process on small machines, more
+than a tiny model's export. Results travel as plain data (manifest JSON, or the error message).
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ class ExportJob:
     source: Path
     repository: Path
     options: ExportOptions
-    threads: int  # torch / onnxruntime threads for this export (cores / parallel exports)
-    log_level: int = logging.WARNING
 
 
 @dataclass(frozen=True)
@@ -40,41 +40,46 @@ class ExportOutcome:
     detail: str | None = None  # a traceback for unexpected errors (not for ExportError)
 
 
-def run_export(job: ExportJob, connection: Connection) -> None:
-    """Process entry point: export, send one ExportOutcome, exit."""
+def serve(connection: Connection, threads: int, log_level: int) -> None:
+    """Process entry point. `threads`: torch/onnxruntime threads (cores / parallel exports)."""
     for variable in THREAD_VARIABLES:
-        os.environ[variable] = str(job.threads)  # before torch/onnxruntime start their pools
+        os.environ[variable] = str(threads)  # before torch/onnxruntime start their pools
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a catalog names local folders only
-    if job.log_level > logging.DEBUG:  # progress bars of many processes garble a CI log
+    if log_level > logging.DEBUG:  # progress bars of many processes garble a CI log
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(
-        level=job.log_level, format=f"%(asctime)s %(levelname)s [{job.name}] %(name)s: %(message)s"
+        level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
     )
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            job = connection.recv()
+        except EOFError:  # the parent is gone
+            return
+        if job is None:
+            return
+        connection.send(run_job(job))
+
+
+def run_job(job: ExportJob) -> ExportOutcome:
     started = time.monotonic()
     try:
-        outcome = _export(job, started)
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the parent as data
-        outcome = ExportOutcome(
+        from shoal.exporter.errors import ExportError
+        from shoal.exporter.export import export_model
+
+        try:
+            manifest = export_model(job.source, job.name, job.repository, job.options)
+        except ExportError as exc:
+            return ExportOutcome(job.name, False, time.monotonic() - started, error=str(exc))
+        return ExportOutcome(job.name, True, time.monotonic() - started, manifest.to_json())
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the parent as data
+        return ExportOutcome(
             job.name,
             ok=False,
             elapsed_s=time.monotonic() - started,
             error=f"{type(exc).__name__}: {exc}",
             detail=traceback.format_exc(),
         )
-    connection.send(outcome)
-    connection.close()
-
-
-def _export(job: ExportJob, started: float) -> ExportOutcome:
-    import torch
-
-    from shoal.exporter.errors import ExportError
-    from shoal.exporter.export import export_model
-
-    torch.set_num_threads(job.threads)
-    try:
-        manifest = export_model(job.source, job.name, job.repository, job.options)
-    except ExportError as exc:
-        return ExportOutcome(job.name, False, time.monotonic() - started, error=str(exc))
-    return ExportOutcome(job.name, True, time.monotonic() - started, manifest.to_json())
