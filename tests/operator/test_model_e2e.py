@@ -7,6 +7,7 @@ import logging
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.operator.entries import write_entry
 from tests.operator.helpers import infer, loaded_entries, pool_spec
@@ -34,6 +35,16 @@ def _condition(status, type_):
     return next(c for c in status["conditions"] if c["type"] == type_)
 
 
+def _metric(name):
+    """Sum of a metric over its labels, from the operator's registry (same process)."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
 def _model(kube, name, **spec):
     kube.create(
         "inferencemodels", "InferenceModel", name, {"pool": POOL, **spec}
@@ -52,6 +63,7 @@ def test_model_is_loaded_on_min_replicas_and_ready_with_status_filled(
         kube.write_endpoints(POOL, replicas)
         started = time.monotonic()
         _model(kube, "minilm", minReplicas=2)
+        loads_before = _metric("shoal_operator_loads_total")
         status = _wait_phase(kube, "minilm", "Ready")
         log.info(
             "InferenceModel created -> Ready on 2 replicas in %.2f s", time.monotonic() - started
@@ -70,6 +82,8 @@ def test_model_is_loaded_on_min_replicas_and_ready_with_status_filled(
                 "minilm__postprocess",
             } <= loaded_entries(server)
             assert infer(server, "minilm") == [7.0]
+        assert _metric("shoal_operator_loads_total") == loads_before + 2
+        assert _metric("shoal_operator_load_seconds_count") >= 2
         # Last use comes from Triton's statistics, refreshed by the drift timer.
         wait_for(lambda: _status(kube, "minilm").get("lastUsed"), 20, what="lastUsed")
 
