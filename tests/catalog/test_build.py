@@ -126,7 +126,9 @@ def test_the_summary_names_each_failure(tmp_path: Path, first_build, capsys) -> 
     rows = {line.split()[0]: line for line in table.splitlines() if line.split()[:1]}
     assert rows["corrupt"].split()[1] == "failed"
     assert rows["unsupported"].split()[1] == "failed"
-    failure = dict(line.strip().split(": ", 1) for line in failures.strip().splitlines())
+    failure = dict(
+        line.strip().split(": ", 1) for line in failures.splitlines() if line.startswith("  ")
+    )
     assert "model.safetensors is truncated or corrupt" in failure["corrupt"]
     assert "unsupported architecture" in failure["unsupported"]
     for name in GOOD:  # the second build of the same catalog exports nothing
@@ -194,7 +196,7 @@ def test_an_invalid_catalog_exports_nothing(tmp_path: Path, first_build, capsys)
     )
     assert workspace.build() == 2
     err = capsys.readouterr().err
-    assert ":14: unknown key 'taks' in model 'bravo'; did you mean 'task'?" in err
+    assert ":13: unknown key 'taks' in model 'bravo'; did you mean 'task'?" in err
     assert not workspace.repository.exists()
 
 
