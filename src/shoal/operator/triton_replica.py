@@ -1,5 +1,5 @@
 """What the operator asks one Triton replica: its repository index, per-model recency and queue,
-and load/unload through the repository API (HTTP, KServe v2 + Triton extensions).
+and load/unload through the repository API (shoal.triton_control does the HTTP).
 
 Used by placer.py. Errors are sorted so the caller can act: `ReplicaUnreachable` (retry later),
 `LoadFailed` (Triton refused the model; its message is kept for the InferenceModel's status).
@@ -8,18 +8,14 @@ Used by placer.py. Errors are sorted so the caller can act: `ReplicaUnreachable`
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
-import httpx
-
 from shoal.operator.replicas import Replica
+from shoal.triton_control import RetryableTritonError, TritonControl, TritonControlError
 
 log = logging.getLogger(__name__)
 
-CONTROL_TIMEOUT_S = 300.0  # a load returns when the model is ready; big encoders take a while
-READ_TIMEOUT_S = 5.0
-_PENDING = re.compile(r'^nv_inference_pending_request_count\{[^}]*model="([^"]+)"[^}]*\}\s+(\S+)')
+READ_TIMEOUT_S = 5.0  # loads have their own, long timeout (triton_control)
 
 
 class ReplicaUnreachable(RuntimeError):
@@ -50,86 +46,62 @@ class ReplicaObservation:
 
 
 class TritonReplicaClient:
-    """One short-lived client per operation; the caller serializes control calls per replica."""
+    """The operator's view of one replica, over shoal.triton_control (one short-lived client per
+    operation; the caller serializes control calls per replica)."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
 
+    def _control(self) -> TritonControl:
+        return TritonControl(self.replica.http_url, timeout_s=READ_TIMEOUT_S)
+
     async def observe(self) -> ReplicaObservation:
         observation = ReplicaObservation()
-        async with httpx.AsyncClient(
-            base_url=self.replica.http_url, timeout=READ_TIMEOUT_S
-        ) as http:
+        async with self._control() as control:
             try:
-                index = await http.post("/v2/repository/index", json={})
-                index.raise_for_status()
-                stats = await http.get("/v2/models/stats")
-                stats.raise_for_status()
-            except httpx.HTTPError as exc:
-                raise ReplicaUnreachable(f"replica {self.replica.name}: {exc!r}") from exc
-        for item in index.json():
-            name = item["name"]
-            state = item.get("state", "")
-            # The index lists every version; READY wins over older UNAVAILABLE entries.
-            if observation.states.get(name) != "READY":
-                observation.states[name] = state
-                if item.get("reason"):
-                    observation.reasons[name] = item["reason"]
-        for stat in stats.json().get("model_stats", []):
-            name = stat["name"]
-            last = int(stat.get("last_inference") or 0)
-            observation.last_inference_ms[name] = max(
-                last, observation.last_inference_ms.get(name, 0)
-            )
-        observation.pending_requests = await self._pending_requests()
+                index = await control.index()
+                stats = await control.statistics()
+            except TritonControlError as exc:
+                raise ReplicaUnreachable(f"replica {self.replica.name}: {exc.summary}") from exc
+            for entry in index:
+                # The index lists every version; READY wins over older UNAVAILABLE entries.
+                if observation.states.get(entry.name) != "READY":
+                    observation.states[entry.name] = entry.state or ""
+                    if entry.reason:
+                        observation.reasons[entry.name] = entry.reason
+            for stat in stats:
+                previous = observation.last_inference_ms.get(stat.name, 0)
+                observation.last_inference_ms[stat.name] = max(stat.last_inference_ms, previous)
+            if self.replica.metrics_url is not None:
+                try:
+                    observation.pending_requests = await control.pending_requests(
+                        self.replica.metrics_url
+                    )
+                except TritonControlError as exc:
+                    log.debug("no metrics from %s: %s", self.replica.name, exc.summary)
         return observation
 
-    async def _pending_requests(self) -> dict[str, int]:
-        if self.replica.metrics_url is None:
-            return {}
-        try:
-            async with httpx.AsyncClient(timeout=READ_TIMEOUT_S) as http:
-                response = await http.get(self.replica.metrics_url)
-                response.raise_for_status()
-        except httpx.HTTPError as exc:
-            log.debug("no metrics from %s: %r", self.replica.name, exc)
-            return {}
-        pending: dict[str, int] = {}
-        for line in response.text.splitlines():
-            match = _PENDING.match(line)
-            if match:
-                model = match.group(1)
-                pending[model] = pending.get(model, 0) + int(float(match.group(2)))
-        return pending
-
     async def load(self, triton_model: str) -> None:
-        async with httpx.AsyncClient(
-            base_url=self.replica.http_url, timeout=CONTROL_TIMEOUT_S
-        ) as http:
+        async with self._control() as control:
             try:
-                response = await http.post(f"/v2/repository/models/{triton_model}/load", json={})
-            except httpx.HTTPError as exc:
-                raise ReplicaUnreachable(f"replica {self.replica.name}: {exc!r}") from exc
-        if response.status_code != 200:
-            raise LoadFailed(triton_model, self.replica.name, _error_text(response))
+                await control.load(triton_model)
+            except RetryableTritonError as exc:
+                if _unreachable(exc):
+                    raise ReplicaUnreachable(f"replica {self.replica.name}: {exc.summary}") from exc
+                raise LoadFailed(triton_model, self.replica.name, exc.summary) from exc
+            except TritonControlError as exc:
+                raise LoadFailed(triton_model, self.replica.name, exc.summary) from exc
 
     async def unload(self, triton_model: str) -> None:
-        async with httpx.AsyncClient(
-            base_url=self.replica.http_url, timeout=CONTROL_TIMEOUT_S
-        ) as http:
+        async with self._control() as control:
             try:
-                response = await http.post(f"/v2/repository/models/{triton_model}/unload", json={})
-            except httpx.HTTPError as exc:
-                raise ReplicaUnreachable(f"replica {self.replica.name}: {exc!r}") from exc
-        if response.status_code != 200:
-            # Unloading a model Triton does not know is not an error worth retrying.
-            log.warning(
-                "unload %s on %s: %s", triton_model, self.replica.name, _error_text(response)
-            )
+                await control.unload(triton_model)
+            except RetryableTritonError as exc:
+                raise ReplicaUnreachable(f"replica {self.replica.name}: {exc.summary}") from exc
+            except TritonControlError as exc:
+                # Unloading a model Triton does not know is not worth a retry.
+                log.warning("unload %s on %s: %s", triton_model, self.replica.name, exc.summary)
 
 
-def _error_text(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("error") or response.text)
-    except ValueError:
-        return response.text or f"HTTP {response.status_code}"
+def _unreachable(exc: TritonControlError) -> bool:
+    return "unreachable" in exc.summary or "timed out" in exc.summary
