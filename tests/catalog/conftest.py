@@ -4,6 +4,7 @@ real kube-apiserver with the operator's CRDs installed (tests/support/kube.py)."
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -40,6 +41,7 @@ def s3_server() -> Iterator[str]:
         "moto.server", reason="the S3 publish tests need moto[server] (the dev extra)"
     )
     pytest.importorskip("s3fs", reason="the S3 publish tests need the `publish` extra")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     port = _free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -141,8 +141,7 @@ def test_changing_options_or_checkpoint_files_rebuilds_only_those_models(
 ) -> None:
     workspace = first_build[0].copy(tmp_path / "w")
     onnx_mtime = {
-        name: EntryLayout(workspace.repository, name).onnx_path.stat().st_mtime_ns
-        for name in GOOD
+        name: EntryLayout(workspace.repository, name).onnx_path.stat().st_mtime_ns for name in GOOD
     }
     # charlie: an export option; bravo: a file of its checkpoint. alpha: unchanged.
     workspace.catalog.write_text(
@@ -160,8 +159,7 @@ def test_changing_options_or_checkpoint_files_rebuilds_only_those_models(
     assert rows["bravo"][1] == "built" and "inputs changed" in " ".join(rows["bravo"])
     assert rows["charlie"][1] == "built"
     after = {
-        name: EntryLayout(workspace.repository, name).onnx_path.stat().st_mtime_ns
-        for name in GOOD
+        name: EntryLayout(workspace.repository, name).onnx_path.stat().st_mtime_ns for name in GOOD
     }
     assert after["alpha"] == onnx_mtime["alpha"]
     assert after["bravo"] != onnx_mtime["bravo"] and after["charlie"] != onnx_mtime["charlie"]

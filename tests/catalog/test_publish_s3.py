@@ -97,12 +97,12 @@ def test_republishing_replaces_files_and_deletes_stale_ones(published, tmp_path)
     _, server, uri, _ = published
     fs = s3fs_for(server)
     base = f"{server.bucket}/models"
-    fs.pipe_file(f"{base}/alpha__encode/1/stale.bin", b"from an older export")
     remote = RemoteRepository(uri, server.storage_options)
     try:
         staging = remote.export_repository()
         for model in EntryLayout(staging, "alpha").triton_models:
             fs.get(f"{base}/{model}/", str(staging / model), recursive=True)
+        fs.pipe_file(f"{base}/alpha__encode/1/stale.bin", b"from an older export")
         (staging / "alpha" / "1" / KEEP_FILENAME).unlink()  # as an export leaves it: empty
         tokenizer = EntryLayout(staging, "alpha").tokenizer_dir / "tokenizer.json"
         tokenizer.write_text(tokenizer.read_text() + "\n")
@@ -114,7 +114,9 @@ def test_republishing_replaces_files_and_deletes_stale_ones(published, tmp_path)
     assert fs.cat_file(f"{base}/alpha__tokenize/1/tokenizer/tokenizer.json").endswith(b"\n")
 
 
-def test_a_missing_bucket_fails_before_any_export(tmp_path: Path, tiny_model, s3_server, capsys) -> None:
+def test_a_missing_bucket_fails_before_any_export(
+    tmp_path: Path, tiny_model, s3_server, capsys
+) -> None:
     copy_checkpoint(tiny_model("bert"), tmp_path / "alpha")
     (tmp_path / "catalog.yaml").write_text(CATALOG)
     server = S3Server(s3_server, "no-such-bucket")
