@@ -106,7 +106,9 @@ def test_the_summary_has_a_row_per_model_and_the_counts() -> None:
     assert lines[2].split()[:2] == ["a", "built"] and "12.3 s" in lines[2]
     assert lines[3].split()[:2] == ["b", "skipped"]
     assert lines[4].split()[:2] == ["c", "failed"] and "config.json | broken" in lines[4]
-    assert lines[-1] == "1 built, 1 skipped, 1 failed"
+    assert lines[5] == "1 built, 1 skipped, 1 failed"
+    # The whole message of each failure follows the table (its note is cut to one line).
+    assert lines[7:] == ["failures:", "  c: ExportError: config.json | broken", "    more"]
     markdown = render_markdown_summary(results(), "catalog.yaml")
     assert "| c | failed | - | - | 1.5 s | ExportError: config.json \\| broken |" in markdown
 

@@ -75,7 +75,9 @@ def render_summary(results: list[ModelResult], note_width: int = 80) -> str:
     lines.append(summary_counts(results))
     failures = [r for r in results if r.status is Status.FAILED]
     if failures:  # the table cuts notes short; a failure's whole message is what to act on
-        lines += ["", "failures:"] + [f"  {r.name}: {r.reason}" for r in failures]
+        lines += ["", "failures:"] + [
+            f"  {r.name}: " + r.reason.replace("\n", "\n    ") for r in failures
+        ]
     return "\n".join(lines) + "\n"
 
 
