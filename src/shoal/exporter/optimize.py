@@ -13,8 +13,8 @@ onnxruntime 1.32; details and numbers in docs/optimization.md):
   a plain transformers-5 export gives. Eager attention traces to MatMul(Q, Kᵀ) -> Mul(scale) ->
   Add(mask) -> Softmax -> MatMul(V), which onnxruntime 1.32 matches, including transformers 5's
   boolean-mask construction.
-- Export with `dynamo=True` (opset 18) or `dynamo=False` (TorchScript, opset 17); both fuse
-  (`RECOMMENDED_DYNAMO` / `RECOMMENDED_OPSET` are the settings the tests exercise most). The
+- Export with `dynamo=False` (TorchScript, opset 17: `RECOMMENDED_DYNAMO` / `RECOMMENDED_OPSET`;
+  also fuses EmbedLayerNormalization) or `dynamo=True` (opset 18); both end fully fused. The
   dynamo exporter builds the 4D mask with GatherND instead of Gather/Reshape/Expand, which the
   optimizer's matcher misses; `optimize_graph` first rewrites that mask subgraph into the classic
   `(1 - mask) * min_float` form (see `canonicalize_padding_mask`) after checking numerically that
