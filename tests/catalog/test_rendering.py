@@ -125,3 +125,32 @@ def test_the_summary_has_a_row_per_model_and_the_counts() -> None:
 )
 def test_exports_start_within_jobs_and_memory(pending, running, jobs, budget, expected) -> None:
     assert next_to_start(pending, running, jobs, budget) == expected
+
+
+def test_the_live_display_shows_running_exports_and_plain_lines(tmp_path: Path) -> None:
+    import io
+
+    from shoal.catalog.display import LiveProgress, choose_progress
+
+    stream = io.StringIO()
+    progress = choose_progress(stream, live=True)
+    assert isinstance(progress, LiveProgress)
+    progress.started("a", "new", 1, 0)
+    assert "a" in progress.running
+    progress.finished(results()[0])
+    progress.finished(results()[2])
+    progress.close()
+    text = stream.getvalue()
+    assert "exporting a (new)" in text and "built a in 12.3 s" in text
+    assert "FAILED c after 1.5 s: ExportError" in text
+    assert not progress.running
+
+
+def test_storage_options_read_scalars() -> None:
+    from shoal.catalog.cli import _storage_options
+
+    assert _storage_options(["endpoint_url=http://h:9000", "use_ssl=false", "n=3"]) == {
+        "endpoint_url": "http://h:9000",
+        "use_ssl": False,
+        "n": 3,
+    }

@@ -59,15 +59,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _storage_options(pairs: list[str]) -> dict[str, str]:
+def _storage_options(pairs: list[str]) -> dict[str, object]:
+    """KEY=VALUE pairs; values read as YAML scalars, so `use_ssl=false` is a boolean."""
+    import yaml
+
     from shoal.cli import UserError
 
-    options = {}
+    options: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--storage-option {pair!r} is not KEY=VALUE")
-        options[key] = value
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        options[key] = parsed if isinstance(parsed, bool | int | float) else value
     return options
 
 
