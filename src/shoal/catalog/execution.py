@@ -29,10 +29,10 @@ from shoal.manifest import Manifest
 log = logging.getLogger(__name__)
 
 # Rough peak memory of one export: the interpreter with torch, transformers and onnxruntime
-# loaded, plus the weights held several times at once (the torch model, the traced graph, the
+# loaded, plus the fp32 weights held several times at once (the torch model, the traced graph, the
 # ONNX protobuf and its optimized copy, an onnxruntime session for parity, the PyTorch reference).
 EXPORT_BASE_BYTES = 1_200 * 2**20
-EXPORT_WEIGHTS_FACTOR = 6
+EXPORT_BYTES_PER_PARAMETER = 6 * 4
 TICK_S = 1.0  # how often a live display refreshes while exports run
 
 
@@ -61,8 +61,8 @@ class Progress(Protocol):
     def tick(self) -> None: ...
 
 
-def export_memory_estimate(weights_bytes: int) -> int:
-    return EXPORT_BASE_BYTES + EXPORT_WEIGHTS_FACTOR * weights_bytes
+def export_memory_estimate(parameter_count: int) -> int:
+    return EXPORT_BASE_BYTES + EXPORT_BYTES_PER_PARAMETER * parameter_count
 
 
 def available_memory() -> int:
@@ -144,7 +144,7 @@ class _Scheduler:
         self.budget = budget
         self.log_level = log_level
         # Largest first: the long exports start early and small ones fill the gaps.
-        self.pending = sorted(plans, key=lambda p: -p.weights_bytes)
+        self.pending = sorted(plans, key=lambda p: -p.parameter_count)
         self.threads = max(1, (os.cpu_count() or 1) // min(self.jobs, len(plans)))
         self.context = multiprocessing.get_context("spawn")  # never fork a process holding torch
         self.workers: list[_Worker] = []
@@ -203,7 +203,7 @@ class _Scheduler:
     def _start_what_fits(self) -> None:
         while True:
             running = [w.estimate for w in self.busy]
-            pending = [export_memory_estimate(p.weights_bytes) for p in self.pending]
+            pending = [export_memory_estimate(p.parameter_count) for p in self.pending]
             index = next_to_start(pending, running, self.jobs, self.budget)
             if index is None:
                 return

@@ -10,9 +10,13 @@ publishing.RemoteRepository.entry_problems).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import struct
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from shoal.catalog.publishing import Destination
 from shoal.catalog.schema import CatalogModel
@@ -34,45 +38,64 @@ class PlannedModel:
     reason: str  # why: "new", "inputs changed", "entry broken: ...", "unchanged", the error
     source_sha256: str | None = None
     existing: Manifest | None = None  # the manifest at DEST, for skipped models
-    weights_bytes: int = 0  # checkpoint weights on disk, for the export memory estimate
+    parameter_count: int = 0  # of the checkpoint, for the export memory estimate
 
 
 def input_hash(model: CatalogModel) -> tuple[str, int]:
-    """The exporter's source hash for this model's inputs, and the checkpoint's weight bytes."""
-    from shoal.exporter.checkpoint import WEIGHT_FILES, inspect_checkpoint
+    """The exporter's source hash for this model's inputs, and the checkpoint's parameter count."""
+    from shoal.exporter.checkpoint import inspect_checkpoint
     from shoal.exporter.export import source_hash  # the exporter's definition: never duplicated
 
     checkpoint = inspect_checkpoint(model.source)
-    weights = sum(
-        (checkpoint.path / f).stat().st_size
+    parameters = sum(
+        parameter_count(checkpoint.path / f)
         for f in checkpoint.files
-        if f.endswith((".safetensors", ".bin", ".pt")) or f in WEIGHT_FILES
+        if f.endswith(WEIGHT_SUFFIXES)
     )
-    return source_hash(checkpoint.content_sha256(), model.export), weights
+    return source_hash(checkpoint.content_sha256(), model.export), parameters
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def parameter_count(path: Path) -> int:
+    """Parameters stored in a weights file: exact from a safetensors header (shapes), else the
+    file size over 4 bytes (fp32 pickles). Reads only the header, never the tensors."""
+    if path.suffix == ".safetensors":
+        try:
+            with open(path, "rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(length))
+            return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        except (OSError, ValueError, KeyError, TypeError, struct.error):
+            pass  # inspect_checkpoint already vouched for the file; fall back to its size
+    return path.stat().st_size // 4
 
 
 def plan_model(model: CatalogModel, destination: Destination, force: bool = False) -> PlannedModel:
     from shoal.exporter.errors import ExportError
 
     try:
-        digest, weights = input_hash(model)
+        digest, parameters = input_hash(model)
     except (ExportError, OSError) as exc:
         return PlannedModel(model, Action.FAIL, str(exc))
     if force:
-        return PlannedModel(model, Action.BUILD, "--force", digest, weights_bytes=weights)
+        return PlannedModel(model, Action.BUILD, "--force", digest, parameter_count=parameters)
     existing, problem = destination.read_manifest(model.name)
     if existing is None:
         reason = "new" if problem is None else f"entry unreadable: {problem}"
-        return PlannedModel(model, Action.BUILD, reason, digest, weights_bytes=weights)
+        return PlannedModel(model, Action.BUILD, reason, digest, parameter_count=parameters)
     if existing.source_sha256 != digest:
-        return PlannedModel(model, Action.BUILD, "inputs changed", digest, weights_bytes=weights)
+        return PlannedModel(
+            model, Action.BUILD, "inputs changed", digest, parameter_count=parameters
+        )
     problems = destination.entry_problems(model.name)
     if problems:
         reason = f"entry broken: {problems[0]}" + (
             f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         )
-        return PlannedModel(model, Action.BUILD, reason, digest, weights_bytes=weights)
-    return PlannedModel(model, Action.SKIP, "unchanged", digest, existing, weights)
+        return PlannedModel(model, Action.BUILD, reason, digest, parameter_count=parameters)
+    return PlannedModel(model, Action.SKIP, "unchanged", digest, existing, parameters)
 
 
 def plan_build(
