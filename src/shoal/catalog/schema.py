@@ -325,8 +325,9 @@ class _Validator:
         if not path.is_dir():
             self.report(
                 (*where, "source"),
-                f"{label}: source {source!r} is not a folder ({path} does not exist); give a local "
-                "Hugging Face model folder, relative to the catalog (download hub models first)",
+                f"{label}: source {source!r} is not a folder ({path.resolve()} does not exist); "
+                "give a local Hugging Face model folder, relative to the catalog (download hub "
+                "models first)",
             )
         return path
 
