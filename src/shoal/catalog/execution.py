@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from multiprocessing.connection import Connection, wait
@@ -109,8 +110,10 @@ def run_exports(
     jobs: int = 1,
     memory_budget: int | None = None,
     log_level: int = logging.WARNING,
+    worker: Callable[[Connection, int, int], None] = serve,
 ) -> list[ModelResult]:
-    """Export every BUILD plan, publish each that succeeds; results in catalog order."""
+    """Export every BUILD plan, publish each that succeeds; results in catalog order.
+    `worker` is the worker processes' entry point (tests replace it to inject crashes)."""
     results: dict[str, ModelResult] = {}
     for plan in plans:
         if plan.action is Action.SKIP:
@@ -123,7 +126,8 @@ def run_exports(
     to_build = [p for p in plans if p.action is Action.BUILD]
     if to_build:
         budget = memory_budget if memory_budget is not None else available_memory()
-        for result in _Scheduler(to_build, destination, progress, jobs, budget, log_level).run():
+        scheduler = _Scheduler(to_build, destination, progress, jobs, budget, log_level, worker)
+        for result in scheduler.run():
             results[result.name] = result
     return [results[p.model.name] for p in plans]
 
@@ -137,7 +141,9 @@ class _Scheduler:
         jobs: int,
         budget: int,
         log_level: int,
+        worker: Callable[[Connection, int, int], None] = serve,
     ) -> None:
+        self.worker_target = worker
         self.destination = destination
         self.progress = progress
         self.jobs = max(1, jobs)
@@ -223,7 +229,7 @@ class _Scheduler:
                 return worker
         parent, child = self.context.Pipe(duplex=True)
         process = self.context.Process(
-            target=serve,
+            target=self.worker_target,
             args=(child, self.threads, self.log_level),
             name=f"shoal-export-{len(self.workers) + 1}",
         )
