@@ -35,6 +35,13 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     memo.placer = Placer()
 
 
+@kopf.on.login()
+def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: its service account; elsewhere: $KUBECONFIG (read now, not when some client
+    library happened to be imported) or ~/.kube/config. The same source as KubeApi.connect."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     kube = getattr(memo, "kube", None)
