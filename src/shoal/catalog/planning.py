@@ -44,7 +44,7 @@ class PlannedModel:
 def input_hash(model: CatalogModel) -> tuple[str, int]:
     """The exporter's source hash for this model's inputs, and the checkpoint's parameter count."""
     from shoal.exporter.checkpoint import inspect_checkpoint
-    from shoal.exporter.export import source_hash  # the exporter's definition: never duplicated
+    from shoal.exporter.fingerprint import source_hash  # the exporter's own, torch-free
 
     checkpoint = inspect_checkpoint(model.source)
     parameters = sum(

@@ -10,16 +10,11 @@ the repository untouched; the move itself swaps each folder with a rename.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import platform
 import re
 import shutil
 import tempfile
-from contextlib import suppress
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +34,7 @@ from shoal.contract import (
 from shoal.exporter.adapters import Adapter, detect_adapter
 from shoal.exporter.checkpoint import TOKENIZER_FILES, inspect_checkpoint
 from shoal.exporter.errors import ExportError
+from shoal.exporter.fingerprint import source_hash, tool_versions
 from shoal.exporter.options import ExportOptions, ExportPlan
 from shoal.exporter.parity import THRESHOLDS, check_parity, raise_on_failure
 from shoal.manifest import Manifest, ManifestError, ParityResult, TensorSpec
@@ -50,7 +46,6 @@ log = logging.getLogger(__name__)
 
 # Triton model names: shoal adds `__<step>` to the entry name, so the name itself may not hold `__`.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-VERSIONED_TOOLS = ("shoal", "torch", "transformers", "tokenizers", "onnx", "onnxruntime")
 
 
 # ------------------------------------------------------------------ checks before work
@@ -291,27 +286,6 @@ def estimate_memory(
     if plan.task == Task.SPARSE:
         per_token += int(config.get("vocab_size", 0))
     return int(weights_bytes + element * batch * length * per_token)
-
-
-def tool_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for tool in VERSIONED_TOOLS:
-        with suppress(metadata.PackageNotFoundError):
-            versions[tool] = metadata.version(tool)
-    return versions
-
-
-def source_hash(checkpoint_hash: str, options: ExportOptions) -> str:
-    payload = json.dumps(
-        {
-            "checkpoint": checkpoint_hash,
-            "options": options.hashed_dict(),
-            "versions": tool_versions(),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def build_manifest(
