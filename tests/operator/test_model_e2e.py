@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from tests.operator.entries import write_entry
 from tests.operator.helpers import infer, loaded_entries, pool_spec
-from tests.support.kube import wait_for
+from tests.support.kube import free_port, wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.triton, pytest.mark.slow]
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def test_model_is_loaded_on_min_replicas_and_ready_with_status_filled(
         started = time.monotonic()
         _model(kube, "minilm", minReplicas=2)
         loads_before = _metric("shoal_operator_loads_total")
+        _wait_phase(kube, "minilm", "Loading", timeout=20)  # shown while Triton loads
         status = _wait_phase(kube, "minilm", "Ready")
         log.info(
             "InferenceModel created -> Ready on 2 replicas in %.2f s", time.monotonic() - started
@@ -84,6 +85,14 @@ def test_model_is_loaded_on_min_replicas_and_ready_with_status_filled(
             assert infer(server, "minilm") == [7.0]
         assert _metric("shoal_operator_loads_total") == loads_before + 2
         assert _metric("shoal_operator_load_seconds_count") >= 2
+        # `kubectl get inferencemodels` shows the printer columns.
+        table = kube.http.get(
+            f"/apis/shoal.dev/v1alpha1/namespaces/{kube.namespace}/inferencemodels",
+            headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        ).json()
+        columns = [c["name"] for c in table["columnDefinitions"]]
+        row = dict(zip(columns, table["rows"][0]["cells"], strict=True))
+        assert (row["Phase"], row["Pool"], row["Loaded"], row["Min"]) == ("Ready", POOL, 2, 2)
         # Last use comes from Triton's statistics, refreshed by the drift timer.
         wait_for(lambda: _status(kube, "minilm").get("lastUsed"), 20, what="lastUsed")
 
@@ -277,3 +286,30 @@ def test_operator_restart_repeats_no_completed_work(kube, run_operator, reposito
     again = kube.get_core("/apis/apps/v1/namespaces/{ns}/deployments/" + POOL)
     assert again["metadata"]["resourceVersion"] == deployment["metadata"]["resourceVersion"]
     assert "Handler 'inferencemodel_resume' succeeded" in runner.output
+
+
+def test_unreachable_replica_is_reported_and_retried(kube, run_operator, repository):
+    write_entry(repository, "lonely", 50 * MiB)
+    with run_operator():
+        kube.create(
+            "inferencepools", "InferencePool", POOL, pool_spec(repository, "250Mi")
+        ).raise_for_status()
+
+        class Gone:  # a replica whose Triton is not listening (crashed, not yet restarted)
+            http_port = free_port()
+            metrics_port = free_port()
+            replica_address = "192.0.2.250"  # TEST-NET: nothing answers there
+
+        kube.write_endpoints(POOL, {"gpu-a-0": Gone})
+        _model(kube, "lonely")
+        wait_for(
+            lambda: (
+                (c := _status(kube, "lonely").get("conditions"))
+                and _condition({"conditions": c}, "Loaded")["reason"] == "ReplicaUnreachable"
+            ),
+            60,
+            what="ReplicaUnreachable condition",
+        )
+        status = _status(kube, "lonely")
+        assert status["phase"] == "Pending"
+        assert "gpu-a-0" in _condition(status, "Loaded")["message"]

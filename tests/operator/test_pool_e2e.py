@@ -68,6 +68,9 @@ def test_pool_creates_owned_deployment_service_pdb_and_a_spec_change_rolls_out(
             30,
             what="observedGeneration 2",
         )
+        # The PodDisruptionBudget follows the pool.
+        kube.patch_spec("inferencepools", "gpu-a", {"maxUnavailable": 2})
+        wait_for(lambda: kube.get_core(PDB)["spec"]["maxUnavailable"] == 2, 30, what="PDB update")
         # No endpoints (no kubelet here): the pool says it waits for replicas.
         wait_for(
             lambda: kube.get("inferencepools", "gpu-a")["status"].get("phase") == "Pending",

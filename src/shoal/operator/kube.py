@@ -154,7 +154,10 @@ class KubeApi:
         if current.get("spec", {}).get("maxUnavailable") == desired["spec"]["maxUnavailable"]:
             return "unchanged"
         await self.custom.patch_namespaced_custom_object(
-            *args, name, {"spec": {"maxUnavailable": desired["spec"]["maxUnavailable"]}}
+            *args,
+            name,
+            {"spec": {"maxUnavailable": desired["spec"]["maxUnavailable"]}},
+            _content_type="application/merge-patch+json",
         )
         return "updated"
 

@@ -321,10 +321,16 @@ async def _mark_loading(kube: Any, namespace: str, name: str) -> None:
     """Show `Loading` while loads run (the handler's own patch lands only when it returns)."""
     try:
         await kube.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, MODEL_PLURAL, name, {"status": {"phase": "Loading"}}
+            GROUP,
+            VERSION,
+            namespace,
+            MODEL_PLURAL,
+            name,
+            {"status": {"phase": "Loading"}},
+            _content_type="application/merge-patch+json",
         )
     except ApiException as exc:
-        log.debug("could not mark %s/%s Loading: %s", namespace, name, exc.reason)
+        log.warning("could not mark %s/%s Loading: %s %s", namespace, name, exc.status, exc.reason)
 
 
 def _announce_evictions(

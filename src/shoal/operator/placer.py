@@ -97,19 +97,23 @@ class Placer:
         self, replicas: Sequence[Replica]
     ) -> tuple[dict[str, ReplicaObservation], dict[str, str]]:
         """Observations of every replica that answers, and errors of those that do not."""
-        results = await asyncio.gather(
-            *(self._client_factory(r).observe() for r in replicas), return_exceptions=True
-        )
+        # Each child returns its error instead of raising it: a child still connecting when the
+        # operator stops would otherwise surface as a failed task at shutdown.
+        results = await asyncio.gather(*(self._observe_or_error(r) for r in replicas))
         seen: dict[str, ReplicaObservation] = {}
         errors: dict[str, str] = {}
         for replica, result in zip(replicas, results, strict=True):
             if isinstance(result, ReplicaObservation):
                 seen[replica.name] = result
-            elif isinstance(result, ReplicaUnreachable):
-                errors[replica.name] = str(result)
             else:
-                raise result
+                errors[replica.name] = result
         return seen, errors
+
+    async def _observe_or_error(self, replica: Replica) -> ReplicaObservation | str:
+        try:
+            return await self._client_factory(replica).observe()
+        except ReplicaUnreachable as exc:
+            return str(exc)
 
     # -- placing ------------------------------------------------------------------------------
     async def place(
