@@ -50,3 +50,15 @@ def test_crds_have_status_subresource_and_phase_column():
         columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
         assert columns["Phase"] == ".status.phase"
         assert columns["Age"] == ".metadata.creationTimestamp"
+
+
+def test_cli_prints_the_crds_and_run_needs_a_scope(capsys):
+    from shoal.cli import main
+
+    assert main(["operator", "crds"]) == 0
+    printed = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["metadata"]["name"] for d in printed] == [
+        c["metadata"]["name"] for c in crds.all_crds()
+    ]
+    assert main(["operator", "run"]) == 2
+    assert "--namespace" in capsys.readouterr().err

@@ -313,3 +313,24 @@ def test_unreachable_replica_is_reported_and_retried(kube, run_operator, reposit
         status = _status(kube, "lonely")
         assert status["phase"] == "Pending"
         assert "gpu-a-0" in _condition(status, "Loaded")["message"]
+
+
+def test_model_selects_a_pool_by_gpu_class_and_waits_for_replicas(kube, run_operator, repository):
+    write_entry(repository, "classy", 50 * MiB)
+    with run_operator():
+        spec = pool_spec(repository, "1Gi", gpuClass="a10g")
+        kube.create("inferencepools", "InferencePool", POOL, spec).raise_for_status()
+        kube.create(
+            "inferencemodels", "InferenceModel", "classy", {"gpuClass": "a10g"}
+        ).raise_for_status()
+        wait_for(
+            lambda: (
+                (s := _status(kube, "classy")).get("conditions")
+                and _condition(s, "Loaded")["reason"] == "NoReplicas"
+            ),
+            30,
+            what="NoReplicas",
+        )
+        status = _status(kube, "classy")
+        assert status["pool"] == POOL and status["phase"] == "Pending"
+        assert "no ready replicas" in _condition(status, "Loaded")["message"]

@@ -137,6 +137,9 @@ class Placer:
             ensemble = model.entry
             result.loaded_on = sorted(n for n, o in seen.items() if o.ready(ensemble))
             result.last_used = _last_used(model.entry, seen.values())
+            if not replicas:
+                result.blocked = "the pool has no ready replicas (its Service has no endpoints)"
+                return result
             wanted = min(min_replicas, len(replicas))
             if len(result.loaded_on) >= wanted:
                 return result
@@ -159,12 +162,9 @@ class Placer:
             result.loaded_on.sort()
             if len(result.loaded_on) < wanted:
                 missing = wanted - len(result.loaded_on)
-                if not replicas:
-                    result.blocked = "the pool has no ready replicas (its Service has no endpoints)"
-                else:
-                    result.blocked = f"{missing} more replica(s) wanted; " + (
-                        "; ".join(reasons) or "no replica answered"
-                    )
+                result.blocked = f"{missing} more replica(s) wanted; " + (
+                    "; ".join(reasons) or "no replica answered"
+                )
         return result
 
     def _free_bytes(
