@@ -195,7 +195,6 @@ def run_simulation(args: argparse.Namespace) -> None:
     ratios: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for label, skew, bursts in scenarios:
         print()
-        print(header)
         totals: dict[str, Outcome] = {}
         for seed in range(args.seeds):
             rng = random.Random(seed)
@@ -214,6 +213,7 @@ def run_simulation(args: argparse.Namespace) -> None:
                 total.bytes_loaded += result.bytes_loaded
                 total.load_s += result.load_s
                 total.evictions += result.evictions
+        print(header)
         for name, total in totals.items():
             print(
                 f"{label:<20} {name:<7} {total.hit_ratio:>9.3f} {total.bytes_loaded / GiB:>11.0f} "
