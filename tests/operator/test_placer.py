@@ -1,0 +1,98 @@
+"""Placer decisions against in-memory replicas (fast; the e2e tests use real Triton).
+
+The in-memory replica keeps Triton's observable state (index states, last_inference) and applies
+load/unload the way Triton does for an ensemble (its steps come with it)."""
+
+from __future__ import annotations
+
+from shoal.operator.placer import KnownModel, Placer, triton_models
+from shoal.operator.replicas import Replica
+from shoal.operator.triton_replica import LoadFailed, ReplicaObservation
+
+MiB = 2**20
+
+
+class MemoryReplica:
+    def __init__(
+        self, replica: Replica, loaded: dict[str, int] | None = None, fail: str = ""
+    ) -> None:
+        self.replica = replica
+        self.states: dict[str, str] = {}
+        self.last: dict[str, int] = {}
+        self.fail = fail
+        self.loads: list[str] = []
+        for entry, last_used in (loaded or {}).items():
+            self._set(entry, "READY")
+            self.last[entry] = last_used
+
+    def _set(self, entry: str, state: str) -> None:
+        for name in triton_models(entry):
+            self.states[name] = state
+
+    async def observe(self) -> ReplicaObservation:
+        return ReplicaObservation(states=dict(self.states), last_inference_ms=dict(self.last))
+
+    async def load(self, name: str) -> None:
+        if self.fail:
+            raise LoadFailed(name, self.replica.name, self.fail)
+        self.loads.append(name)
+        self._set(name, "READY")
+
+    async def unload(self, name: str) -> None:
+        self.states[name] = "UNAVAILABLE"
+
+
+def _setup(loaded: dict[str, int], budget_models: int = 3, fail: str = ""):
+    replica = Replica("r0", "10.0.0.1", 8000)
+    memory = MemoryReplica(replica, loaded, fail)
+    placer = Placer(client_factory=lambda r: memory)
+    return placer, replica, memory, budget_models * 100 * MiB
+
+
+def _known(entry: str, **kwargs) -> KnownModel:
+    return KnownModel(entry=entry, namespace="ns", name=entry, memory_bytes=100 * MiB, **kwargs)
+
+
+async def test_evicts_least_recently_used_but_not_higher_priority_or_foreign_models():
+    placer, replica, memory, budget = _setup(
+        {"important": 1, "old": 2, "foreign": 0, "recent": 9}, budget_models=3
+    )
+    known = {k.entry: k for k in (_known("important", priority=5), _known("old"), _known("recent"))}
+    new = _known("new")
+    known["new"] = new
+    result = await placer.place(new, 100 * MiB, 1, [replica], budget, known, allow_evict=True)
+    assert result.loaded_on == ["r0"]
+    assert [(e.entry, e.for_entry) for e in result.evictions] == [("old", "new")]
+    assert memory.states["important"] == "READY" and memory.states["foreign"] == "READY"
+    assert memory.loads == ["new"]  # the ensemble alone: Triton brings its steps
+
+
+async def test_without_eviction_allowed_the_model_waits_and_names_the_blocker():
+    placer, replica, memory, budget = _setup({"a": 1, "b": 2, "c": 3})
+    known = {e: _known(e) for e in ("a", "b", "c", "d")}
+    result = await placer.place(
+        known["d"], 100 * MiB, 1, [replica], budget, known, allow_evict=False
+    )
+    assert result.loaded_on == [] and result.evictions == []
+    assert "fits only by evicting a" in result.blocked
+    assert memory.loads == []
+
+
+async def test_already_loaded_model_is_not_loaded_again():
+    placer, replica, memory, budget = _setup({"a": 1})
+    known = {"a": _known("a")}
+    result = await placer.place(
+        known["a"], 100 * MiB, 1, [replica], budget, known, allow_evict=True
+    )
+    assert result.loaded_on == ["r0"] and memory.loads == []
+
+
+async def test_failed_load_keeps_tritons_message_and_evicts_nothing_it_did_not_need():
+    placer, replica, memory, budget = _setup({}, fail="weights missing")
+    known = {"a": _known("a")}
+    result = await placer.place(
+        known["a"], 100 * MiB, 1, [replica], budget, known, allow_evict=True
+    )
+    assert result.loaded_on == []
+    assert result.load_errors == {"r0": "weights missing"}
+    assert "load failed: weights missing" in result.blocked
