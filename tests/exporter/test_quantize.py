@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
+from onnx import helper, numpy_helper
 
 from tests.exporter import graph_support as gs
 
 pytest.importorskip("torch", reason="needs the `export` extra")
 pytest.importorskip("onnxruntime.quantization", reason="needs the `export` extra")
 
+from shoal.exporter import quantize  # noqa: E402
+from shoal.exporter.optimize import optimize_graph  # noqa: E402
+from shoal.exporter.parity import THRESHOLDS  # noqa: E402
 from shoal.exporter.quantize import (  # noqa: E402
     FP16_MIN_COSINE,
     INT8_MIN_COSINE,
@@ -32,16 +37,72 @@ def io_types(path):
     ]
 
 
+def test_int8_threshold_is_the_exporters():
+    assert INT8_MIN_COSINE == THRESHOLDS["int8"].min_cosine == 0.99
+
+
 def test_int8_minilm_meets_the_stated_threshold(tmp_path):
     model, _, optimized, _ = gs.minilm()
     quantize_int8(optimized, tmp_path / "int8.onnx")
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
-    assert {"QAttention", "DynamicQuantizeMatMul"} & ops or "MatMulInteger" in ops
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    # Quantized: the 6 QKV projections (QAttention) and the 6 FFN up-projections, each behind a
+    # smoothing Mul; fp32: the 6 attention-output and 6 FFN down-projections.
+    assert ops.count("QAttention") == 6 and "Attention" not in ops
+    assert ops.count("MatMul") == 12
+    assert sum(n.name.endswith("_smoothing") for n in graph.node) == 12
     assert io_types(tmp_path / "int8.onnx") == io_types(optimized)
-    # Projection weights are int8; the word embeddings stay fp32 (Gather is not quantized).
-    weights = onnx.load(str(tmp_path / "int8.onnx")).graph.initializer
-    assert sum(t.data_type == onnx.TensorProto.INT8 for t in weights) >= 6 * 4
+    weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert sum(len(t.dims) == 2 for t in weights) == 12  # (the others: zero points)
     assert pooled_min_cosine(model, tmp_path / "int8.onnx") >= INT8_MIN_COSINE
+
+
+def test_smoothing_is_exact_in_fp32(tmp_path):
+    """The smoothing rewrite alone (no quantization) computes the same function."""
+    model = gs.tiny_encoder("bert")
+    raw = gs.export(model, tmp_path / "raw.onnx", gs.TINY_INPUTS, dynamo=False)
+    optimized = tmp_path / "optimized.onnx"
+    optimize_graph(raw, optimized, model_type="bert", num_heads=gs.HEADS, hidden_size=gs.HIDDEN)
+    graph = onnx.load(str(optimized))
+    targets = quantize._layer_norm_fed_projections(graph)
+    assert [n.op_type for n in targets].count("Attention") == gs.LAYERS
+    assert len(targets) == 2 * gs.LAYERS
+    feeds = quantize._synthetic_calibration(graph)
+    assert feeds and feeds[0]["input_ids"].max() < gs.VOCAB
+    maxima = quantize._activation_maxima(
+        optimized, [n.input[0] for n in targets], feeds, str(tmp_path)
+    )
+    quantize._smooth(graph, targets, maxima, quantize.SMOOTHING_ALPHA)
+    onnx.save(graph, str(tmp_path / "smoothed.onnx"))
+    feed = gs.padded_feed(gs.TINY_INPUTS, batch=3, seq=10, vocab=gs.VOCAB, seed=1)
+    expected = gs.run_onnx(optimized, feed)
+    got = gs.run_onnx(tmp_path / "smoothed.onnx", feed)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_graph_without_layer_norms_quantizes_every_projection(tmp_path, caplog):
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="projection")],
+        "plain",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 32])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    plain = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plain.ir_version = 8
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    quantize_int8(tmp_path / "plain.onnx", tmp_path / "int8.onnx")
+    assert "no LayerNorm-fed projections" in caplog.text
+    assert "not smoothing" in caplog.text  # input "x" is no token input: no synthetic feed
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert "MatMul" not in ops and ops & {"DynamicQuantizeMatMul", "MatMulInteger"}
+    x = np.random.default_rng(1).standard_normal((16, 64)).astype(np.float32)
+    got, expected = gs.run_onnx(tmp_path / "int8.onnx", {"x": x}), x @ weight
+    cosines = (
+        (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    )
+    assert cosines.min() > 0.99
 
 
 def test_fp16_minilm_keeps_fp32_io_runs_on_cpu_and_meets_the_threshold(tmp_path):
