@@ -9,7 +9,7 @@ int8 recipe (measured on all-MiniLM-L6-v2 vs PyTorch fp32: 32 natural sentences 
 tokens, and the exporter's probe texts incl. an empty string and an over-long text; table in
 docs/optimization.md):
 - Selective: only the projections that read a LayerNorm output are quantized, i.e. the fused
-  Attention's QKV projection and the FFN up-projection (8/12 of a BERT layer's projection FLOPs).
+  Attention's QKV projection and the FFN up-projection (~58% of a BERT layer's projection FLOPs).
   The FFN down-projection (reads GELU output) and the attention output projection stay fp32:
   quantizing the down-projections alone cost ~0.01 minimum cosine, and SmoothQuant did not fix it.
 - SmoothQuant (alpha 0.5) on the quantized projections: a per-input-channel Mul in front of each
