@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -59,7 +61,12 @@ async def test_load_infer_statistics_and_unload(triton_server, repository):
         client.infer("doubler", [x])
         client.close()
 
+        # Triton records statistics just after the response is sent: poll briefly.
+        deadline = asyncio.get_running_loop().time() + 5.0
         (stats,) = await control.statistics("doubler")
+        while stats.success_count == 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            (stats,) = await control.statistics("doubler")
         assert stats.last_inference_ms > 0 and stats.success_count == 1
         assert stats.inference_count == 2 and stats.batch_sizes == {2: 1}
 
