@@ -217,8 +217,11 @@ class HiddenStates(torch.nn.Module):
         self.model = model
         self.takes_token_type_ids = token_type_ids
 
-    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+    def call_model(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.takes_token_type_ids:
             kwargs["token_type_ids"] = token_type_ids
-        return self.model(**kwargs).last_hidden_state
+        return self.model(**kwargs)
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+        return self.call_model(input_ids, attention_mask, token_type_ids).last_hidden_state

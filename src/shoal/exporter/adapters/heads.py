@@ -16,7 +16,7 @@ from shoal.contract import (
     Task,
 )
 from shoal.exporter import reference
-from shoal.exporter.adapters.base import Adapter
+from shoal.exporter.adapters.base import Adapter, HiddenStates
 from shoal.exporter.adapters.registry import register
 from shoal.exporter.errors import ExportError
 from shoal.exporter.options import ExportPlan
@@ -41,19 +41,13 @@ def _inputs(adapter: Adapter, encoded: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- reranker
 
 
-class Logits(torch.nn.Module):
+class Logits(HiddenStates):
+    """Cross-encoders: the classifier's logits (one score per pair)."""
+
     output_names = (GRAPH_LOGITS,)
 
-    def __init__(self, model: Any, token_type_ids: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.takes_token_type_ids = token_type_ids
-
     def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.takes_token_type_ids:
-            kwargs["token_type_ids"] = token_type_ids
-        return self.model(**kwargs).logits
+        return self.call_model(input_ids, attention_mask, token_type_ids).logits
 
 
 @register
