@@ -71,6 +71,10 @@ def test_a_server_that_ignores_sigterm_is_killed_with_its_stubs(triton_server, t
     server.stop(timeout_s=1)
     assert server.stub_pids() == []
     assert server.shm_segments() == []
+    # A SIGKILLed stub drops its argv (so stub_pids() no longer sees it) a moment before it dies.
+    deadline = time.monotonic() + 5
+    while any(process_alive(pid) for pid in stubs) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for pid in stubs:
         assert not process_alive(pid)
 
@@ -119,3 +123,49 @@ def test_sigterm_to_the_owner_process_stops_the_server_cleanly(tmp_path):
     assert stub_pids_with_prefix(prefix) == []
     assert list(Path("/dev/shm").glob(f"{prefix}*")) == []
     assert not process_alive(int(pid))
+
+
+def test_a_server_in_a_network_namespace_serves_on_its_address_and_stops_without_orphans(
+    netns_host, triton_server, tmp_path
+):
+    """Like a pod: its own namespace, its own address, the standard ports; reached over the veth;
+    stop() still finds the stubs and the shared memory (same pid namespace, same /dev/shm)."""
+    write_doubler(tmp_path)
+    host = netns_host()
+    server = triton_server(
+        tmp_path,
+        load_models=["doubler"],
+        network_namespace=host.name,
+        bind_address=host.address,
+    )
+    assert (server.http_port, server.grpc_port, server.metrics_port) == (8000, 8001, 8002)
+    assert server.http_url == f"http://{host.address}:8000"
+    assert Path(f"/proc/{server.pid}/exe").resolve().name == "tritonserver"  # `ip` exec'd it
+    body = {"inputs": [{"name": "X", "shape": [1, 2], "datatype": "FP32", "data": [1, 4]}]}
+    with httpx.Client(trust_env=False) as client:
+        response = client.post(f"{server.http_url}/v2/models/doubler/infer", json=body)
+        assert response.json()["outputs"][0]["data"] == [2, 8]
+        assert client.get(server.metrics_url).status_code == 200
+    identify = subprocess.run(
+        ["ip", "netns", "identify", str(server.pid)], capture_output=True, text=True, check=True
+    )
+    assert identify.stdout.strip() == host.name
+    assert len(server.stub_pids()) == 1
+    assert server.shm_segments()
+    pgid = server.pid
+    assert server.stop() == 0
+    assert server.stub_pids() == []
+    assert server.shm_segments() == []
+    assert not group_alive(pgid)
+
+
+def test_a_server_in_a_missing_network_namespace_fails_naming_it(triton_server, tmp_path):
+    with pytest.raises(TritonStartError, match="shoal-no-such-namespace"):
+        triton_server(
+            tmp_path, network_namespace="shoal-no-such-namespace", bind_address="198.18.0.2"
+        )
+
+
+def test_a_wildcard_bind_address_is_refused():
+    with pytest.raises(ValueError, match="wildcard"):
+        TritonServer("/tmp", bind_address="0.0.0.0")

@@ -8,13 +8,21 @@ Clean shutdown matters because every python-backend model instance is a separate
 `triton_python_backend_stub` process with a /dev/shm segment: stop() sends SIGTERM (Triton unloads
 its models and stops the stubs), waits, then SIGKILLs whatever is left of the process group and
 removes the shared-memory segments carrying this server's unique prefix.
+
+With `network_namespace`, the server runs under `ip netns exec` in that (existing) network
+namespace and listens on `bind_address` there, on Triton's standard ports 8000/8001/8002 unless
+others are given: a pod-like replica for the operator's tests (tests/support/netns.py). `ip netns
+exec` replaces itself with tritonserver, so the process, its group and its stubs are the same as
+without a namespace, and /dev/shm is shared with the root namespace.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +40,7 @@ from shoal.runtime.installation import STUB_NAME, TritonInstallation, locate_tri
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+STANDARD_PORTS = (8000, 8001, 8002)  # http, grpc, metrics: Triton's defaults, a pod's ports
 SHM_DIR = Path("/dev/shm")
 
 
@@ -39,21 +48,22 @@ class TritonStartError(RuntimeError):
     """The server exited or did not become ready; the message carries the tail of its log."""
 
 
-def free_port() -> int:
-    """A TCP port on loopback that is free right now (the kernel picks it)."""
+def free_port(address: str = LOOPBACK) -> int:
+    """A TCP port on `address` (loopback by default) that is free right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
+        sock.bind((address, 0))
         return sock.getsockname()[1]
 
 
 class TritonServer:
-    """A `tritonserver` process in explicit model-control mode on loopback.
+    """A `tritonserver` process in explicit model-control mode on loopback (or `bind_address`).
 
     >>> with TritonServer(repository, load_models=["minilm"]) as server:
     ...     client = tritonclient.http.InferenceServerClient(server.http_address)
 
-    Ports left as None are picked free at start. `load_models` are loaded before the server
-    reports ready; `load_all=True` loads everything in the repository instead.
+    Ports left as None are picked free at start (in a `network_namespace`: 8000/8001/8002).
+    `load_models` are loaded before the server reports ready; `load_all=True` loads everything in
+    the repository instead. `bind_address` is one address (the urls use it), never a wildcard.
     """
 
     def __init__(
@@ -70,10 +80,27 @@ class TritonServer:
         exit_timeout_s: int = 5,
         extra_args: Sequence[str] = (),
         installation: TritonInstallation | None = None,
+        bind_address: str = LOOPBACK,
+        network_namespace: str | None = None,
     ) -> None:
+        if ipaddress.ip_address(bind_address).is_unspecified:
+            raise ValueError(
+                f"bind_address {bind_address!r} is a wildcard: give the one address clients "
+                "use (127.0.0.1, or the network namespace's own address)"
+            )
         self.repository = Path(repository).resolve()
+        self.bind_address = bind_address
+        self.network_namespace = network_namespace
         self.load_models = list(load_models)
         self.load_all = load_all
+        if network_namespace is not None:
+            # A fresh namespace is like a pod: nothing else listens there.
+            http_port, grpc_port, metrics_port = (
+                requested or standard
+                for requested, standard in zip(
+                    (http_port, grpc_port, metrics_port), STANDARD_PORTS, strict=True
+                )
+            )
         self._requested_ports = (http_port, grpc_port, metrics_port)
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._log_path_given = Path(log_path) if log_path else None
@@ -92,12 +119,12 @@ class TritonServer:
     @property
     def http_address(self) -> str:
         """host:port, what tritonclient.http wants."""
-        return f"{LOOPBACK}:{self.http_port}"
+        return f"{self.bind_address}:{self.http_port}"
 
     @property
     def grpc_address(self) -> str:
         """host:port, what tritonclient.grpc wants."""
-        return f"{LOOPBACK}:{self.grpc_port}"
+        return f"{self.bind_address}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
@@ -109,7 +136,7 @@ class TritonServer:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+        return f"http://{self.bind_address}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -149,7 +176,7 @@ class TritonServer:
         raise AssertionError("unreachable")
 
     def _launch(self, installation: TritonInstallation) -> None:
-        http, grpc, metrics = (p or free_port() for p in self._requested_ports)
+        http, grpc, metrics = (p or free_port(self.bind_address) for p in self._requested_ports)
         self.http_port, self.grpc_port, self.metrics_port = http, grpc, metrics
         if self._log_path_given:
             self.log_path = self._log_path_given
@@ -159,16 +186,17 @@ class TritonServer:
             os.close(fd)
             self.log_path = Path(name)
         command = [
+            *self._namespace_prefix(),
             str(installation.binary),
             f"--model-repository={self.repository}",
             "--model-control-mode=explicit",
             f"--backend-directory={installation.backend_directory}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            f"--http-address={LOOPBACK}",
+            f"--http-address={self.bind_address}",
             f"--http-port={http}",
-            f"--grpc-address={LOOPBACK}",
+            f"--grpc-address={self.bind_address}",
             f"--grpc-port={grpc}",
-            f"--metrics-address={LOOPBACK}",
+            f"--metrics-address={self.bind_address}",
             f"--metrics-port={metrics}",
             "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
@@ -200,6 +228,18 @@ class TritonServer:
             self, _kill_group_and_shm, self._process, self.shm_prefix
         )
 
+    def _namespace_prefix(self) -> list[str]:
+        if self.network_namespace is None:
+            return []
+        ip = shutil.which("ip")
+        if ip is None:
+            raise TritonStartError(
+                f"network namespace {self.network_namespace!r} asked for, but the `ip` command "
+                "is missing: install iproute2"
+            )
+        # `ip netns exec` execs the command: the Popen pid is tritonserver itself.
+        return [ip, "netns", "exec", self.network_namespace]
+
     def _environment(self, installation: TritonInstallation) -> dict[str, str]:
         env = dict(os.environ)
         # The python steps' embedded interpreter finds numpy/tokenizers/onnxruntime through the
@@ -217,7 +257,8 @@ class TritonServer:
     def _wait_until_ready(self) -> None:
         assert self._process is not None
         deadline = time.monotonic() + self.startup_timeout_s
-        with httpx.Client(timeout=2.0) as client:
+        # trust_env=False: a proxy from the environment must not stand between us and the server.
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
             while True:
                 code = self._process.poll()
                 if code is not None:
