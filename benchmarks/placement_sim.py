@@ -14,7 +14,8 @@ All policies see the same traces in one run. It prints hit ratio, bytes loaded a
     .venv/bin/python benchmarks/placement_sim.py --ready-latency  # + InferenceModel -> Ready
                                                                  #   on a real apiserver/Triton
 
---ready-latency starts etcd + kube-apiserver (scripts/build-kube-apiserver.sh), a real Triton
+--ready-latency starts etcd + kube-apiserver (scripts/build-kube-apiserver.sh), a real Triton (in
+a network namespace of its own, like a pod: needs root, see tests/support/netns.py)
 and the operator, and times `InferenceModel` created -> status Ready with the Triton already
 running (warm), next to the bare Triton load time of the same entry.
 """
@@ -251,30 +252,30 @@ def measure_ready_latency(rounds: int) -> None:
         sys.path.insert(0, root)
     from kopf.testing import KopfRunner
 
-    from shoal.operator.crds import all_crds
     from shoal.runtime.triton import TritonServer
     from tests.operator.entries import write_entry
     from tests.operator.helpers import Kube, pool_spec
-    from tests.support.kube import running_cluster, wait_for
+    from tests.support.kube import apply_crds, running_cluster, wait_for
+    from tests.support.netns import netns_hosts
 
-    address = _host_address()
-    with tempfile.TemporaryDirectory() as tmp, running_cluster() as cluster:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_cluster() as cluster,
+        netns_hosts() as hosts,
+    ):
         os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
         repository = Path(tmp)
         names = [f"warm{i}" for i in range(rounds)] + ["bare"]
         for name in names:
             write_entry(repository, name, 50 * MiB)
+        # The replica runs like a pod: its own network namespace and address (needs root).
+        host = hosts.create()
         server = TritonServer(
-            repository, extra_args=["--http-address=0.0.0.0", "--metrics-address=0.0.0.0"]
+            repository, network_namespace=host.name, bind_address=host.address
         ).start()
-        server.replica_address = address  # type: ignore[attr-defined]
         try:
+            apply_crds(cluster)
             with cluster.http() as http:
-                for crd in all_crds():
-                    http.post(
-                        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd
-                    ).raise_for_status()
-                time.sleep(3)  # CRDs established
                 http.post(
                     "/api/v1/namespaces", json={"metadata": {"name": "bench"}}
                 ).raise_for_status()
@@ -325,14 +326,6 @@ def measure_ready_latency(rounds: int) -> None:
         f"  ratio operator/bare: x{median / bare_s:.2f}; the difference ({median - bare_s:+.2f} s) "
         "is the watch event, reading pool/Endpoints/replica, and the status patches"
     )
-
-
-def _host_address() -> str:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect(("192.0.2.1", 9))
-        return sock.getsockname()[0]
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 # outside the checkout (no registry ships kube-apiserver; see shared/ENVIRONMENT.md).
 # Prints the cached binary's path. A second run returns at once.
 set -euo pipefail
-CACHE="${SHOAL_CACHE:-$HOME/.cache/shoal}/k8s"
+# shoal's cache directory, as in shoal.runtime.installation.cache_dir().
+CACHE="${SHOAL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/shoal}/k8s"
 BIN="$CACHE/kube-apiserver"
 if [[ -x "$BIN" ]]; then echo "$BIN"; exit 0; fi
 mkdir -p "$CACHE"

@@ -14,3 +14,5 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.support.fixtures import tiny_model  # noqa: E402, F401  (a session fixture)
+from tests.support.kube import kube_cluster  # noqa: E402, F401  (a session fixture)
+from tests.support.netns import _netns_session, netns_host  # noqa: E402, F401  (fixtures)

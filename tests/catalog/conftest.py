@@ -1,6 +1,6 @@
 """Fixtures for `shoal build` tests: tiny checkpoints copied per test (tests change them), a real
-S3-compatible HTTP server on loopback (moto's ThreadedMotoServer, from the `dev` extra), and a
-real kube-apiserver with the operator's CRDs installed (tests/support/kube.py)."""
+S3-compatible HTTP server on loopback (moto's ThreadedMotoServer, from the `dev` extra). The real
+kube-apiserver with the operator's CRDs is the session's `kube_cluster` (tests/support/kube.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from tests.support.kube import KubeCluster, KubeUnavailable, running_cluster, wait_for
 
 
 @dataclass(frozen=True)
@@ -67,40 +65,6 @@ def s3_bucket(s3_server: str) -> S3Server:
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True)
     fs.mkdir(bucket)
     return S3Server(s3_server, bucket)
-
-
-@pytest.fixture(scope="session")
-def catalog_kube() -> Iterator[KubeCluster]:
-    """A real kube-apiserver with the operator's CRDs established."""
-    from shoal.operator.crds import all_crds
-
-    try:
-        context = running_cluster()
-        cluster = context.__enter__()
-    except KubeUnavailable as exc:
-        pytest.fail(str(exc))
-    try:
-        with cluster.http() as http:
-            for crd in all_crds():
-                http.post(
-                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd
-                ).raise_for_status()
-            for crd in all_crds():
-                name = crd["metadata"]["name"]
-                wait_for(
-                    lambda name=name: _established(http, name), 30, what=f"CRD {name} established"
-                )
-        yield cluster
-    finally:
-        context.__exit__(None, None, None)
-
-
-def _established(http, name: str) -> bool:  # noqa: ANN001
-    crd = http.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}").json()
-    return any(
-        c["type"] == "Established" and c["status"] == "True"
-        for c in crd.get("status", {}).get("conditions", [])
-    )
 
 
 def copy_checkpoint(source: Path, destination: Path) -> Path:

@@ -200,11 +200,11 @@ def test_an_invalid_catalog_exports_nothing(tmp_path: Path, first_build, capsys)
 
 @pytest.mark.kube
 def test_the_manifests_apply_to_a_kube_apiserver_with_the_operators_crds(
-    first_build, catalog_kube
+    first_build, kube_cluster
 ) -> None:
     workspace = first_build[0]
     namespace = "catalog-build"
-    with catalog_kube.http() as http:
+    with kube_cluster.http() as http:
         http.post(
             "/api/v1/namespaces",
             json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},

