@@ -154,7 +154,39 @@ def _pool_spec_schema() -> dict[str, Any]:
             "memoryPerReplica": _quantity(
                 "Memory budget for models on one replica (GPU memory on GPU pools)."
             ),
-            "scaleDownDelaySeconds": {"type": "integer", "minimum": 0, "default": 300},
+            "scaleDownDelaySeconds": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 300,
+                "description": "Seconds of no demand before the scaler removes replicas "
+                "(KEDA cooldownPeriod for the last one, HPA scale-down window for the others).",
+            },
+            "autoscaling": {
+                "type": "object",
+                "description": "KEDA scaling between replicas.min and replicas.max on pending "
+                "demand (a pool with min < max; needs KEDA and Prometheus in the cluster).",
+                "required": ["prometheusAddress", "threshold"],
+                "properties": {
+                    "prometheusAddress": {
+                        "type": "string",
+                        "pattern": r"^https?://.+",
+                        "description": "The Prometheus server KEDA queries, e.g. "
+                        "http://prometheus-operated.monitoring:9090.",
+                    },
+                    "query": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "PromQL giving the pool's demand (default: Triton's "
+                        "nv_inference_pending_request_count summed over the pool's Service).",
+                    },
+                    "threshold": {
+                        "type": "number",
+                        "minimum": 0,
+                        "exclusiveMinimum": True,
+                        "description": "Target demand per replica (queued requests).",
+                    },
+                },
+            },
             "maxUnavailable": {
                 "type": "integer",
                 "minimum": 0,

@@ -17,6 +17,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from shoal.operator.crds import GROUP, POOL_PLURAL, VERSION
+from shoal.operator.resources import KEDA_GROUP, KEDA_VERSION, SCALED_OBJECT_PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,69 @@ class KubeApi:
             _content_type="application/merge-patch+json",
         )
         return "updated"
+
+    # -- KEDA ---------------------------------------------------------------------------------
+    async def serves_scaled_objects(self) -> bool:
+        """Whether the cluster serves keda.sh/v1alpha1 scaledobjects (KEDA is installed).
+        Asked each time (discovery is one cheap GET): KEDA may be installed after the pool."""
+        try:
+            resources = await self.custom.get_api_resources(KEDA_GROUP, KEDA_VERSION)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.name == SCALED_OBJECT_PLURAL for r in resources.resources or [])
+
+    async def apply_scaled_object(self, desired: dict[str, Any]) -> str:
+        """Create the pool's ScaledObject or replace its spec; "created", "updated",
+        "unchanged", or "conflict" when an object of that name is not owned by the pool."""
+        namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        args = (KEDA_GROUP, KEDA_VERSION, namespace, SCALED_OBJECT_PLURAL)
+        desired = _with_intent_hash(desired)
+        try:
+            current = await self.custom.get_namespaced_custom_object(*args, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            await self.custom.create_namespaced_custom_object(*args, desired)
+            return "created"
+        if not _same_owner(current, desired):
+            return "conflict"
+        if _intent_hash(current) == _intent_hash(desired):
+            return "unchanged"
+        updated = {
+            **current,
+            "metadata": _merge_metadata(current, desired),
+            "spec": desired["spec"],
+        }
+        await self.custom.replace_namespaced_custom_object(*args, name, updated)
+        return "updated"
+
+    async def delete_scaled_object(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete the pool's ScaledObject if there is one owned by it; True if deleted."""
+        args = (KEDA_GROUP, KEDA_VERSION, namespace, SCALED_OBJECT_PLURAL)
+        try:
+            current = await self.custom.get_namespaced_custom_object(*args, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        owners = (current.get("metadata") or {}).get("ownerReferences") or []
+        if not any(o.get("uid") == owner_uid for o in owners):
+            return False
+        try:
+            await self.custom.delete_namespaced_custom_object(*args, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        return True
+
+
+def _same_owner(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    def uids(obj: dict[str, Any]) -> set[str]:
+        return {o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
+
+    return not uids(desired) or bool(uids(current) & uids(desired))
 
 
 INTENT_ANNOTATION = "shoal.dev/intent-hash"

@@ -1,4 +1,5 @@
-"""Pure builders of the Kubernetes objects an InferencePool owns: Deployment, Service, PDB.
+"""Pure builders of the Kubernetes objects an InferencePool owns: Deployment, Service, PDB, and
+the KEDA ScaledObject of a pool that scales.
 
 Called by the pool handlers (handlers.py), which create or update what these return. No I/O here,
 so each manifest is unit-tested as data (tests/operator/test_resources.py).
@@ -14,6 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.operator.specs import PoolSpec
+
+KEDA_GROUP, KEDA_VERSION, SCALED_OBJECT_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
+# The HPA's scale-down stabilization window is capped at one hour by Kubernetes.
+MAX_HPA_WINDOW_S = 3600
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 TRITON_CONTAINER = "triton"
@@ -199,5 +204,69 @@ def build_pdb(
         "spec": {
             "maxUnavailable": pool.max_unavailable,
             "selector": {"matchLabels": selector_labels(pool)},
+        },
+    }
+
+
+def demand_query(pool: PoolSpec) -> str:
+    """The default PromQL for a pool's demand: requests queued in Triton on all its replicas.
+
+    Why this metric: a Triton replica's queue (`nv_inference_pending_request_count`: requests
+    received and not yet executing, per model) is the work it cannot keep up with. GPU
+    utilization says little for small encoders (a replica can be saturated by python steps at low
+    GPU use) and request rate ignores how fast a replica drains it; a queue that grows is the
+    direct signal that another replica would cut latency, and an empty one for
+    `scaleDownDelaySeconds` that one can go. `or vector(0)` makes "no replica reports" read as no
+    demand instead of an error. Labels are those the Prometheus Operator gives a Service's
+    targets (namespace, service); set spec.autoscaling.query for other scrape setups, or a
+    demand signal that exists with zero replicas (queued at a router) to scale up from zero."""
+    return (
+        "sum(nv_inference_pending_request_count"
+        f'{{namespace="{pool.namespace}",service="{pool.name}"}}) or vector(0)'
+    )
+
+
+def wants_scaled_object(pool: PoolSpec) -> bool:
+    """A pool that scales (min < max) and says how (spec.autoscaling)."""
+    return not pool.fixed_size and pool.autoscaling is not None
+
+
+def build_scaled_object(pool: PoolSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The KEDA ScaledObject that scales the pool's Deployment between replicas.min and max.
+
+    minReplicaCount may be 0: KEDA then scales to zero after `cooldownPeriod` without demand and
+    back to one when the query reports some (KEDA's activation; idleReplicaCount must be below
+    minReplicaCount, so it has no use here). Between 1 and max, KEDA's HPA scales on the query's
+    value per replica against `threshold`; the HPA's scale-down window takes the same delay, so
+    `scaleDownDelaySeconds` governs every step down."""
+    if pool.autoscaling is None:
+        raise ValueError(f"pool {pool.name} has no spec.autoscaling")
+    autoscaling = pool.autoscaling
+    window = min(pool.scale_down_delay_s, MAX_HPA_WINDOW_S)
+    return {
+        "apiVersion": f"{KEDA_GROUP}/{KEDA_VERSION}",
+        "kind": "ScaledObject",
+        "metadata": _metadata(pool, owner),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": pool.name},
+            "minReplicaCount": pool.min_replicas,
+            "maxReplicaCount": pool.max_replicas,
+            "cooldownPeriod": pool.scale_down_delay_s,
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": window}}
+                }
+            },
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "metadata": {
+                        "serverAddress": autoscaling.prometheus_address,
+                        "query": autoscaling.query or demand_query(pool),
+                        # KEDA reads trigger metadata as strings.
+                        "threshold": f"{autoscaling.threshold:g}",
+                    },
+                }
+            ],
         },
     }

@@ -61,6 +61,15 @@ def parse_quantity(value: int | str, what: str) -> int:
 
 
 @dataclass(frozen=True)
+class Autoscaling:
+    """spec.autoscaling: what the pool's KEDA ScaledObject asks Prometheus."""
+
+    prometheus_address: str
+    threshold: float
+    query: str | None = None  # None: the default demand query (resources.demand_query)
+
+
+@dataclass(frozen=True)
 class PoolSpec:
     name: str
     namespace: str
@@ -85,6 +94,7 @@ class PoolSpec:
     local_repository: str | None = None
     scale_down_delay_s: int = 300
     max_unavailable: int = 1
+    autoscaling: Autoscaling | None = None
 
     @property
     def fixed_size(self) -> bool:
@@ -118,6 +128,7 @@ def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
     memory = parse_quantity(spec.get("memoryPerReplica", 0), "spec.memoryPerReplica")
     if memory <= 0:
         raise SpecError("spec.memoryPerReplica must be positive, e.g. '16Gi'")
+    autoscaling = _autoscaling(spec.get("autoscaling"))
     return PoolSpec(
         name=name,
         namespace=namespace,
@@ -142,7 +153,26 @@ def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
         local_repository=storage.get("localPath"),
         scale_down_delay_s=int(spec.get("scaleDownDelaySeconds", 300)),
         max_unavailable=int(spec.get("maxUnavailable", 1)),
+        autoscaling=autoscaling,
     )
+
+
+def _autoscaling(raw: dict[str, Any] | None) -> Autoscaling | None:
+    if not raw:
+        return None
+    address = raw.get("prometheusAddress")
+    if not address:
+        raise SpecError(
+            "spec.autoscaling.prometheusAddress is missing: set the Prometheus server KEDA "
+            "should query, e.g. http://prometheus-operated.monitoring:9090"
+        )
+    threshold = float(raw.get("threshold") or 0)
+    if threshold <= 0:
+        raise SpecError(
+            "spec.autoscaling.threshold must be positive: the queued requests per replica "
+            "to scale at, e.g. 4"
+        )
+    return Autoscaling(address, threshold, raw.get("query") or None)
 
 
 @dataclass(frozen=True)
