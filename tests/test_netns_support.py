@@ -3,11 +3,19 @@ and a crashed run's leftovers are removed without touching a live session's."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 
-from tests.support.netns import NetnsHosts, remove_leftovers
+import pytest
+
+from tests.support.netns import (
+    NetnsHosts,
+    NetnsUnavailable,
+    check_netns_available,
+    remove_leftovers,
+)
 
 
 def _namespaces() -> set[str]:
@@ -68,3 +76,9 @@ def test_leftovers_of_a_dead_run_are_removed_and_a_live_sessions_kept(netns_host
     finally:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True)
         subprocess.run(["ip", "link", "delete", veth], capture_output=True)
+
+
+def test_without_root_the_check_says_what_is_needed(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(NetnsUnavailable, match="needs root"):
+        check_netns_available()
