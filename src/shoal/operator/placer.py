@@ -8,6 +8,10 @@ the operator's run (in kopf's memo). It guarantees:
 - the same model is never loaded twice at once (a lock per model);
 - a model counts as loaded only when Triton says so: a restarted operator reads the replicas
   first and repeats nothing that is done.
+
+Hot swap (shoal.hot_swap, shared with `shoal serve`): evicting unloads only a model's encode step
+(the memory), its light python steps stay loaded, and loading it back loads only the encode step;
+deleting a model unloads all four of its Triton models.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shoal.contract import STEP_ENCODE, STEP_POSTPROCESS, STEP_TOKENIZE
+from shoal.hot_swap import (
+    entry_of,
+    holds_memory,
+    light_steps_ready,
+    models_to_evict,
+    models_to_load,
+    models_to_remove,
+    present,
+)
 from shoal.model_repository.layout import EntryLayout
 from shoal.operator import metrics
 from shoal.operator.replicas import Replica
@@ -36,19 +48,12 @@ from shoal.placement import LeastRecentlyUsed, ModelState, format_size, plan_loa
 
 log = logging.getLogger(__name__)
 
-_STEP_SUFFIXES = tuple(f"__{s}" for s in (STEP_TOKENIZE, STEP_ENCODE, STEP_POSTPROCESS))
+__all__ = ["KnownModel", "Placer", "PlacementResult", "entry_of", "triton_models"]
 
 
 def triton_models(entry: str) -> list[str]:
     """Every Triton model of an entry, steps first, ensemble last."""
     return EntryLayout(Path("."), entry).triton_models
-
-
-def entry_of(triton_model: str) -> str:
-    for suffix in _STEP_SUFFIXES:
-        if triton_model.endswith(suffix):
-            return triton_model[: -len(suffix)]
-    return triton_model
 
 
 @dataclass(frozen=True)
@@ -207,11 +212,11 @@ class Placer:
                 )
             try:
                 for victim in plan.evict:
-                    await self._unload_entry(client, victim, observation)
+                    await self._unload_models(client, models_to_evict(victim), observation)
                     metrics.EVICTIONS.labels(replica=replica.name).inc()
                     result.evictions.append(Eviction(replica.name, victim, model.entry))
                     log.info("evicted %s from %s for %s", victim, replica.name, model.entry)
-                await self._load_entry(client, model.entry)
+                await self._load_entry(client, model.entry, observation)
             except LoadFailed as exc:
                 result.load_errors[replica.name] = exc.triton_message
                 return f"load failed: {exc.triton_message}"
@@ -256,34 +261,42 @@ class Placer:
             )
         return states
 
-    async def _load_entry(self, client: TritonReplicaClient, entry: str) -> None:
-        """Load the ensemble: Triton loads its steps with it, in parallel. (Loading the steps
-        first and then the ensemble loads every step twice: an ensemble load reloads its
-        composing models. Measured with 3 python steps: 3.5 s for the ensemble alone, 11.5 s
-        for steps then ensemble.) On a failure, unload what the attempt left (no residue)."""
+    async def _load_entry(
+        self, client: TritonReplicaClient, entry: str, observation: ReplicaObservation
+    ) -> None:
+        """Load what shoal.hot_swap says: the encode step alone where the light steps stayed
+        loaded after an eviction (the ensemble comes back with it), else the ensemble in one
+        call (Triton loads its steps with it, in parallel; steps first and then the ensemble
+        would load every step twice: 11.5 s against 3.5 s measured with 3 python steps).
+        On a failure, unload everything of the entry the replica holds (no residue)."""
         key = (client.replica.name, entry)
         self._loading.add(key)
         started = time.monotonic()
+        targets = models_to_load(entry, light_steps_ready(entry, observation.states))
         try:
-            await client.load(entry)
+            for position, target in enumerate(targets):
+                if position and (await client.observe()).ready(target):
+                    continue
+                await client.load(target)
         except (LoadFailed, ReplicaUnreachable):
             metrics.LOAD_FAILURES.labels(replica=client.replica.name).inc()
             with contextlib.suppress(ReplicaUnreachable):  # it restarted: nothing is left
-                await self._unload_entry(client, entry, await client.observe())
+                await self._unload_models(client, models_to_remove(entry), await client.observe())
             raise
         finally:
             self._loading.discard(key)
         elapsed = time.monotonic() - started
         metrics.LOADS.labels(replica=client.replica.name).inc()
         metrics.LOAD_SECONDS.observe(elapsed)
-        log.info("loaded %s on %s in %.2f s", entry, client.replica.name, elapsed)
+        how = "encode step" if len(targets) > 1 else "whole entry"
+        log.info("loaded %s (%s) on %s in %.2f s", entry, how, client.replica.name, elapsed)
 
-    async def _unload_entry(
-        self, client: TritonReplicaClient, entry: str, observation: ReplicaObservation | None
+    async def _unload_models(
+        self, client: TritonReplicaClient, names: Sequence[str], observation: ReplicaObservation
     ) -> None:
-        """The ensemble first (no new requests), then its steps."""
-        for name in reversed(triton_models(entry)):
-            if observation is None or observation.states.get(name) in ("READY", "LOADING"):
+        """Unload those of `names` the replica holds, in the given order."""
+        for name in names:
+            if observation.states.get(name) in ("READY", "LOADING"):
                 await client.unload(name)
         metrics.UNLOADS.labels(replica=client.replica.name).inc()
 
@@ -299,8 +312,8 @@ class Placer:
                 async with self._replica_locks[replica.name]:
                     try:
                         observation = await client.observe()
-                        if entry in _entries_holding_memory(observation):
-                            await self._unload_entry(client, entry, observation)
+                        if present(entry, observation.states):
+                            await self._unload_models(client, models_to_remove(entry), observation)
                             log.info("unloaded %s from %s", entry, replica.name)
                     except ReplicaUnreachable as exc:
                         errors[replica.name] = str(exc)
@@ -312,12 +325,9 @@ class Placer:
 
 
 def _entries_holding_memory(observation: ReplicaObservation) -> list[str]:
-    entries = {
-        entry_of(name)
-        for name, state in observation.states.items()
-        if state in ("READY", "LOADING", "UNLOADING")
-    }
-    return sorted(entries)
+    """Entries that count against the budget: an evicted entry's light steps do not."""
+    entries = {entry_of(name) for name in observation.states}
+    return sorted(e for e in entries if holds_memory(e, observation.states))
 
 
 def _last_used(entry: str, observations: Sequence[ReplicaObservation] | object) -> datetime | None:

@@ -7,11 +7,12 @@ budget, using shoal.placement for every decision and shoal.triton_control for ev
   through Triton's repository API are noticed there, counted against the budget, and the least
   recently used others are evicted to make room; recency comes from `last_inference`.
 
-Hot swap: an entry is four Triton models, and each python step costs a stub process start
-(~1.6-2 s here). Evicting unloads only the memory-heavy `<model>__encode` step; the tokenize and
-postprocess steps (tens of MB each) stay loaded, the ensemble turns UNAVAILABLE, and loading the
-encode step again brings the ensemble back by itself (measured on Triton 2.51: ~2.4 s to reload
-the encode step vs ~5.2 s for the whole entry on this 2-core machine).
+Hot swap: which Triton models an eviction unloads and a load loads is decided in
+shoal.hot_swap, shared with the operator: evicting unloads only the memory-heavy `<model>__encode`
+step, the tokenize and postprocess steps (tens of MB each) stay loaded, the ensemble turns
+UNAVAILABLE, and loading the encode step again brings the ensemble back by itself (measured on
+Triton 2.51: ~2.4 s to reload the encode step vs ~5.2 s for the whole entry on this 2-core
+machine).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from shoal.contract import STEP_ENCODE, STEP_POSTPROCESS, STEP_TOKENIZE, step_name
+from shoal.contract import STEP_ENCODE, step_name
+from shoal.hot_swap import light_steps_ready, models_to_evict, models_to_load
 from shoal.manifest import Manifest
 from shoal.placement import (
     EvictionPolicy,
@@ -125,6 +127,7 @@ class LocalController:
     async def refresh(self) -> None:
         """Read states from the repository index and recency from the statistics."""
         index: dict[str, IndexEntry] = {e.name: e for e in await self.control.index()}
+        states = {name: row.state for name, row in index.items()}
         now_ms = time.time() * 1000
         for entry in self.entries.values():
             encode = index.get(step_name(entry.name, STEP_ENCODE))
@@ -132,10 +135,7 @@ class LocalController:
             was_holding = entry.loaded or entry.loading
             entry.encode = encode.state if encode else None
             entry.ensemble = ensemble.state if ensemble else None
-            entry.light_steps_ready = all(
-                (row := index.get(step_name(entry.name, s))) is not None and row.ready
-                for s in (STEP_TOKENIZE, STEP_POSTPROCESS)
-            )
+            entry.light_steps_ready = light_steps_ready(entry.name, states)
             entry.reason = (encode.reason if encode else "") or (
                 ensemble.reason if ensemble else ""
             )
@@ -225,18 +225,13 @@ class LocalController:
     async def _evict(self, name: str) -> None:
         entry = self.entries[name]
         started = time.monotonic()
-        if self.keep_light_steps:
-            target = step_name(name, STEP_ENCODE)
+        targets = models_to_evict(name, self.keep_light_steps)
+        for target in targets:
             await self.control.unload(target)
-            await self.control.wait_until_unloaded([target, name], UNLOAD_TIMEOUT_S)
-        else:
-            targets = [
-                name,
-                *(step_name(name, s) for s in (STEP_TOKENIZE, STEP_ENCODE, STEP_POSTPROCESS)),
-            ]
-            for target in targets:
-                await self.control.unload(target)
-            await self.control.wait_until_unloaded(targets, UNLOAD_TIMEOUT_S)
+        # The ensemble goes UNAVAILABLE with its encode step: wait for both.
+        await self.control.wait_until_unloaded(
+            list(dict.fromkeys([*targets, name])), UNLOAD_TIMEOUT_S
+        )
         self.policy.record_eviction(self._state(name))
         entry.encode = "UNAVAILABLE"
         entry.ensemble = "UNAVAILABLE"
@@ -244,15 +239,13 @@ class LocalController:
 
     async def _load(self, entry: EntryStatus) -> None:
         started = time.monotonic()
-        if entry.light_steps_ready and self.keep_light_steps:
-            # Only the encoder: the ensemble comes back READY by itself once its steps are.
-            await self.control.load(step_name(entry.name, STEP_ENCODE))
-            if not await self.control.is_model_ready(entry.name):
-                await self.control.load(entry.name)
-            how = "encode step"
-        else:
-            await self.control.load(entry.name)  # Triton loads the three steps with it
-            how = "whole entry"
+        targets = models_to_load(entry.name, entry.light_steps_ready, self.keep_light_steps)
+        for position, target in enumerate(targets):
+            # The ensemble usually comes back READY by itself once its encode step is.
+            if position and await self.control.is_model_ready(target):
+                continue
+            await self.control.load(target)
+        how = "encode step" if len(targets) > 1 else "whole entry"
         entry.load_seconds = time.monotonic() - started
         entry.encode = entry.ensemble = "READY"
         entry.light_steps_ready = True
