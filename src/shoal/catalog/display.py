@@ -15,17 +15,9 @@ from typing import TextIO
 
 from shoal.catalog.execution import ModelResult, Status
 from shoal.manifest import Manifest
+from shoal.placement import format_size
 
 SUMMARY_COLUMNS = ("model", "status", "parity", "size", "time", "note")
-
-
-def format_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def format_parity(manifest: Manifest | None) -> str:
@@ -47,7 +39,7 @@ def summary_rows(results: list[ModelResult]) -> list[tuple[str, ...]]:
     rows = []
     for result in results:
         manifest = result.manifest
-        size = format_bytes(manifest.weights_bytes) if manifest else "-"
+        size = format_size(manifest.weights_bytes) if manifest else "-"
         elapsed = f"{result.elapsed_s:.1f} s" if result.status is Status.BUILT else "-"
         if result.status is Status.FAILED:
             elapsed = f"{result.elapsed_s:.1f} s" if result.elapsed_s else "-"
@@ -97,7 +89,7 @@ def _finish_line(result: ModelResult) -> str:
         assert result.manifest is not None
         return (
             f"built {result.name} in {result.elapsed_s:.1f} s "
-            f"({format_parity(result.manifest)}, {format_bytes(result.manifest.weights_bytes)})"
+            f"({format_parity(result.manifest)}, {format_size(result.manifest.weights_bytes)})"
         )
     if result.status is Status.SKIPPED:
         return f"skipped {result.name} ({result.reason})"

@@ -145,7 +145,7 @@ def optimize_graph(
         )
         logger.info(note)
         if onnx_in.resolve() != onnx_out.resolve():
-            _save(source, onnx_out)
+            save_graph(source, onnx_out)
         return OptimizeReport(
             model_type=model_type,
             optimizer_model_type=None,
@@ -167,7 +167,7 @@ def optimize_graph(
     options.use_raw_attention_mask(True)
     with tempfile.TemporaryDirectory(prefix="shoal-optimize-") as scratch:
         staged = Path(scratch) / "canonical.onnx"
-        _save(source, staged)
+        save_graph(source, staged)
         del source
         # opt_level=1: onnxruntime's basic, provider-independent rewrites (constant folding,
         # redundant nodes) run first, then the Python fusions.
@@ -185,7 +185,7 @@ def optimize_graph(
     _check_interface_unchanged(onnx.load(str(onnx_in), load_external_data=False), optimized)
     fusions = {op: n for op, n in optimizer.get_fused_operator_statistics().items() if n}
     fused_attention = sum(fusions.get(op, 0) for op in _ATTENTION_OPS)
-    _save(optimized, onnx_out)
+    save_graph(optimized, onnx_out)
 
     report = OptimizeReport(
         model_type=model_type,
@@ -229,19 +229,24 @@ def _check_interface_unchanged(before: onnx.ModelProto, after: onnx.ModelProto) 
         )
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
+def save_graph(model: onnx.ModelProto, path: Path) -> bool:
+    """Save a graph, with its weights as external data beyond protobuf's 2 GB limit.
+
+    Returns True when external data (`<name>.data` beside the graph) was written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weights > _EXTERNAL_DATA_THRESHOLD_BYTES:
-        onnx.save(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-        )
-    else:
+    if weights <= _EXTERNAL_DATA_THRESHOLD_BYTES:
         onnx.save(model, str(path))
+        return False
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+    )
+    return True
 
 
 def copy_graph(onnx_in: Path, onnx_out: Path) -> None:

@@ -42,6 +42,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from shoal.contract import Dtype
+from shoal.exporter.optimize import save_graph
 from shoal.exporter.parity import THRESHOLDS
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def quantize_int8(
             _smooth(model, targets, maxima, SMOOTHING_ALPHA)
         else:
             logger.warning("%s: no calibration feed could be built; not smoothing", onnx_in.name)
-        large = _save(model, smoothed)
+        large = save_graph(model, smoothed)
         del model
         staged = Path(scratch) / onnx_out.name
         quantize_dynamic(
@@ -194,7 +195,7 @@ def _activation_maxima(
                 helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
             )
     path = Path(scratch) / "calibration.onnx"
-    _save(probe, path)
+    save_graph(probe, path)
     del probe
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -236,24 +237,6 @@ def _smooth(
         node.input[0] = smoothed
     for index, mul in sorted(inserts, key=lambda item: item[0], reverse=True):
         model.graph.node.insert(index, mul)
-
-
-def _save(model: onnx.ModelProto, path: Path) -> bool:
-    """Save (external data beyond protobuf's limit); True when external data was used."""
-    from shoal.exporter.optimize import _EXTERNAL_DATA_THRESHOLD_BYTES
-
-    large = sum(len(t.raw_data) for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD_BYTES
-    if large:
-        onnx.save(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-        )
-    else:
-        onnx.save(model, str(path))
-    return large
 
 
 def convert_fp16(onnx_in: Path, onnx_out: Path) -> None:

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from shoal.placement import format_size
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this component's subcommands to `shoal`."""
@@ -23,15 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("repository", type=Path, metavar="DIR")
     check.add_argument("names", nargs="*", metavar="NAME", help="entries to check (default: all)")
     check.set_defaults(func=_check)
-
-
-def format_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _parity(manifest) -> str:
@@ -56,7 +49,7 @@ def _rows(repository: Path) -> list[list[str]]:
             continue
         dims = "-" if m.dims is None else str(m.dims)
         rows.append(
-            [m.name, m.task, dims, m.dtype, m.runtime, format_bytes(m.memory_bytes), _parity(m)]
+            [m.name, m.task, dims, m.dtype, m.runtime, format_size(m.memory_bytes), _parity(m)]
         )
     return rows
 
