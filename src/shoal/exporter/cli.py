@@ -19,22 +19,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("source", help="local Hugging Face model folder")
     export.add_argument("--name", required=True, help="model name in the repository")
     export.add_argument("--repository", required=True, help="Triton model repository folder")
-    export.add_argument("--task", choices=[t.value for t in Task])
-    export.add_argument("--pooling", choices=[p.value for p in Pooling])
-    export.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
-    export.add_argument("--max-length", type=int)
-    export.add_argument("--dims", type=int, help="Matryoshka truncation of dense vectors")
-    export.add_argument("--dtype", choices=[d.value for d in Dtype], default=Dtype.FP32.value)
-    export.add_argument("--opset", type=int, default=17)
     export.add_argument(
-        "--runtime", choices=[r.value for r in Runtime], default=Runtime.PORTABLE.value
+        "--task", choices=[t.value for t in Task], help="default: from the architecture"
     )
-    export.add_argument("--max-batch-size", type=int, default=32)
-    export.add_argument("--query-prefix")
-    export.add_argument("--document-prefix")
+    export.add_argument(
+        "--pooling",
+        choices=[p.value for p in Pooling],
+        help="dense pooling; default: the checkpoint's sentence-transformers setting or the family's",
+    )
+    export.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalize dense vectors (default: as the checkpoint does)",
+    )
+    export.add_argument(
+        "--max-length", type=int, help="tokens per text (longer texts are truncated)"
+    )
+    export.add_argument("--dims", type=int, help="Matryoshka truncation of dense vectors")
+    export.add_argument(
+        "--dtype",
+        choices=[d.value for d in Dtype],
+        default=Dtype.FP32.value,
+        help="fp16 for GPU pools, int8 (dynamic quantization) for CPU pools",
+    )
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (14-21)")
+    export.add_argument(
+        "--runtime",
+        choices=[r.value for r in Runtime],
+        default=Runtime.PORTABLE.value,
+        help="onnxruntime: Triton's onnxruntime backend (NVIDIA images); "
+        "portable: the same ONNX in a python-backend model",
+    )
+    export.add_argument(
+        "--max-batch-size", type=int, default=32, help="texts per request (Triton max_batch_size)"
+    )
+    export.add_argument("--query-prefix", help="text put before queries (TEXT_TYPE=query)")
+    export.add_argument("--document-prefix", help="text put before documents")
     export.add_argument("--family", help="force an architecture adapter instead of detecting it")
     export.add_argument("--overwrite", action="store_true", help="replace an existing entry")
-    export.add_argument("--no-optimize", dest="optimize", action="store_false")
+    export.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="skip onnxruntime's transformer optimizer (no fused attention)",
+    )
     export.set_defaults(func=run_export)
 
     verify = subparsers.add_parser("verify", help="re-run the parity check of an exported entry")
