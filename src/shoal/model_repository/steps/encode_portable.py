@@ -9,6 +9,7 @@ inputs are declared `allow_ragged_batch`). They are padded to the longest, on th
 side, run in one onnxruntime call, and split back: rows per request, and per-token outputs (first
 non-batch dimension variable) cut back to that request's own length.
 Padding adds only masked positions, which the exported graphs ignore (verified on padded batches).
+When the joined run fails, each request runs alone, so only the one the graph cannot run fails.
 """
 
 from __future__ import annotations
@@ -98,14 +99,17 @@ class TritonPythonModel:
                 batch.append((index, self._read(request)))
             except Exception as exc:  # noqa: BLE001  one bad request must not fail the others
                 responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
-        if batch:
-            try:
-                self._run(batch, responses)
-            except Exception as exc:  # noqa: BLE001
-                message = f"onnxruntime failed on a batch of {len(batch)} requests: {exc}"
-                for index, _ in batch:
-                    responses[index] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(message)
+        if not batch:
+            return responses
+        try:
+            self._run(batch, responses)
+        except Exception:  # noqa: BLE001  find the culprit: run each request alone
+            for item in batch:
+                try:
+                    self._run([item], responses)
+                except Exception as exc:  # noqa: BLE001
+                    responses[item[0]] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"onnxruntime failed on this request: {exc}")
                     )
         return responses
 
