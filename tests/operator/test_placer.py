@@ -5,6 +5,8 @@ load/unload the way Triton does for an ensemble (its steps come with it)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from shoal.operator.placer import KnownModel, Placer, triton_models
 from shoal.operator.replicas import Replica
 from shoal.operator.triton_replica import LoadFailed, ReplicaObservation
@@ -96,3 +98,31 @@ async def test_failed_load_keeps_tritons_message_and_evicts_nothing_it_did_not_n
     assert result.loaded_on == []
     assert result.load_errors == {"r0": "weights missing"}
     assert "load failed: weights missing" in result.blocked
+
+
+async def test_a_drift_run_queued_behind_a_delete_does_not_load_the_model_back():
+    placer, replica, memory, budget = _setup({"a": 1})
+    known = {"a": _known("a")}
+    release = asyncio.Event()
+    plain_unload = memory.unload
+
+    async def slow_unload(name: str) -> None:
+        await release.wait()
+        await plain_unload(name)
+
+    memory.unload = slow_unload
+    deleting = asyncio.create_task(placer.unload_everywhere("ns", "a", [replica]))
+    await asyncio.sleep(0.01)  # the delete holds the model's lock
+    # kopf sets the drift timer's stop flag before the delete handler runs.
+    drift = asyncio.create_task(
+        placer.place(
+            known["a"], 100 * MiB, 1, [replica], budget, known, False, stopped=lambda: True
+        )
+    )
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await deleting == {}
+    result = await drift
+    assert result.loaded_on == [] and memory.loads == []
+    assert memory.states["a"] != "READY"
+

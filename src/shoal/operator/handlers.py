@@ -31,6 +31,10 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # A deleted object keeps its finalizer until its timers have exited; kopf re-checks a timer
+    # that was mid-run only every `cancellation_polling` seconds (60 by default), which held
+    # deleted InferenceModels for up to a minute after their unload had finished.
+    settings.background.cancellation_polling = 1.0
     memo.kube = await KubeApi.connect()
     memo.placer = Placer()
 

@@ -134,6 +134,7 @@ async def _reconcile(
     memo: kopf.Memo,
     inferencemodel_by_pool: kopf.Index,
     retry: int = 0,
+    stopped: kopf.DaemonStopped | None = None,
     **_: Any,
 ) -> None:
     generation = meta.get("generation")
@@ -172,9 +173,15 @@ async def _reconcile(
     wanted = min(model.min_replicas, len(replicas))
     if status.get("phase") in (None, "Pending", "Failed") and wanted > 0 and allow_evict:
         await _mark_loading(memo.kube, namespace, name)
+    # The drift timer's stop flag is set when the model is being deleted (before the delete
+    # handler runs): a drift run that was in flight must then neither load nor write status.
+    is_stopped = (lambda: stopped.is_set()) if stopped is not None else None
     result = await memo.placer.place(
-        me, memory, model.min_replicas, replicas, pool.memory_per_replica, known, allow_evict
-    )
+        me, memory, model.min_replicas, replicas, pool.memory_per_replica, known, allow_evict,
+        stopped=is_stopped,
+    )  # fmt: skip
+    if is_stopped is not None and is_stopped():
+        return
     _announce_evictions(body, result, known)
     log.debug(
         "%s/%s placed (evict=%s): loaded on %s, blocked: %s",

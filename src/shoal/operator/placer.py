@@ -130,14 +130,20 @@ class Placer:
         budget_bytes: int,
         known: dict[str, KnownModel],
         allow_evict: bool,
+        stopped: Callable[[], bool] | None = None,
     ) -> PlacementResult:
         """Make `model` loaded on at least `min_replicas` of `replicas` (all of them if fewer).
 
         `known` maps entry names on this pool to what their InferenceModels say (memory, pinned,
         priority). With `allow_evict` False, load only where the model fits without evicting
-        (the drift timer repairs this way, so that an evicted model does not evict back)."""
+        (the drift timer repairs this way, so that an evicted model does not evict back).
+        `stopped` is asked once the model's lock is held: a drift run that waited there behind
+        the model's deletion must not load it back (nothing would ever unload it again)."""
         result = PlacementResult()
         async with self._model_locks[(model.namespace, model.entry)]:
+            if stopped is not None and stopped():
+                result.blocked = "stopped (the model is being deleted)"
+                return result
             seen, result.unreachable = await self.observe_all(replicas)
             ensemble = model.entry
             result.loaded_on = sorted(n for n, o in seen.items() if o.ready(ensemble))
