@@ -126,3 +126,41 @@ async def test_a_drift_run_queued_behind_a_delete_does_not_load_the_model_back()
     assert result.loaded_on == [] and memory.loads == []
     assert memory.states["a"] != "READY"
 
+
+class SlowUnloadReplica(MemoryReplica):
+    """Triton answers an unload at once and frees the memory later (in-flight requests first)."""
+
+    def __init__(self, *args, observes_until_released: int = 3, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.releasing: dict[str, int] = {}
+        self.observes_until_released = observes_until_released
+        self.states_at_load: dict[str, str] = {}
+
+    async def observe(self) -> ReplicaObservation:
+        for name in list(self.releasing):
+            self.releasing[name] -= 1
+            if self.releasing[name] <= 0:
+                del self.releasing[name]
+                self.states[name] = "UNAVAILABLE"
+        return await super().observe()
+
+    async def unload(self, name: str) -> None:
+        self.states[name] = "UNLOADING"
+        self.releasing[name] = self.observes_until_released
+
+    async def load(self, name: str) -> None:
+        self.states_at_load = dict(self.states)
+        await super().load(name)
+
+
+async def test_eviction_waits_until_the_victim_released_its_memory_before_loading():
+    replica = Replica("r0", "10.0.0.1", 8000)
+    memory = SlowUnloadReplica(replica, {"old": 1, "recent": 2})
+    placer = Placer(client_factory=lambda r: memory)
+    known = {e: _known(e) for e in ("old", "recent", "new")}
+    result = await placer.place(
+        known["new"], 100 * MiB, 1, [replica], 200 * MiB, known, allow_evict=True
+    )
+    assert result.loaded_on == ["r0"]
+    assert [e.entry for e in result.evictions] == ["old"]
+    assert memory.states_at_load["old__encode"] == "UNAVAILABLE"

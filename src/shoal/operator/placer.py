@@ -48,6 +48,9 @@ from shoal.placement import LeastRecentlyUsed, ModelState, format_size, plan_loa
 
 log = logging.getLogger(__name__)
 
+UNLOAD_WAIT_S = 60.0  # how long an evicted model may take to release its memory
+UNLOAD_POLL_S = 0.1
+
 __all__ = ["KnownModel", "Placer", "PlacementResult", "entry_of", "triton_models"]
 
 
@@ -222,6 +225,14 @@ class Placer:
                     metrics.EVICTIONS.labels(replica=replica.name).inc()
                     result.evictions.append(Eviction(replica.name, victim, model.entry))
                     log.info("evicted %s from %s for %s", victim, replica.name, model.entry)
+                if plan.evict:
+                    still_held = await self._wait_until_released(client, plan.evict)
+                    if still_held:
+                        return (
+                            f"evicted {', '.join(still_held)} but Triton still holds their "
+                            f"memory after {UNLOAD_WAIT_S:.0f} s (requests in flight); retrying"
+                        )
+                    observation = await client.observe()
                 await self._load_entry(client, model.entry, observation)
             except LoadFailed as exc:
                 result.load_errors[replica.name] = exc.triton_message
@@ -296,6 +307,20 @@ class Placer:
         metrics.LOAD_SECONDS.observe(elapsed)
         how = "encode step" if len(targets) > 1 else "whole entry"
         log.info("loaded %s (%s) on %s in %.2f s", entry, how, client.replica.name, elapsed)
+
+    async def _wait_until_released(
+        self, client: TritonReplicaClient, entries: Sequence[str]
+    ) -> list[str]:
+        """Until none of `entries` holds memory. Triton answers an unload at once and frees
+        the memory only once in-flight requests finish: loading before that would overcommit
+        the GPU. Returns the entries still holding memory at the deadline."""
+        deadline = time.monotonic() + UNLOAD_WAIT_S
+        while True:
+            states = (await client.observe()).states
+            held = [e for e in entries if holds_memory(e, states)]
+            if not held or time.monotonic() > deadline:
+                return held
+            await asyncio.sleep(UNLOAD_POLL_S)
 
     async def _unload_models(
         self, client: TritonReplicaClient, names: Sequence[str], observation: ReplicaObservation
