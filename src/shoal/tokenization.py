@@ -12,7 +12,8 @@ Settings (all keys are written by `tokenization_config`):
                      included), never rejected: embedders embed the start of long texts.
     padding_side     "right" | "left" (decoder embedders pad left so the last token is at T-1).
     pad_token_id     int.
-    prefixes         {"query": str, "document": str}: prepended to each text by its text type.
+    prefixes         {"query": str, "document": str}: prepended to each text by its text type
+                     (pairs: the query prefix to queries, the document prefix to documents).
     pairs            bool. Cross-encoders: encode(queries, pairs=documents) builds one
                      "query [SEP] document" sequence per pair; truncation takes from the longer.
     token_type_ids   bool: whether the graph takes a token_type_ids input.
@@ -86,7 +87,11 @@ class TextEncoder:
         if pairs is not None and len(pairs) != len(texts):
             raise TokenizationError(f"{len(texts)} texts but {len(pairs)} pairs: give one each")
 
-        prefix = config["prefixes"].get(text_type, "")
+        prefixes = config["prefixes"]
+        prefix = prefixes.get(text_type, "")
+        if pairs is not None:  # (query, document): each side gets its own prefix
+            prefix = prefixes.get("query", "")
+            pairs = [prefixes.get("document", "") + p for p in pairs]
         colbert = config["colbert"]
         if colbert is not None:
             # colbert-ai's trick: a one-token placeholder after [CLS], replaced by the marker id,

@@ -133,3 +133,12 @@ def test_module_imports_nothing_from_shoal():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert imported <= ALLOWED_IMPORTS
+
+
+def test_pairs_put_the_query_prefix_on_queries_and_the_document_prefix_on_documents(tiny_model):
+    folder = tiny_model("reranker")
+    enc = encoder(folder, pairs=True, query_prefix="query: ", document_prefix="passage: ")
+    plain = encoder(folder, pairs=True)
+    got = enc.encode(["what is fish"], pairs=["fish live in water"])
+    want = plain.encode(["query: what is fish"], pairs=["passage: fish live in water"])
+    assert got["input_ids"].tolist() == want["input_ids"].tolist()

@@ -137,7 +137,11 @@ def reference_encoding(
     for ColBERT's query augmentation."""
     import torch
 
-    text = plan.prefixes.get(text_type, "") + text
+    if pair is None:
+        text = plan.prefixes.get(text_type, "") + text
+    else:  # (query, document): each side gets its own prefix
+        text = plan.prefixes.get("query", "") + text
+        pair = plan.prefixes.get("document", "") + pair
     colbert = plan.tokenization.get("colbert")
     max_length = plan.max_length
     if colbert is not None:
