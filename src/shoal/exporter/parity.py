@@ -269,11 +269,10 @@ def check_parity(
         got = exported_outputs(session, encoder, plan, run)
         for row, want in enumerate(reference_outputs(adapter, model, hf_tokenizer, plan, run)):
             for output, (metric, value) in compare_text(plan.task, got, row, want).items():
-                per_output.setdefault(output, (metric, {}))[1][f"{run.label}/{row}"] = round(
-                    value, 9
-                )
+                per_output.setdefault(output, (metric, {}))[1][f"{run.label}/{row}"] = value
     results = []
     for output, (metric, details) in per_output.items():
+        # The verdict on the measured figures; only the recorded details are rounded.
         if metric == MIN_COSINE:
             value, limit = min(details.values()), threshold.min_cosine
             passed = value >= limit
@@ -287,7 +286,7 @@ def check_parity(
                 value=value,
                 threshold=limit,
                 passed=bool(passed),
-                details=details,
+                details={probe: round(figure, 9) for probe, figure in details.items()},
                 output=output,
             )
         )
@@ -299,7 +298,7 @@ def raise_on_failure(results: list[ParityResult], what: str) -> None:
     if not failed:
         return
     lines = [
-        f"  {r.output} {r.dtype}: {r.metric} {r.value:.6g} (threshold {r.threshold:g});"
+        f"  {r.output} {r.dtype}: {r.metric} {r.value:.10g} (threshold {r.threshold:g});"
         f" worst probe {_worst(r)}"
         for r in failed
     ]
