@@ -4,13 +4,21 @@ asked; models loaded by a client straight through Triton are noticed and the bud
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
 from shoal.manifest import Manifest
+from shoal.model_repository.repository import check_entry
 from shoal.placement import LeastRecentlyUsed
-from shoal.runtime.controller import LocalController, PlacementRefused, UnknownModel
+from shoal.runtime.controller import (
+    EntryBroken,
+    LocalController,
+    PlacementRefused,
+    UnknownModel,
+)
 from shoal.triton_control import TritonControl
 from tests.runtime.entries import export_tiny_embedders
 
@@ -105,4 +113,27 @@ async def test_unknown_and_oversized_models_get_clear_errors_and_serving_goes_on
         with pytest.raises(Exception, match="nope"):
             client.infer("nope", [httpclient.InferInput("TEXT", [1, 1], "BYTES")])
         client.close()
+        embed(server, "ma")
+
+
+async def test_an_entry_that_fails_the_check_is_never_handed_to_triton(
+    triton_server, repository, tmp_path
+):
+    # Triton hangs forever loading a python step without its model.py (and every load behind it).
+    broken_repository = tmp_path / "repository"
+    shutil.copytree(repository, broken_repository)
+    (broken_repository / "mc__tokenize" / "1" / "model.py").unlink()
+    server = triton_server(broken_repository)
+    manifests = {n: Manifest.read(broken_repository / n) for n in NAMES}
+    async with TritonControl(server.http_url) as control:
+        controller = LocalController(
+            control,
+            manifests,
+            entry_check=lambda name: check_entry(broken_repository, name).problems,
+        )
+        assert await controller.start() == ["ma", "mb"]  # mc skipped, the others served
+        with pytest.raises(EntryBroken, match=r"'mc'.*mc__tokenize/1/model.py is missing"):
+            await controller.ensure_loaded("mc")
+        await controller.refresh()
+        assert controller.entries["mc"].ensemble is None  # Triton was never asked
         embed(server, "ma")

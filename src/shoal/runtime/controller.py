@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.contract import STEP_ENCODE, step_name
@@ -43,6 +44,11 @@ UNLOAD_TIMEOUT_S = 30.0
 
 class PlacementRefused(RuntimeError):
     """The model cannot be loaded within the budget now (the reason says why and what to do)."""
+
+
+class EntryBroken(PlacementRefused):
+    """The entry fails `shoal repo check`: it is not handed to Triton (a python step without its
+    model.py hangs Triton's load forever, and every other load behind it)."""
 
 
 class UnknownModel(LookupError):
@@ -87,8 +93,12 @@ class LocalController:
         pinned: set[str] | frozenset[str] = frozenset(),
         metrics_url: str | None = None,
         keep_light_steps: bool = True,
+        entry_check: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.control = control
+        # name -> problems (shoal.model_repository.repository.check_entry); None: no check.
+        self._entry_check = entry_check
+        self._checked_ok: set[str] = set()  # passed once: hot swaps do not hash again
         self.manifests = dict(manifests)
         self.budget_bytes = budget_bytes if budget_bytes is not None else 2**63
         self.policy = policy or LeastRecentlyUsed()
@@ -163,7 +173,16 @@ class LocalController:
         async with self._lock:
             await self.refresh()
             if load is None:
-                chosen, skipped = initial_loads(self.model_states(), self.budget_bytes)
+                broken = {}
+                for name in self.entries:
+                    problems = await self._entry_problems(name)
+                    if problems:
+                        broken[name] = problems
+                        log.warning(
+                            "not loading %s: %s", name, self._broken_message(name, problems)
+                        )
+                candidates = [m for m in self.model_states() if m.name not in broken]
+                chosen, skipped = initial_loads(candidates, self.budget_bytes)
                 for name, why in skipped.items():
                     log.info("not loading %s at start: %s", name, why)
             else:
@@ -183,6 +202,9 @@ class LocalController:
             if entry.ready:
                 entry.last_used_ms = max(entry.last_used_ms, time.time() * 1000)
                 return entry
+            problems = await self._entry_problems(name)
+            if problems:
+                raise EntryBroken(self._broken_message(name, problems))
             plan = plan_load(self._state(name), self.model_states(), self.budget_bytes, self.policy)
             if not plan.admit:
                 raise PlacementRefused(plan.reason)
@@ -252,6 +274,22 @@ class LocalController:
         entry.last_used_ms = max(entry.last_used_ms, time.time() * 1000)
         self.policy.record_use(self._state(entry.name))
         log.info("loaded %s (%s) in %.2fs", entry.name, how, entry.load_seconds)
+
+    async def _entry_problems(self, name: str) -> list[str]:
+        if self._entry_check is None or name in self._checked_ok:
+            return []
+        problems = await asyncio.to_thread(self._entry_check, name)  # hashes files: off the loop
+        if not problems:
+            self._checked_ok.add(name)
+        return problems
+
+    @staticmethod
+    def _broken_message(name: str, problems: list[str]) -> str:
+        return (
+            f"model {name!r} is not loaded because its repository entry is incomplete or "
+            f"inconsistent: {'; '.join(problems)}. Re-export it (shoal export), or fix the "
+            "files; `shoal repo check DIR` lists every problem"
+        )
 
     def _require(self, name: str) -> None:
         if name not in self.entries:

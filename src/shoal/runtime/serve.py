@@ -108,10 +108,16 @@ class LocalServing:
                 policy=self._policy,
                 pinned=self._pinned,
                 metrics_url=self.server.metrics_url,
+                entry_check=self._entry_problems,
             )
         except BaseException:
             await self.stop()
             raise
+
+    def _entry_problems(self, name: str) -> list[str]:
+        from shoal.model_repository.repository import check_entry  # noqa: PLC0415
+
+        return check_entry(self.repository, name).problems
 
     async def run_until(self, stop: asyncio.Event, interval_s: float = 0.5) -> None:
         assert self.controller is not None, "start() first"
