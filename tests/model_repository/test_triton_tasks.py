@@ -70,7 +70,13 @@ def exported(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
         options = ExportOptions(
             runtime="portable",
             max_length=MAX_LENGTH,
-            entry=EntryOptions(encode_threads=1, max_text_bytes=MAX_TEXT_BYTES),
+            # A 50 ms queue delay lets the batcher gather requests that the single tokenize
+            # instance passes on one by one, so the batching test does not hang on timing.
+            entry=EntryOptions(
+                encode_threads=1,
+                max_text_bytes=MAX_TEXT_BYTES,
+                max_queue_delay_microseconds=50_000,
+            ),
         )
         name = f"tiny-{family}"
         manifest = export_model(checkpoint, name, repository, options)
