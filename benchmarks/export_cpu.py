@@ -2,9 +2,10 @@
 
 Side by side in one run, batch 32 x 128 tokens, same thread count for all: PyTorch eager,
 sentence-transformers encode, onnxruntime fp32 as exported (unfused), onnxruntime fp32 optimized
-(fused attention), onnxruntime int8 (shoal's recipe: smoothed, QKV and FFN up-projections), and
-for comparison int8 of every projection without smoothing (fast, but min cosine ~0.98). Repetitions are interleaved across variants so that load from
-other processes hits all of them alike; the median is reported.
+(fused attention), onnxruntime int8 (shoal's recipe: smoothed QKV and FFN up-projections, FFN
+down-projections with their outlier channels split off to fp32), and for comparison int8 of every
+projection without smoothing (fast, but min cosine ~0.98). Repetitions are interleaved across
+variants so that load from other processes hits all of them alike; the median is reported.
 
     .venv/bin/python benchmarks/export_cpu.py [--threads 2] [--repeats 7]
 

@@ -47,13 +47,20 @@ def test_int8_minilm_meets_the_stated_threshold(tmp_path):
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     ops = [n.op_type for n in graph.node]
     # Quantized: the 6 QKV projections (QAttention) and the 6 FFN up-projections, each behind a
-    # smoothing Mul; fp32: the 6 attention-output and 6 FFN down-projections.
+    # smoothing Mul, and the 6 FFN down-projections with their outlier channels split off; fp32:
+    # the 6 attention-output projections and the 6 side branches (2 MatMuls and a BiasGelu each).
     assert ops.count("QAttention") == 6 and "Attention" not in ops
-    assert ops.count("MatMul") == 12
+    assert ops.count("MatMul") == 6 + 2 * 6
+    assert ops.count("BiasGelu") == 6 + 6
     assert sum(n.name.endswith("_smoothing") for n in graph.node) == 12
+    assert sum(n.name.endswith("_outlier_add") for n in graph.node) == 6
+    side = {t.name: t for t in graph.initializer if "_outlier_" in t.name}
+    assert {tuple(t.dims) for n, t in side.items() if n.endswith("_down_weight")} == {
+        (quantize.OUTLIER_CHANNELS, 384)
+    }
     assert io_types(tmp_path / "int8.onnx") == io_types(optimized)
     weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert sum(len(t.dims) == 2 for t in weights) == 12  # (the others: zero points)
+    assert sum(len(t.dims) == 2 for t in weights) == 18  # (the others: zero points)
     assert pooled_min_cosine(model, tmp_path / "int8.onnx") >= INT8_MIN_COSINE
 
 
@@ -78,6 +85,36 @@ def test_smoothing_is_exact_in_fp32(tmp_path):
     expected = gs.run_onnx(optimized, feed)
     got = gs.run_onnx(tmp_path / "smoothed.onnx", feed)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_outlier_split_is_exact_in_fp32_and_removes_the_channels_from_the_int8_path(tmp_path):
+    """The split rewrite alone (no quantization) computes the same function, and the int8 path's
+    down-projection input is zero on the split-off channels."""
+    model = gs.tiny_encoder("bert")
+    raw = gs.export(model, tmp_path / "raw.onnx", gs.TINY_INPUTS, dynamo=False)
+    optimized = tmp_path / "optimized.onnx"
+    optimize_graph(raw, optimized, model_type="bert", num_heads=gs.HEADS, hidden_size=gs.HIDDEN)
+    graph = onnx.load(str(optimized))
+    ffns = quantize._fused_ffns(graph, quantize._layer_norm_fed_projections(graph))
+    assert len(ffns) == gs.LAYERS
+    feeds = quantize._synthetic_calibration(graph)
+    downs = [ffn.down.input[0] for ffn in ffns]
+    maxima = quantize._activation_maxima(optimized, downs, feeds, str(tmp_path))
+    quantize._split_outlier_channels(graph, ffns, maxima, 4)
+    for name in downs:  # expose the int8 path's down-projection inputs
+        graph.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    onnx.save(graph, str(tmp_path / "split.onnx"))
+    feed = gs.padded_feed(gs.TINY_INPUTS, batch=3, seq=10, vocab=gs.VOCAB, seed=1)
+    expected = gs.run_onnx(optimized, feed)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "split.onnx"), providers=["CPUExecutionProvider"])
+    got, *inputs = session.run(None, feed)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    for name, value in zip(downs, inputs, strict=True):
+        outliers = np.argsort(-maxima[name], kind="stable")[:4]
+        assert np.abs(value[..., outliers]).max() == 0
+        assert np.abs(value).max() > 0
 
 
 def test_graph_without_layer_norms_quantizes_every_projection(tmp_path, caplog):
