@@ -176,3 +176,31 @@ def test_shoal_repo_check_on_a_folder_that_does_not_exist(
 ) -> None:
     assert main(["repo", "check", str(tmp_path / "nope")]) == 2
     assert "is not a folder: give the model repository's path" in capsys.readouterr().err
+
+
+def test_repo_list_shows_a_failure_first_else_the_served_dtype_closest_to_its_threshold() -> None:
+    from types import SimpleNamespace
+
+    from shoal.model_repository.cli import _parity
+
+    def result(dtype, value, threshold, passed=True, metric="min_cosine"):
+        return SimpleNamespace(
+            dtype=dtype, metric=metric, value=value, threshold=threshold, passed=passed
+        )
+
+    int8 = SimpleNamespace(
+        dtype="int8", parity=[result("fp32", 1.0, 0.99999), result("int8", 0.9932, 0.99)]
+    )
+    assert _parity(int8) == "ok int8 min_cosine=0.9932"
+    scores = SimpleNamespace(
+        dtype="fp32",
+        parity=[
+            result("fp32", 1e-7, 1e-4, metric="max_scaled_diff"),
+            result("fp32", 5e-5, 1e-4, metric="max_scaled_diff"),
+        ],
+    )
+    assert _parity(scores) == "ok fp32 max_scaled_diff=5e-05"
+    failed = SimpleNamespace(
+        dtype="fp32", parity=[result("fp32", 1.0, 0.99999), result("fp32", 0.9, 0.99999, False)]
+    )
+    assert _parity(failed) == "FAILED fp32 min_cosine=0.9"
