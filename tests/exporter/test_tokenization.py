@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import ast
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
 from shoal.tokenization import TextEncoder, TokenizationError, tokenization_config
-
-ALLOWED_IMPORTS = set(sys.stdlib_module_names) | {"numpy", "tokenizers"}
 
 
 def encoder(folder, **kwargs) -> TextEncoder:
@@ -120,19 +114,6 @@ def test_bad_settings_are_rejected():
         TextEncoder(tok, {"max_length": 8})
     with pytest.raises(TokenizationError, match="padding_side"):
         TextEncoder(tok, {"max_length": 8, "padding_side": "middle", "pad_token_id": 0})
-
-
-def test_module_imports_nothing_from_shoal():
-    import shoal.tokenization as module
-
-    source = Path(module.__file__).read_text()
-    imported = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert imported <= ALLOWED_IMPORTS
 
 
 def test_pairs_put_the_query_prefix_on_queries_and_the_document_prefix_on_documents(tiny_model):

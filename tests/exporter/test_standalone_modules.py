@@ -1,0 +1,34 @@
+"""tokenization.py and postprocessing.py are copied verbatim into Triton python-backend steps,
+where shoal is not installed: they may import only the stdlib and what the steps' image has."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+import shoal.postprocessing
+import shoal.tokenization
+
+STDLIB = set(sys.stdlib_module_names)
+
+
+@pytest.mark.parametrize(
+    ("module", "allowed"),
+    [
+        (shoal.tokenization, STDLIB | {"numpy", "tokenizers"}),
+        (shoal.postprocessing, STDLIB | {"numpy"}),
+    ],
+    ids=["tokenization", "postprocessing"],
+)
+def test_module_imports_nothing_from_shoal(module, allowed: set[str]) -> None:
+    source = Path(module.__file__).read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported <= allowed
