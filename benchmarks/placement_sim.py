@@ -2,9 +2,9 @@
 
 Replays synthetic request traces (Zipf popularity, bursts of a few models, mixed model sizes and
 load times) against one replica's fixed memory budget, deciding every miss with
-shoal.placement.plan_load, for:
-- LRU (shoal.placement.LeastRecentlyUsed, the operator's default),
-- GreedyDual-Size (shoal.placement.GreedyDualSize: reload seconds per GiB held),
+shoal.fleet.placement.plan_load, for:
+- LRU (shoal.fleet.placement.LeastRecentlyUsed, the operator's default),
+- GreedyDual-Size (shoal.fleet.placement.GreedyDualSize: reload seconds per GiB held),
 - Belady (offline: evict the model whose next request is furthest away; the classic optimum for
   equal sizes, a strong reference, not the exact optimum, for mixed sizes).
 All policies see the same traces in one run. It prints hit ratio, bytes loaded and reload seconds
@@ -32,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shoal.placement import (
+from shoal.fleet.placement import (
     EvictionPolicy,
     GreedyDualSize,
     LeastRecentlyUsed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.placement import (
+from shoal.fleet.placement import (
     GreedyDualSize,
     LeastRecentlyUsed,
     ModelState,

@@ -1,7 +1,7 @@
 """Hot swap in the operator: an eviction unloads only the encode step, a reload loads only it,
 a deletion unloads all four Triton models, and memory is counted by the encode step.
 
-The decision is shoal.hot_swap's (shared with `shoal serve`, whose real-Triton test is
+The decision is shoal.fleet.hot_swap's (shared with `shoal serve`, whose real-Triton test is
 tests/runtime/test_lru.py). Here the Placer runs against an in-memory replica that follows
 Triton's rules for an ensemble, as observed with Triton 2.51 (tests/runtime/test_lru.py):
 loading the ensemble loads its steps; unloading a step makes the ensemble UNAVAILABLE; loading
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.hot_swap import (
+from shoal.fleet.hot_swap import (
     entry_of,
     holds_memory,
     light_steps_ready,
@@ -22,8 +22,8 @@ from shoal.hot_swap import (
     present,
 )
 from shoal.operator.placer import KnownModel, Placer
-from shoal.operator.replicas import Replica
-from shoal.operator.triton_replica import LoadFailed, ReplicaObservation
+from shoal.fleet.replica import Replica
+from shoal.fleet.replica_client import LoadFailed, ReplicaObservation
 
 MiB = 2**20
 STEPS = ("tokenize", "encode", "postprocess")

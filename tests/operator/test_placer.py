@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 
 from shoal.operator.placer import KnownModel, Placer, triton_models
-from shoal.operator.replicas import Replica
-from shoal.operator.triton_replica import LoadFailed, ReplicaObservation
+from shoal.fleet.replica import Replica
+from shoal.fleet.replica_client import LoadFailed, ReplicaObservation
 
 MiB = 2**20
 

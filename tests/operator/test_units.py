@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from shoal.operator.conditions import set_condition, status_changes
 from shoal.operator.placer import entry_of, triton_models
-from shoal.operator.replicas import Replica, replicas_from_endpoints
+from shoal.fleet.replica import Replica
+from shoal.operator.replicas import replicas_from_endpoints
 
 
 def test_replicas_are_named_after_their_pods_and_not_ready_addresses_are_skipped():

@@ -12,14 +12,14 @@ import tritonclient.http as httpclient
 
 from shoal.manifest import Manifest
 from shoal.model_repository.repository import check_entry
-from shoal.placement import LeastRecentlyUsed
+from shoal.fleet.placement import LeastRecentlyUsed
 from shoal.runtime.controller import (
     EntryBroken,
     LocalController,
     PlacementRefused,
     UnknownModel,
 )
-from shoal.triton_control import TritonControl
+from shoal.fleet.triton_control import TritonControl
 from tests.runtime.entries import export_tiny_embedders
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(300)]

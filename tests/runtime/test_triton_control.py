@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from shoal.runtime.triton import free_port
-from shoal.triton_control import (
+from shoal.fleet.triton_control import (
     ModelNotFound,
     PermanentTritonError,
     RetryableTritonError,

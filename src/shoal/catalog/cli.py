@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from shoal.catalog.publishing import DestinationError
     from shoal.catalog.schema import CatalogError
     from shoal.cli import UserError
-    from shoal.placement import parse_size
+    from shoal.fleet.placement import parse_size
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from shoal.catalog.execution import ModelResult, Status
 from shoal.manifest import Manifest
-from shoal.placement import format_size
+from shoal.fleet.placement import format_size
 
 SUMMARY_COLUMNS = ("model", "status", "parity", "size", "time", "note")
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shoal.placement import format_size
+from shoal.fleet.placement import format_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

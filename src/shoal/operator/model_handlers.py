@@ -27,7 +27,7 @@ from shoal.operator.placer import KnownModel, PlacementResult
 from shoal.operator.replicas import replicas_from_endpoints
 from shoal.operator.settings import DRIFT_INTERVAL_S, retry_delay
 from shoal.operator.specs import ModelSpec, PoolSpec, SpecError, model_spec, pool_spec
-from shoal.placement import format_size
+from shoal.fleet.placement import format_size
 
 MODEL = (GROUP, VERSION, MODEL_PLURAL)
 log = logging.getLogger(__name__)

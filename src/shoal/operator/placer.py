@@ -1,4 +1,4 @@
-"""Placing one model on a pool's replicas: observe, decide with shoal.placement, evict, load.
+"""Placing one model on a pool's replicas: observe, decide with shoal.fleet.placement, evict, load.
 
 Called by the InferenceModel handlers and the drift timer (handlers.py). One `Placer` lives for
 the operator's run (in kopf's memo). It guarantees:
@@ -9,7 +9,7 @@ the operator's run (in kopf's memo). It guarantees:
 - a model counts as loaded only when Triton says so: a restarted operator reads the replicas
   first and repeats nothing that is done.
 
-Hot swap (shoal.hot_swap, shared with `shoal serve`): evicting unloads only a model's encode step
+Hot swap (shoal.fleet.hot_swap, shared with `shoal serve`): evicting unloads only a model's encode step
 (the memory), its light python steps stay loaded, and loading it back loads only the encode step;
 deleting a model unloads all four of its Triton models.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shoal.hot_swap import (
+from shoal.fleet.hot_swap import (
     entry_of,
     holds_memory,
     light_steps_ready,
@@ -37,14 +37,14 @@ from shoal.hot_swap import (
 )
 from shoal.model_repository.layout import EntryLayout
 from shoal.operator import metrics
-from shoal.operator.replicas import Replica
-from shoal.operator.triton_replica import (
+from shoal.fleet.replica import Replica
+from shoal.fleet.replica_client import (
     LoadFailed,
     ReplicaObservation,
     ReplicaUnreachable,
     TritonReplicaClient,
 )
-from shoal.placement import LeastRecentlyUsed, ModelState, format_size, plan_load
+from shoal.fleet.placement import LeastRecentlyUsed, ModelState, format_size, plan_load
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class Placer:
     async def _load_entry(
         self, client: TritonReplicaClient, entry: str, observation: ReplicaObservation
     ) -> None:
-        """Load what shoal.hot_swap says: the encode step alone where the light steps stayed
+        """Load what shoal.fleet.hot_swap says: the encode step alone where the light steps stayed
         loaded after an eviction (the ensemble comes back with it), else the ensemble in one
         call (Triton loads its steps with it, in parallel; steps first and then the ensemble
         would load every step twice: 11.5 s against 3.5 s measured with 3 python steps).

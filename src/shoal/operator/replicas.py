@@ -7,28 +7,10 @@ targetRef is named by ip:port.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from shoal.operator.resources import HTTP_PORT, METRICS_PORT
-
-
-@dataclass(frozen=True, order=True)
-class Replica:
-    name: str  # pod name, or ip:port
-    host: str
-    http_port: int
-    metrics_port: int | None = None
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
-
-    @property
-    def metrics_url(self) -> str | None:
-        if self.metrics_port is None:
-            return None
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+from shoal.fleet.replica import Replica
+from shoal.operator.resources import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 
 def replicas_from_endpoints(endpoints: dict[str, Any] | None) -> list[Replica]:
@@ -40,8 +22,11 @@ def replicas_from_endpoints(endpoints: dict[str, Any] | None) -> list[Replica]:
         if http is None:
             continue
         metrics = ports.get("metrics", METRICS_PORT if not ports else None)
+        grpc = ports.get("grpc", GRPC_PORT if not ports else None)
         for address in subset.get("addresses") or []:
             target = (address.get("targetRef") or {}).get("name")
             name = target or f"{address['ip']}:{http}"
-            replicas[name] = Replica(name, address["ip"], int(http), metrics and int(metrics))
+            replicas[name] = Replica(
+                name, address["ip"], int(http), metrics and int(metrics), grpc and int(grpc)
+            )
     return sorted(replicas.values())

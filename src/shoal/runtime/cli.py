@@ -74,11 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # -- serve ----------------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
     from shoal.cli import UserError  # noqa: PLC0415
-    from shoal.placement import make_policy, parse_size  # noqa: PLC0415
+    from shoal.fleet.placement import make_policy, parse_size  # noqa: PLC0415
     from shoal.runtime.controller import PlacementRefused, UnknownModel  # noqa: PLC0415
     from shoal.runtime.serve import LocalServing, RepositoryProblem  # noqa: PLC0415
     from shoal.runtime.triton import TritonStartError  # noqa: PLC0415
-    from shoal.triton_control import TritonControlError  # noqa: PLC0415
+    from shoal.fleet.triton_control import TritonControlError  # noqa: PLC0415
 
     _quiet_http_logs()
     try:

@@ -1,5 +1,5 @@
 """The control loop of `shoal serve`: keeps the models loaded on one local Triton within a memory
-budget, using shoal.placement for every decision and shoal.triton_control for every call.
+budget, using shoal.fleet.placement for every decision and shoal.fleet.triton_control for every call.
 
 - `ensure_loaded(name)` (shoal commands, quickstart, tests): plan with placement, unload what the
   plan evicts, then load. Control calls are serialized by one lock.
@@ -8,7 +8,7 @@ budget, using shoal.placement for every decision and shoal.triton_control for ev
   recently used others are evicted to make room; recency comes from `last_inference`.
 
 Hot swap: which Triton models an eviction unloads and a load loads is decided in
-shoal.hot_swap, shared with the operator: evicting unloads only the memory-heavy `<model>__encode`
+shoal.fleet.hot_swap, shared with the operator: evicting unloads only the memory-heavy `<model>__encode`
 step, the tokenize and postprocess steps (tens of MB each) stay loaded, the ensemble turns
 UNAVAILABLE, and loading the encode step again brings the ensemble back by itself (measured on
 Triton 2.51: ~2.4 s to reload the encode step vs ~5.2 s for the whole entry on this 2-core
@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.contract import STEP_ENCODE, step_name
-from shoal.hot_swap import light_steps_ready, models_to_evict, models_to_load
+from shoal.fleet.hot_swap import light_steps_ready, models_to_evict, models_to_load
 from shoal.manifest import Manifest
-from shoal.placement import (
+from shoal.fleet.placement import (
     EvictionPolicy,
     LeastRecentlyUsed,
     ModelState,
@@ -35,7 +35,7 @@ from shoal.placement import (
     initial_loads,
     plan_load,
 )
-from shoal.triton_control import IndexEntry, TritonControl, TritonControlError
+from shoal.fleet.triton_control import IndexEntry, TritonControl, TritonControlError
 
 log = logging.getLogger(__name__)
 

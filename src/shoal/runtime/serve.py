@@ -18,12 +18,12 @@ import logging
 from pathlib import Path
 
 from shoal.manifest import Manifest
-from shoal.placement import EvictionPolicy
+from shoal.fleet.placement import EvictionPolicy
 from shoal.runtime.controller import LocalController
 from shoal.runtime.fallback import ServingView, serving_view
 from shoal.runtime.installation import locate_triton
 from shoal.runtime.triton import TritonServer
-from shoal.triton_control import TritonControl
+from shoal.fleet.triton_control import TritonControl
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """What the operator asks one Triton replica: its repository index, per-model recency and queue,
-and load/unload through the repository API (shoal.triton_control does the HTTP).
+and load/unload through the repository API (shoal.fleet.triton_control does the HTTP).
 
 Used by placer.py. Errors are sorted so the caller can act: `ReplicaUnreachable` (retry later),
 `LoadFailed` (Triton refused the model; its message is kept for the InferenceModel's status).
@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from shoal.operator.replicas import Replica
-from shoal.triton_control import RetryableTritonError, TritonControl, TritonControlError
+from shoal.fleet.replica import Replica
+from shoal.fleet.triton_control import RetryableTritonError, TritonControl, TritonControlError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ReplicaObservation:
 
 
 class TritonReplicaClient:
-    """The operator's view of one replica, over shoal.triton_control (one short-lived client per
+    """The operator's view of one replica, over shoal.fleet.triton_control (one short-lived client per
     operation; the caller serializes control calls per replica)."""
 
     def __init__(self, replica: Replica) -> None:
