@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from shoal.operator.crds import GROUP, POOL_PLURAL, VERSION
+from shoal.operator.crds import GROUP, MODEL_PLURAL, POOL_PLURAL, VERSION
 from shoal.operator.resources import KEDA_GROUP, KEDA_VERSION, SCALED_OBJECT_PLURAL
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,31 @@ class KubeApi:
             GROUP, VERSION, namespace, POOL_PLURAL
         )
         return list(result.get("items", []))
+
+    # -- models ------------------------------------------------------------------------------
+    async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, MODEL_PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch an InferenceModel's status (None removes a field); a model deleted
+        meanwhile is no error."""
+        if not status:
+            return
+        try:
+            await self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, MODEL_PLURAL, name, {"status": status},
+                _content_type="application/merge-patch+json",
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     # -- endpoints ----------------------------------------------------------------------------
     async def get_endpoints(self, namespace: str, name: str) -> dict[str, Any] | None:

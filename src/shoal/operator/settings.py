@@ -29,6 +29,8 @@ POOL_STATUS_INTERVAL_S = _seconds("SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", 15.0)
 # Retries after a failed load or an unreachable replica: base * 2**attempt, capped.
 RETRY_BASE_S = _seconds("SHOAL_OPERATOR_RETRY_BASE_S", 5.0)
 RETRY_MAX_S = _seconds("SHOAL_OPERATOR_RETRY_MAX_S", 300.0)
+# How long a deleted InferenceModel waits for replicas that do not answer before it goes anyway.
+UNLOAD_DEADLINE_S = _seconds("SHOAL_OPERATOR_UNLOAD_DEADLINE_S", 30.0)
 
 FINALIZER = "shoal.dev/unload-models"
 ANNOTATION_PREFIX = "shoal.dev"
