@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from shoal.fleet.replica import Replica
 from shoal.operator.conditions import set_condition, status_changes
 from shoal.operator.placer import entry_of, triton_models
-from shoal.fleet.replica import Replica
 from shoal.operator.replicas import replicas_from_endpoints
 
 

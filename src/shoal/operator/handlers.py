@@ -14,13 +14,20 @@ from typing import Any
 import kopf
 
 from shoal.operator import model_handlers, pool_handlers  # noqa: F401  (registers handlers)
+from shoal.operator import settings as shoal_settings
 from shoal.operator.kube import KubeApi
 from shoal.operator.placer import Placer
-from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER
+from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER, PEERING_LIFETIME_S
 
 
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    shoal_settings.check()
+    if memo.get("peering") and not settings.peering.standalone:
+        # `shoal operator run` created the peering objects: without them kopf would fall back
+        # to standalone and two operators would both act. The earliest started one acts.
+        settings.peering.mandatory = True
+        settings.peering.lifetime = PEERING_LIFETIME_S
     settings.persistence.finalizer = FINALIZER
     # Progress and the last handled spec in annotations: status stays what a person reads.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(

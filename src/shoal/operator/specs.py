@@ -7,6 +7,7 @@ condition.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +74,31 @@ class PoolSpec:
         return self.repository_uri or self.mount_path
 
 
+# The pool's name is its Service's and Deployment's name and a label value: a DNS-1035 label.
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME_LENGTH = 63
+
+
+def check_pool_name(name: str) -> None:
+    """What a CRD schema cannot say (metadata.name): the pool's children need a DNS-1035 label."""
+    if len(name) > MAX_NAME_LENGTH or not _DNS_1035_LABEL.match(name):
+        raise SpecError(
+            f"pool name {name!r} cannot name the pool's Service, Deployment and labels: it must "
+            f"be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, "
+            f"at most {MAX_NAME_LENGTH} characters), e.g. "
+            f"{_suggest_name(name)!r}; create the pool again under such a name"
+        )
+
+
+def _suggest_name(name: str) -> str:
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    cleaned = cleaned if cleaned[:1].isalpha() else f"pool-{cleaned}"
+    return cleaned[:MAX_NAME_LENGTH].rstrip("-") or "pool"
+
+
 def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
     """Read an InferencePool spec (already defaulted and validated by the CRD schema)."""
+    check_pool_name(name)
     triton = spec.get("triton") or {}
     storage = spec.get("storage") or {}
     replicas = spec.get("replicas") or {}
