@@ -215,6 +215,10 @@ def test_unknown_pool_and_missing_memory_are_reported_with_what_to_do(
         ({"pool": "p", "minReplicas": -1}, "spec.minReplicas"),
         ({"pool": "p", "memory": "a lot"}, "spec.memory"),
         ({"pool": "p", "entry": "bad name/"}, "spec.entry"),
+        ({"pool": "p", "minReplicas": 1000000000}, "spec.minReplicas"),
+        ({"pool": "p", "memory": "99999999999999999999Ei"}, "spec.memory"),
+        ({"pool": "pool.v2"}, "spec.pool"),
+        ({"pool": "p", "priority": 10**12}, "spec.priority"),
     ],
 )
 def test_schema_rejects_invalid_models(kube, spec, expected):

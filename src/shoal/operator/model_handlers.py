@@ -36,6 +36,7 @@ from shoal.operator.model_status import (
     placed,
     shows_loading,
 )
+from shoal.operator.outages import tolerates_api_outage
 from shoal.operator.placer import KnownModel, PlacementResult
 from shoal.operator.replicas import replicas_from_endpoints
 from shoal.operator.settings import DRIFT_INTERVAL_S, UNLOAD_DEADLINE_S, retry_delay
@@ -66,18 +67,21 @@ def inferencemodel_by_pool(
 
 @kopf.on.create(*MODEL)
 @kopf.on.update(*MODEL, field="spec")
+@tolerates_api_outage
 async def inferencemodel_place(**kwargs: Any) -> None:
     """A new or changed model: place it, evicting by policy where memory is short."""
     await _reconcile(allow_evict=True, raise_for_retry=True, **kwargs)
 
 
 @kopf.on.resume(*MODEL)
+@tolerates_api_outage
 async def inferencemodel_resume(**kwargs: Any) -> None:
     """Operator restart: read the replicas, finish what is missing, evict nothing."""
     await _reconcile(allow_evict=False, raise_for_retry=True, **kwargs)
 
 
 @kopf.timer(*MODEL, interval=DRIFT_INTERVAL_S, initial_delay=DRIFT_INTERVAL_S)
+@tolerates_api_outage
 async def inferencemodel_drift(**kwargs: Any) -> None:
     """Compare the replicas with the desired placement and repair (a restarted Triton gets its
     models back); refresh loaded replicas and last use; finish a move."""
@@ -85,6 +89,7 @@ async def inferencemodel_drift(**kwargs: Any) -> None:
 
 
 @kopf.on.delete(*MODEL)
+@tolerates_api_outage
 async def inferencemodel_delete(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -141,6 +146,7 @@ async def inferencemodel_delete(
 
 
 @kopf.on.event(*POOL)
+@tolerates_api_outage
 async def inferencepool_gone(
     type: str,
     name: str,

@@ -19,6 +19,7 @@ from shoal.operator.crds import GROUP, POOL_PLURAL, VERSION
 from shoal.operator.known_models import known_on_pool
 from shoal.operator.kube import api_error, is_retriable
 from shoal.operator.model_handlers import announce_evictions
+from shoal.operator.outages import tolerates_api_outage
 from shoal.operator.replicas import replicas_from_endpoints
 from shoal.operator.resources import (
     build_deployment,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 @kopf.on.resume(*POOL)
 @kopf.on.create(*POOL)
 @kopf.on.update(*POOL, field="spec")
+@tolerates_api_outage
 async def inferencepool_apply(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -47,7 +49,6 @@ async def inferencepool_apply(
     status: kopf.Status,
     memo: kopf.Memo,
     retry: int,
-    logger: logging.Logger,
     **_: Any,
 ) -> None:
     """Create or roll out the pool's Deployment, Service and PDB. Owns the Valid, Applied and
@@ -82,7 +83,7 @@ async def inferencepool_apply(
         ("ScaledObject", autoscaling.outcome),
     ):
         if outcome not in ("unchanged", ""):
-            logger.info("%s %s %s", outcome.capitalize(), kind, name)
+            log.info("%s %s %s/%s", outcome.capitalize(), kind, namespace, name)
             kopf.info(body, reason=outcome.capitalize(), message=f"{outcome} {kind} {name}")
     previous = get_condition(status.get("conditions"), "Autoscaling") or {}
     if autoscaling.reason in ("KedaNotInstalled", "ScaledObjectConflict") and (
@@ -136,6 +137,7 @@ async def _refuse(
 
 
 @kopf.timer(*POOL, interval=POOL_STATUS_INTERVAL_S, initial_delay=1.0)
+@tolerates_api_outage
 async def inferencepool_status(
     body: kopf.Body,
     spec: kopf.Spec,
