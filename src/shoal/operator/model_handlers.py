@@ -218,7 +218,7 @@ async def _reconcile(
         if decision is None:
             return
     _post(body, decision)
-    _write(patch, status, decision.status)
+    _write(patch, previous, decision.status)
     if decision.retry and raise_for_retry:
         raise kopf.TemporaryError(decision.retry, delay=retry_delay(retry))
 
@@ -259,6 +259,7 @@ class _Attempt:
             previous, generation, min(model.min_replicas, len(replicas))
         ):
             await self.kube.patch_model_status(model.namespace, model.name, {"phase": "Loading"})
+            previous["phase"] = "Loading"  # so that the final phase is written over it
         result = await self.placer.place(
             self.me, self.memory, model.min_replicas, replicas, pool.memory_per_replica,
             known_models, self.allow_evict, stopped=stopped,
@@ -475,6 +476,8 @@ def _post(body: Any, decision: StatusDecision) -> None:
         metrics.RECONCILE_ERRORS.labels(kind=MODEL_KIND, reason=decision.metric_reason).inc()
 
 
-def _write(patch: kopf.Patch, status: kopf.Status, desired: dict[str, Any]) -> None:
+def _write(
+    patch: kopf.Patch, status: kopf.Status | dict[str, Any], desired: dict[str, Any]
+) -> None:
     for key, value in status_changes(dict(status), desired).items():
         patch.status[key] = value

@@ -86,29 +86,29 @@ def invalid(
     return StatusDecision(status, events, metric_reason=reason if events else "")
 
 
-def placed(previous: dict[str, Any], generation: int | None, placed: Placed) -> StatusDecision:
+def placed(previous: dict[str, Any], generation: int | None, attempt: Placed) -> StatusDecision:
     """The status after a placement attempt: phase, Loaded/Ready/DuplicateEntry conditions,
     where the model is loaded, and whether to retry."""
-    model, result = placed.model, placed.result
+    model, result = attempt.model, attempt.result
     conditions = list(previous.get("conditions") or [])
     conditions = set_condition(
         conditions, "Valid", True, "Valid", "spec, pool and memory are valid", generation
     )
-    conditions = _duplicate_condition(conditions, placed, generation)
+    conditions = _duplicate_condition(conditions, attempt, generation)
     loaded = len(result.loaded_on)
-    wanted = min(model.min_replicas, placed.ready_replicas)
+    wanted = min(model.min_replicas, attempt.ready_replicas)
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "pool": placed.pool,
+        "pool": attempt.pool,
         "entry": model.entry,
-        "memoryBytes": placed.memory_bytes,
+        "memoryBytes": attempt.memory_bytes,
         "replicas": result.loaded_on,
         "loadedReplicas": loaded,
-        "movedFrom": placed.moved_from,
+        "movedFrom": attempt.moved_from,
     }
     if result.last_used:
         status["lastUsed"] = result.last_used.strftime("%Y-%m-%dT%H:%M:%SZ")
-    phase, ok, reason, message, retry = _loaded(previous, placed, loaded, wanted)
+    phase, ok, reason, message, retry = _loaded(previous, attempt, loaded, wanted)
     status["phase"] = phase
     conditions = set_condition(conditions, "Loaded", ok, reason, message, generation)
     ready = phase == "Ready"
@@ -128,12 +128,12 @@ def placed(previous: dict[str, Any], generation: int | None, placed: Placed) -> 
 
 
 def _loaded(
-    previous: dict[str, Any], placed: Placed, loaded: int, wanted: int
+    previous: dict[str, Any], attempt: Placed, loaded: int, wanted: int
 ) -> tuple[str, bool, str, str, str]:
     """(phase, Loaded ok, reason, message, retry message) of a placement attempt."""
-    model, result = placed.model, placed.result
+    model, result = attempt.model, attempt.result
     where = ", ".join(result.loaded_on) or "-"
-    if loaded >= model.min_replicas or (loaded >= wanted and placed.ready_replicas):
+    if loaded >= model.min_replicas or (loaded >= wanted and attempt.ready_replicas):
         return "Ready", True, "Loaded", f"loaded on {loaded} replica(s): {where}", ""
     if result.load_errors:
         errors = "; ".join(f"{r}: {e}" for r, e in sorted(result.load_errors.items()))
@@ -142,15 +142,15 @@ def _loaded(
             "model repository (shoal repo check); the operator retries with backoff"
         )
         return ("Ready" if loaded else "Failed"), False, "LoadFailed", message, message
-    if result.unreachable and len(result.unreachable) == placed.ready_replicas:
+    if result.unreachable and len(result.unreachable) == attempt.ready_replicas:
         message = "no replica answered: " + "; ".join(
             f"{r}: {e}" for r, e in sorted(result.unreachable.items())
         )
         return ("Ready" if loaded else "Pending"), False, "ReplicaUnreachable", message, message
-    if not placed.ready_replicas:
+    if not attempt.ready_replicas:
         reason = "NoReplicas"
     elif previous.get("phase") == "Evicted" or (
-        previous.get("loadedReplicas") and not loaded and not placed.allow_evict
+        previous.get("loadedReplicas") and not loaded and not attempt.allow_evict
     ):
         reason = "Evicted"  # lost its place to another model; drift does not evict back
     else:
@@ -164,18 +164,18 @@ def _loaded(
         loaded > 0 and not result.blocked,
         reason,
         message,
-        (message if placed.allow_evict else ""),
+        (message if attempt.allow_evict else ""),
     )
 
 
 def _duplicate_condition(
-    conditions: list[dict[str, Any]], placed: Placed, generation: int | None
+    conditions: list[dict[str, Any]], attempt: Placed, generation: int | None
 ) -> list[dict[str, Any]]:
-    if not placed.duplicates:
+    if not attempt.duplicates:
         return _without(conditions, "DuplicateEntry")
-    others = ", ".join(sorted(placed.duplicates))
+    others = ", ".join(sorted(attempt.duplicates))
     message = (
-        f"entry {placed.model.entry} on pool {placed.pool} is also used by InferenceModel(s) "
+        f"entry {attempt.model.entry} on pool {attempt.pool} is also used by InferenceModel(s) "
         f"{others}: it stays loaded until the last of them is deleted; give each model its own "
         "entry, or delete the duplicate"
     )
