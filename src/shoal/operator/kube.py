@@ -119,20 +119,28 @@ class KubeApi:
         raise RuntimeError(f"{plural}/{name}: status kept changing under {CONFLICT_RETRIES} writes")
 
     # -- peering -------------------------------------------------------------------------------
-    async def ensure_peering(self, name: str, namespaces: list[str] | None) -> None:
+    async def ensure_peering(
+        self, name: str, namespaces: list[str] | None
+    ) -> dict[str, dict[str, Any]]:
         """Create kopf's peering object `name` (cluster-wide when `namespaces` is None) where it
-        is absent: kopf only patches an existing one."""
+        is absent (kopf only patches an existing one); the peers they list, by id."""
         body = {"apiVersion": f"{PEERING_GROUP}/v1", "metadata": {"name": name}}
+        peers: dict[str, dict[str, Any]] = {}
         try:
             if namespaces is None:
-                await self.custom.create_cluster_custom_object(
-                    PEERING_GROUP, "v1", "clusterkopfpeerings",
-                    {**body, "kind": "ClusterKopfPeering"},
-                )  # fmt: skip
-            for namespace in namespaces or []:
-                await _created_or_present(self.custom.create_namespaced_custom_object(
-                    PEERING_GROUP, "v1", namespace, "kopfpeerings", {**body, "kind": "KopfPeering"}
+                args: tuple[Any, ...] = (PEERING_GROUP, "v1", "clusterkopfpeerings")
+                await _created_or_present(self.custom.create_cluster_custom_object(
+                    *args, {**body, "kind": "ClusterKopfPeering"}
                 ))  # fmt: skip
+                peers.update((await self.custom.get_cluster_custom_object(*args, name)).get(
+                    "status") or {})  # fmt: skip
+            for namespace in namespaces or []:
+                args = (PEERING_GROUP, "v1", namespace, "kopfpeerings")
+                await _created_or_present(self.custom.create_namespaced_custom_object(
+                    *args, {**body, "kind": "KopfPeering"}
+                ))  # fmt: skip
+                peers.update((await self.custom.get_namespaced_custom_object(*args, name)).get(
+                    "status") or {})  # fmt: skip
         except ApiException as exc:
             if exc.status == 404:
                 raise PeeringMissing(
@@ -140,8 +148,8 @@ class KubeApi:
                     "installed): apply them with `shoal operator crds | kubectl apply -f -`, or "
                     "run with --standalone when no other operator runs"
                 ) from None
-            if exc.status != 409:
-                raise
+            raise
+        return peers
 
     # -- models ------------------------------------------------------------------------------
     async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -11,7 +11,9 @@ import asyncio
 import logging
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from shoal.errors import UserError
 from shoal.operator.defaults import parse_seconds
@@ -46,7 +48,8 @@ def run_operator(
     _check_kubeconfig()
     _start_metrics(metrics_port)
     peering_scope = False if standalone else (None if all_namespaces else list(namespaces))
-    asyncio.run(_check_api_server(peering_scope))
+    priority = start_priority()
+    active = asyncio.run(_check_api_server(peering_scope, priority))
     # The peering logger says when this operator waits for another ("Pausing operations in
     # favour of ...") and when it takes over.
     logging.getLogger("kopf._core.engines.peering").setLevel(logging.INFO)
@@ -56,13 +59,19 @@ def run_operator(
             "peering %r %s: the earliest started operator acts, later ones wait", PEERING_NAME,
             where,
         )  # fmt: skip
+    if active:
+        log.warning(
+            "another shoal operator is active %s (%s): this one waits until it stops",
+            where, ", ".join(active),
+        )  # fmt: skip
     asyncio.run(
         kopf.operator(
             standalone=standalone,
             namespaces=namespaces,
             clusterwide=all_namespaces,
-            peering_name=PEERING_NAME,
-            priority=start_priority(),
+            # A peering name makes kopf's peering mandatory: never with --standalone.
+            peering_name=None if standalone else PEERING_NAME,
+            priority=priority,
             memo=kopf.Memo(peering=not standalone),
         )
     )
@@ -90,9 +99,10 @@ def _check_kubeconfig() -> None:
         )
 
 
-async def _check_api_server(peering_scope: list[str] | None | bool) -> None:
+async def _check_api_server(peering_scope: list[str] | None | bool, priority: int) -> list[str]:
     """The API server answers, and the peering objects exist (created if absent).
-    `peering_scope`: namespaces, None for cluster-wide, False for no peering."""
+    `peering_scope`: namespaces, None for cluster-wide, False for no peering.
+    Returns the live operators of higher priority this one will wait for."""
     from kubernetes_asyncio import client
     from kubernetes_asyncio.config import ConfigException
 
@@ -106,8 +116,9 @@ async def _check_api_server(peering_scope: list[str] | None | bool) -> None:
     host = kube.api_client.configuration.host
     try:
         await client.VersionApi(kube.api_client).get_code(_request_timeout=PREFLIGHT_TIMEOUT_S)
-        if peering_scope is not False:
-            await kube.ensure_peering(PEERING_NAME, peering_scope)
+        if peering_scope is False:
+            return []
+        peers = await kube.ensure_peering(PEERING_NAME, peering_scope)
     except PeeringMissing as exc:
         raise UserError(str(exc)) from None
     except Exception as exc:  # any failure here means the same thing to a person
@@ -117,6 +128,17 @@ async def _check_api_server(peering_scope: list[str] | None | bool) -> None:
         ) from None
     finally:
         await kube.close()
+    return sorted({pid for pid, peer in peers.items() if _outranks(peer, priority)})
+
+
+def _outranks(peer: dict[str, Any], priority: int) -> bool:
+    """A peer (kopf's record: priority, lifetime, lastseen) that is alive and ranks higher."""
+    try:
+        seen = datetime.fromisoformat(peer["lastseen"])
+        alive = seen + timedelta(seconds=int(peer.get("lifetime", 60))) > datetime.now(tz=UTC)
+        return alive and int(peer.get("priority", 0)) > priority
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _start_metrics(port: int) -> None:
