@@ -145,10 +145,9 @@ async def inferencemodel_delete(
     raise kopf.TemporaryError(message, delay=min(retry_delay(retry), max(remaining, 1.0)))
 
 
-@kopf.on.event(*POOL)
+@kopf.on.delete(*POOL, optional=True)  # optional: no finalizer, the pool goes at once
 @tolerates_api_outage
 async def inferencepool_gone(
-    type: str,
     name: str,
     namespace: str,
     memo: kopf.Memo,
@@ -157,8 +156,6 @@ async def inferencepool_gone(
 ) -> None:
     """A deleted pool took its replicas with it: its models lose their placement at once
     (replicas, loadedReplicas) and show `PoolNotFound`, instead of waiting for a drift run."""
-    if type != "DELETED":
-        return
     for model in list(inferencemodel_by_pool.get((namespace, name), [])):
         body = await memo.kube.get_model(namespace, model.name)
         if body is None or body["metadata"].get("deletionTimestamp"):

@@ -25,6 +25,7 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 def tolerates_api_outage(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        stopped = kwargs.get("stopped")  # timers: set when the object or the operator goes
         try:
             return await handler(*args, **kwargs)
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
@@ -33,6 +34,10 @@ def tolerates_api_outage(handler: Handler) -> Handler:
             if not is_retriable(exc):
                 raise
             message = f"Kubernetes API unavailable ({api_error(exc)})"
+        except Exception:
+            if stopped is not None and stopped.is_set():
+                return None  # the operator is exiting: its API client closes under the timer
+            raise
         raise kopf.TemporaryError(message, delay=retry_delay(kwargs.get("retry", 0)))
 
     return wrapper  # type: ignore[return-value]
