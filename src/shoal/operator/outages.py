@@ -7,7 +7,6 @@ for one outage); as a kopf TemporaryError it is one line per handler and retry.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,7 +27,7 @@ def tolerates_api_outage(handler: Handler) -> Handler:
         stopped = kwargs.get("stopped")  # timers: set when the object or the operator goes
         try:
             return await handler(*args, **kwargs)
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             message = f"Kubernetes API unreachable ({type(exc).__name__}: {exc})"
         except ApiException as exc:
             if not is_retriable(exc):
