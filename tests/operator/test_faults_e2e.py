@@ -242,3 +242,24 @@ def test_the_api_server_down_for_10_s_during_a_load_converges_without_a_tracebac
     log.info("operator log over the outage: %d lines, %d tracebacks", len(lines), tracebacks)
     assert tracebacks == 0, runner.output[-5000:]
     assert len(lines) < 300, runner.output[-5000:]
+
+
+def test_a_lowered_min_replicas_unloads_the_copies_beyond_it_within_10_s(
+    kube, run_operator, repository, start_replica
+):
+    write_entry(repository, "wide", 50 * MiB)
+    replicas = {"gpu-a-0": start_replica(repository), "gpu-a-1": start_replica(repository)}
+    with run_operator():
+        _pool(kube, repository, "gpu-a")
+        kube.write_endpoints("gpu-a", replicas)
+        _model(kube, "wide", "gpu-a", minReplicas=2)
+        assert _wait_phase(kube, "wide", "Ready")["loadedReplicas"] == 2
+        kube.patch_spec("inferencemodels", "wide", {"minReplicas": 1})
+
+        def one_copy():
+            holding = [n for n, r in replicas.items() if "wide" in loaded_entries(r)]
+            status = _status(kube, "wide")
+            return len(holding) == 1 and status.get("replicas") == holding
+
+        _timed("copies beyond the lowered minReplicas unloaded", one_copy, 10)
+        assert _status(kube, "wide")["phase"] == "Ready"
