@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,6 +61,7 @@ RELEASE_POLL_S = 0.05
 # An entry nobody owns and whose size nobody knows: counted as this much, so it is evictable
 # without being mistaken for free memory (docs/operator.md, "Placement and eviction").
 DEFAULT_UNOWNED_MEMORY = 1 * 2**30
+SETTLE_WAIT_S = 600.0  # how long a removal keeps waiting for a hung load to end, to unload it
 BACKOFF_BASE_S = 5.0
 BACKOFF_CAP_S = 300.0
 
@@ -147,6 +148,7 @@ class ReplicaDriver:
         self._loading: set[str] = set()
         self._backoff: dict[str, _Backoff] = {}
         self.last_observation: ReplicaObservation | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._held_since: dict[str, float] = {}  # entry -> wall ms when first seen holding memory
 
     # -- observing ----------------------------------------------------------------------------
@@ -241,6 +243,11 @@ class ReplicaDriver:
                 step_name(target.entry, STEP_ENCODE)
             ):
                 return LoadOutcome(True, reason="already loaded")
+            if _loading(target.entry, observation) and target.entry not in self._loading:
+                # An earlier load that outlived its deadline is still running in Triton.
+                return LoadOutcome(
+                    False, reason=f"{target.entry} is still loading from an earlier attempt"
+                )
             if _releasing(target.entry, observation):
                 # Asked for while it is being evicted: load it again as soon as Triton has
                 # released it, not after a fixed wait (its memory still counts meanwhile).
@@ -299,10 +306,22 @@ class ReplicaDriver:
                 remaining = deadline_s - (self._clock() - started)
                 if remaining <= 0:
                     raise LoadTimedOut(name, self.replica.name, deadline_s)
-                await self.client.load(name, timeout_s=remaining)
-        except (LoadFailed, LoadTimedOut) as exc:
-            kind = "load_timeout" if isinstance(exc, LoadTimedOut) else "load_failed"
-            self._emit(kind, entry, self._clock() - started, str(exc))
+                # The deadline is ours (asyncio), the HTTP timeout only a backstop behind it.
+                try:
+                    await asyncio.wait_for(
+                        self.client.load(name, timeout_s=remaining + 5.0), remaining
+                    )
+                except TimeoutError:
+                    raise LoadTimedOut(name, self.replica.name, deadline_s) from None
+        except LoadTimedOut as exc:
+            # Triton goes on loading in the background and answers an unload of a LOADING
+            # model only once that load ends, so nothing is unloaded now (that would hold the
+            # lock for as long as the load hangs). Its memory still counts while it loads; if it
+            # ends READY, the next try finds it loaded.
+            self._emit("load_timeout", entry, self._clock() - started, str(exc))
+            raise
+        except LoadFailed as exc:
+            self._emit("load_failed", entry, self._clock() - started, str(exc))
             await self._clean_up_after_failed_load(entry)
             raise
         finally:
@@ -314,11 +333,10 @@ class ReplicaDriver:
         self._emit("loaded", entry, elapsed, how)
 
     async def _clean_up_after_failed_load(self, entry: str) -> None:
-        """Unload whatever of the entry the replica holds (a timed-out load finishes in Triton
-        in the background: the unload queued now removes it when it does)."""
+        """Unload whatever of the entry the replica holds (the steps an ensemble load brought)."""
         with contextlib.suppress(ReplicaUnreachable):  # restarted: nothing is left
             observation = await self.client.observe()
-            await self._unload(models_to_remove(entry), observation, include_loading=True)
+            await self._unload(models_to_remove(entry), observation)
 
     def _note_failure(self, entry: str, error: FleetError) -> None:
         backoff = self._backoff.setdefault(entry, _Backoff())
@@ -387,23 +405,54 @@ class ReplicaDriver:
             return evicted
 
     async def remove(self, entry: str) -> bool:
-        """Unload everything of `entry` (ensemble first). True when something was unloaded."""
+        """Unload everything of `entry` (ensemble first). True when something was unloaded.
+        Parts still LOADING (a hung load) are unloaded by a background task once Triton has
+        finished loading them: Triton answers their unload only then."""
         async with self.lock:
             observation = await self.observe()
             if not present(entry, observation.states):
                 return False
-            await self._unload(models_to_remove(entry), observation, include_loading=True)
+            names = models_to_remove(entry)
+            await self._unload(names, observation)
+            loading = [n for n in names if observation.states.get(n) == "LOADING"]
+            if loading:
+                self._spawn(self._unload_once_settled(loading, SETTLE_WAIT_S))
             self.forget_failures(entry)
             log.info("unloaded %s from %s", entry, self.replica.name)
             self._emit("removed", entry)
             return True
 
-    async def _unload(
-        self, names: Sequence[str], observation: ReplicaObservation, include_loading: bool = False
-    ) -> None:
-        wanted = ("READY", "LOADING") if include_loading else ("READY",)
+    async def _unload_once_settled(self, names: Sequence[str], within_s: float) -> None:
+        deadline = self._clock() + within_s
+        pending = list(names)
+        while pending and self._clock() < deadline:
+            await asyncio.sleep(0.5)
+            try:
+                async with self.lock:
+                    observation = await self.observe()
+                    settled = [n for n in pending if observation.states.get(n) != "LOADING"]
+                    await self._unload(settled, observation)
+            except ReplicaUnreachable:
+                return  # restarted: nothing of it is left
+            pending = [n for n in pending if n not in settled]
+        if pending:
+            log.warning("%s still loading on %s; not unloaded", pending, self.replica.name)
+
+    def _spawn(self, coroutine: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Cancel background clean-ups (the owner is stopping)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _unload(self, names: Sequence[str], observation: ReplicaObservation) -> None:
+        """Unload those of `names` that are READY, in order."""
         for name in names:
-            if observation.states.get(name) in wanted:
+            if observation.states.get(name) == "READY":
                 await self.client.unload(name)
 
     async def _wait_until_released(self, entries: Sequence[str]) -> ReplicaObservation:
@@ -430,4 +479,11 @@ class ReplicaDriver:
 def _releasing(entry: str, observation: ReplicaObservation) -> bool:
     return observation.states.get(step_name(entry, STEP_ENCODE)) == "UNLOADING" or (
         observation.states.get(entry) == "UNLOADING"
+    )
+
+
+def _loading(entry: str, observation: ReplicaObservation) -> bool:
+    return "LOADING" in (
+        observation.states.get(step_name(entry, STEP_ENCODE)),
+        observation.states.get(entry),
     )
