@@ -147,7 +147,7 @@ class Belady:
     def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
         return sorted(candidates, key=lambda m: (-self.next_use(m.name), m.name))
 
-    def record_use(self, model: ModelState) -> None:
+    def record_use(self, model: ModelState, count: int = 1) -> None:
         pass
 
     def record_eviction(self, model: ModelState) -> None:

@@ -186,6 +186,16 @@ def test_gdsf_counts_uses_only_since_the_last_load_and_ages_cold_models_out():
     assert policy.credit_of(hot) == pytest.approx(policy.credit_of(fresh))
 
 
+def test_gdsf_takes_uses_reported_in_a_batch_like_one_at_a_time():
+    one_by_one, batched = GreedyDualSizeFrequency(), GreedyDualSizeFrequency()
+    model = loaded("a", 100, 1)
+    use(one_by_one, model, 7)
+    batched.record_use(model)  # the load
+    batched.record_use(model, count=6)  # Triton's inference_count moved by 6 since the last poll
+    assert batched.credit_of(model) == pytest.approx(one_by_one.credit_of(model))
+    assert batched.credit_of(model) == pytest.approx(7 * batched.credit_of(loaded("b", 100, 1)))
+
+
 def test_gdsf_plans_are_deterministic_and_independent_of_input_order():
     def replay() -> list[tuple[str, ...]]:
         policy = GreedyDualSizeFrequency()

@@ -48,15 +48,18 @@ class ModelState:
 class EvictionPolicy(Protocol):
     """Orders eviction candidates: the first one is evicted first.
 
-    `record_use` and `record_eviction` let stateful policies (GreedyDual-Size) keep their own
-    bookkeeping; the caller reports uses and evictions it carried out. Orders must be total and
-    deterministic (break ties by name)."""
+    `record_use` and `record_eviction` let stateful policies (GreedyDual-Size, -Frequency) keep
+    their own bookkeeping; the caller reports uses (a load counts as one) and the evictions it
+    carried out. A caller that sees uses in batches (Triton's `inference_count` between two
+    polls) reports them with `count`; without these reports the stateful policies have no history
+    and order by reload seconds per byte alone. Orders must be total and deterministic (break
+    ties by name)."""
 
     name: str
 
     def order(self, candidates: Sequence[ModelState]) -> list[ModelState]: ...
 
-    def record_use(self, model: ModelState) -> None: ...
+    def record_use(self, model: ModelState, count: int = 1) -> None: ...
 
     def record_eviction(self, model: ModelState) -> None: ...
 
@@ -69,7 +72,7 @@ class LeastRecentlyUsed:
     def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
         return sorted(candidates, key=lambda m: (m.last_used, m.name))
 
-    def record_use(self, model: ModelState) -> None:
+    def record_use(self, model: ModelState, count: int = 1) -> None:
         pass
 
     def record_eviction(self, model: ModelState) -> None:
@@ -93,7 +96,7 @@ class GreedyDualSize:
     def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
         return sorted(candidates, key=lambda m: (self._credit_of(m), m.last_used, m.name))
 
-    def record_use(self, model: ModelState) -> None:
+    def record_use(self, model: ModelState, count: int = 1) -> None:
         self.credit[model.name] = self.inflation + _value_density(model)
 
     def record_eviction(self, model: ModelState) -> None:
@@ -129,8 +132,8 @@ class GreedyDualSizeFrequency:
     def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
         return sorted(candidates, key=lambda m: (self.credit_of(m), m.last_used, m.name))
 
-    def record_use(self, model: ModelState) -> None:
-        self.uses[model.name] = min(self.uses.get(model.name, 0) + 1, self.max_uses)
+    def record_use(self, model: ModelState, count: int = 1) -> None:
+        self.uses[model.name] = min(self.uses.get(model.name, 0) + count, self.max_uses)
         self.floor_at_use[model.name] = self.inflation
 
     def record_eviction(self, model: ModelState) -> None:
