@@ -10,8 +10,9 @@ replica driver serializes them).
 
 Pools scale like a KEDA ScaledObject with two triggers, HPA taking the larger:
 - request rate: ceil(requests/s over the last minute / --target-rps);
-- working set: ceil(bytes of the distinct models asked for in the last 10 minutes / memory per
-  replica), so that the models in use fit the pool (a metric the router would export);
+- working set: ceil(bytes of the distinct models asked for in the last --working-set-s (10
+  minutes) / memory per replica), so that the models in use fit the pool (a metric the router
+  would export);
 clamped to [min, max], polled every 30 s; up at once, down only to the largest value desired over
 the last 5 minutes (HPA's scale-down stabilization); to zero after --cooldown-s without a request
 (KEDA's cooldownPeriod). A request to a pool at zero wakes it at once (the router holds the request
@@ -21,12 +22,14 @@ Compared, on the same requests, over the last of --days simulated days (the firs
 - one replica per model, always on (every model loaded, never cold);
 - always-on packing: each pool at the replicas that hold all its models (first-fit decreasing)
   or that its peak rate needs, whichever is more; never scales down (never cold);
-- shoal: scale with demand and to zero, with the default policy and with LRU.
+- shoal: scale with demand and to zero, with the default policy and with LRU (placement changes
+  what requests meet, not the replica counts: those follow requests alone);
+- shoal with one replica at least per pool (no scale to zero), the default policy.
 It prints GPU-hours per GPU class and in all, the share of requests that met a cold model (its
 model not loaded yet: a load wait; or its pool at zero or still starting: a replica start and a
 load), the mean wait of those, and the ratios.
 
-    .venv/bin/python benchmarks/fleet_sim.py            # ~40 s on 2 cores
+    .venv/bin/python benchmarks/fleet_sim.py            # ~35 s on 2 cores
     .venv/bin/python benchmarks/fleet_sim.py --help     # rates, sizes, delays
 """
 
@@ -48,7 +51,6 @@ from shoal.fleet.placement import DEFAULT_POLICY, EvictionPolicy, ModelState, ma
 DAY_S = 86_400.0
 POLL_S = 30.0  # KEDA pollingInterval
 RATE_WINDOW_S = 60.0
-WORKING_SET_WINDOW_S = 600.0
 STABILIZATION_S = 300.0  # HPA scale-down stabilization window
 
 
@@ -86,10 +88,11 @@ class Pool:
     min_replicas: int
     max_replicas: int
     replica_start_s: float
+    working_set_s: float  # how far back the working-set trigger looks
     replicas: list[Replica] = field(default_factory=list)
     where: dict[str, Replica] = field(default_factory=dict)  # model -> the replica holding it
     last_minute: deque[float] = field(default_factory=deque)  # request times (rate trigger)
-    working_set: deque[tuple[float, str]] = field(default_factory=deque)  # last 10 minutes
+    working_set: deque[tuple[float, str]] = field(default_factory=deque)  # within working_set_s
     uses_in_working_set: dict[str, int] = field(default_factory=dict)
     working_set_bytes: int = 0
     desired: deque[tuple[float, int]] = field(default_factory=deque)  # last 5 minutes
@@ -109,7 +112,7 @@ class Pool:
     def forget_before(self, now: float) -> None:
         while self.last_minute and self.last_minute[0] < now - RATE_WINDOW_S:
             self.last_minute.popleft()
-        while self.working_set and self.working_set[0][0] < now - WORKING_SET_WINDOW_S:
+        while self.working_set and self.working_set[0][0] < now - self.working_set_s:
             _, name = self.working_set.popleft()
             self.uses_in_working_set[name] -= 1
             if not self.uses_in_working_set[name]:
@@ -311,6 +314,7 @@ def simulate_shoal(
             min_replicas,
             args.max_replicas,
             args.replica_start_s,
+            args.working_set_s,
         )
         for gpu in GPU_CLASSES
     }
@@ -453,6 +457,9 @@ def main() -> None:
         "--cooldown-s", type=float, default=300.0, help="KEDA cooldownPeriod before zero"
     )
     parser.add_argument(
+        "--working-set-s", type=float, default=600.0, help="working-set trigger's look-back"
+    )
+    parser.add_argument(
         "--replica-start-s", type=float, default=60.0, help="pod scheduled, Triton up"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -460,7 +467,7 @@ def main() -> None:
     started = time.monotonic()
     print(
         f"{args.models} models, Zipf {args.skew}, replica start {args.replica_start_s:.0f} s, "
-        f"cooldown {args.cooldown_s:.0f} s, target {args.target_rps:.0f} requests/s per replica, "
+        f"cooldown {args.cooldown_s:.0f} s, working set over {args.working_set_s:.0f} s, target {args.target_rps:.0f} requests/s per replica, "
         f"{args.days} days simulated (the last measured), seed {args.seed}"
     )
     print(describe_pools(make_workload(args, 0.0, args.seed)))
