@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytest
 
+from shoal.fleet.driver import ReplicaDriver
+from shoal.fleet.errors import LoadFailed
 from shoal.fleet.hot_swap import (
     entry_of,
     holds_memory,
@@ -21,9 +23,9 @@ from shoal.fleet.hot_swap import (
     models_to_remove,
     present,
 )
-from shoal.operator.placer import KnownModel, Placer
+from shoal.fleet.placer import KnownModel, Placer
 from shoal.fleet.replica import Replica
-from shoal.fleet.replica_client import LoadFailed, ReplicaObservation
+from shoal.fleet.replica_client import ReplicaObservation
 
 MiB = 2**20
 STEPS = ("tokenize", "encode", "postprocess")
@@ -91,7 +93,7 @@ class TritonLikeReplica:
     async def observe(self) -> ReplicaObservation:
         return ReplicaObservation(states=dict(self.states), last_inference_ms=dict(self.last))
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, timeout_s: float = 0.0) -> None:
         self.calls.append(f"load {name}")
         if name in self.fail:
             raise LoadFailed(name, self.replica.name, "failed to load")
@@ -119,7 +121,7 @@ class TritonLikeReplica:
 def _setup(**kwargs):
     replica = Replica("r0", "10.0.0.1", 8000)
     triton = TritonLikeReplica(replica, **kwargs)
-    placer = Placer(client_factory=lambda r: triton)
+    placer = Placer(driver_factory=lambda r: ReplicaDriver(r, client=triton))
     known = {e: KnownModel(e, "ns", e, 100 * MiB) for e in ("a", "b", "c", "d")}
     return placer, replica, triton, known
 
