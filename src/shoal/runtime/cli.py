@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 
+from shoal.fleet.placement import DEFAULT_POLICY, POLICIES  # pure, stdlib only: light
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -40,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--memory-budget", metavar="SIZE", help="e.g. 2GiB; default: no limit (load everything)"
     )
-    serve.add_argument("--policy", default="lru", choices=["lru", "gds"], help="eviction policy")
+    serve.add_argument(
+        "--policy", default=DEFAULT_POLICY, choices=list(POLICIES), help="eviction policy"
+    )
     serve.add_argument("--log-file", help="Triton's log (default: a temporary file)")
     serve.set_defaults(func=run_serve)
 
