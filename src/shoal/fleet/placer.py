@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from shoal.fleet.driver import DriverEvent, ReplicaDriver, Resident
 from shoal.fleet.errors import LoadFailed, LoadTimedOut, ReplicaUnreachable
 from shoal.fleet.hot_swap import models_to_remove
-from shoal.fleet.placement import EvictionPolicy, LeastRecentlyUsed
+from shoal.fleet.placement import DEFAULT_POLICY, EvictionPolicy, make_policy
 from shoal.fleet.replica import Replica
 from shoal.fleet.replica_client import ReplicaObservation
 
@@ -75,7 +75,7 @@ class Placer:
         policy: EvictionPolicy | None = None,
         on_event: Callable[[DriverEvent], None] | None = None,
     ) -> None:
-        self.policy = policy or LeastRecentlyUsed()
+        self.policy = policy or make_policy(DEFAULT_POLICY)
         self._on_event = on_event
         self._driver_factory = driver_factory or self._default_driver
         self._drivers: dict[str, ReplicaDriver] = {}
