@@ -154,6 +154,16 @@ class ReplicaDriver:
         self._inference_seen: dict[str, int] = {}  # entry -> Triton's inference count last seen
         self._load_seconds: dict[str, float] = {}  # entry -> last measured load time
 
+    def use_repository(
+        self,
+        entry_check: Callable[[str], list[str]] | None,
+        unowned_memory: Callable[[str], int | None] | None,
+    ) -> None:
+        """Where the replica's model repository became readable (the operator learns a pool's
+        repository from its spec): check entries before loading, size unowned ones."""
+        self._entry_check = entry_check
+        self._unowned_memory = unowned_memory
+
     # -- observing ----------------------------------------------------------------------------
     async def observe(self) -> ReplicaObservation:
         observation = await self.client.observe()
