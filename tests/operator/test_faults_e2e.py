@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from shoal.operator.placer import Placer
+from shoal.fleet.placer import Placer
 from tests.operator.entries import write_entry
 from tests.operator.helpers import loaded_entries, pool_spec
 from tests.support.kube import wait_for

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from shoal.fleet.placer import PlacementResult
 from shoal.operator.model_status import Placed, invalid, placed, shows_loading
-from shoal.operator.placer import PlacementResult
 from shoal.operator.specs import model_spec
 
 MiB = 2**20
@@ -134,3 +134,16 @@ def test_a_deleted_pool_clears_the_placement_and_says_pool_not_found():
     assert _condition(status, "Loaded") is None
     assert _condition(status, "Valid")["reason"] == "PoolNotFound"
     assert [e.reason for e in decision.events] == ["PoolNotFound"]
+
+
+def test_an_invalid_entry_and_a_load_timeout_are_their_own_reasons_announced_once():
+    invalid = PlacementResult(invalid_entry="minilm: model.py missing; run shoal repo check")
+    first = placed({}, 1, _placed(invalid, ready_replicas=1))
+    loaded = _condition(first.status, "Loaded")
+    assert (first.status["phase"], loaded["reason"]) == ("Failed", "EntryInvalid")
+    assert "model.py missing" in first.status["lastError"] and first.retry
+    assert placed(first.status, 1, _placed(invalid, 1, allow_evict=False)).events == ()
+    slow = PlacementResult(timed_out={"gpu-a-0": "load exceeded 30 s"})
+    timed = placed({}, 1, _placed(slow, ready_replicas=1))
+    assert _condition(timed.status, "Loaded")["reason"] == "LoadTimeout"
+    assert "30 s" in timed.status["lastError"] and timed.metric_reason == "LoadTimeout"

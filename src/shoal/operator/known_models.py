@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from shoal.fleet.placer import KnownModel
 from shoal.manifest import Manifest, ManifestError
-from shoal.operator.placer import KnownModel
 from shoal.operator.specs import ModelSpec, PoolSpec, SpecError, model_spec
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """InferenceModel handlers: placement on the pool's replicas, drift repair, moves, unload on delete.
 
-Registered with kopf by importing shoal.operator.handlers. The work is in placer.py; the status
-decision is model_status.py (pure); this module observes, acts and writes what they decide.
+Registered with kopf by importing shoal.operator.handlers. The work is in shoal.fleet.placer
+(through one replica driver per replica); the status decision is model_status.py (pure); this
+module observes, acts and writes what they decide.
 
 When a model may evict others: on create and on a spec change (a person asked for it). The drift
 timer and a restarted operator (resume) only load where the model fits without evicting, so an
@@ -24,6 +25,7 @@ from typing import Any
 
 import kopf
 
+from shoal.fleet.placer import KnownModel, PlacementResult
 from shoal.manifest import Manifest, ManifestError
 from shoal.operator import metrics
 from shoal.operator.conditions import set_condition, status_changes
@@ -37,13 +39,13 @@ from shoal.operator.model_status import (
     shows_loading,
 )
 from shoal.operator.outages import tolerates_api_outage
-from shoal.operator.placer import KnownModel, PlacementResult
 from shoal.operator.replicas import replicas_from_endpoints
 from shoal.operator.settings import DRIFT_INTERVAL_S, UNLOAD_DEADLINE_S, retry_delay
 from shoal.operator.specs import ModelSpec, PoolSpec, SpecError, model_spec, pool_spec
 from shoal.sizes import format_size
 
 MODEL = (GROUP, VERSION, MODEL_PLURAL)
+BUDGET = "budget"  # Placer.enforce_budget's Eviction.for_entry: no model asked for the room
 POOL = (GROUP, VERSION, POOL_PLURAL)
 log = logging.getLogger(__name__)
 
@@ -259,7 +261,7 @@ class _Attempt:
             previous["phase"] = "Loading"  # so that the final phase is written over it
         result = await self.placer.place(
             self.me, self.memory, model.min_replicas, replicas, pool.memory_per_replica,
-            known_models, self.allow_evict, stopped=stopped,
+            known_models, self.allow_evict, stopped=stopped, repository=_repository(pool),
         )  # fmt: skip
         if stopped is not None and stopped():
             return None
@@ -312,6 +314,11 @@ class _Attempt:
         if problem:
             log.info("%s/%s: old copy not unloaded yet: %s", namespace, self.model.name, problem)
         return not problem
+
+
+def _repository(pool: PoolSpec) -> Path | None:
+    """The pool's model repository where the operator can read it (entry check, manifests)."""
+    return Path(pool.local_repository) if pool.local_repository else None
 
 
 def _moved_from(previous: dict[str, Any], pool: str, entry: str) -> dict[str, str] | None:
@@ -449,8 +456,8 @@ def announce_evictions(
     """An Event on the model that made room (if any) and on each evicted model."""
     for eviction in evictions:
         why = (
-            f"to make room for {eviction.for_entry} (least recently used)"
-            if eviction.for_entry
+            f"to make room for {eviction.for_entry} (eviction policy)"
+            if eviction.for_entry not in ("", BUDGET)
             else "to bring the replica within the pool's memoryPerReplica"
         )
         message = f"evicted {eviction.entry} from replica {eviction.replica} {why}"

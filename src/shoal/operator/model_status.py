@@ -15,12 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.fleet.placer import PlacementResult
 from shoal.operator.conditions import get_condition, set_condition
-from shoal.operator.placer import PlacementResult
 from shoal.operator.specs import ModelSpec
 
 # Conditions whose changes are announced with an Event; "Ready" mirrors "Loaded".
 ANNOUNCED = ("Valid", "Loaded", "DuplicateEntry")
+# Loaded-condition reasons counted in shoal_operator_reconcile_errors at every attempt.
+FAILURES = ("EntryInvalid", "LoadTimeout", "LoadFailed", "ReplicaUnreachable")
 # Where the model is placed: cleared when that placement is gone (a deleted pool).
 PLACEMENT_FIELDS = ("pool", "entry", "replicas", "loadedReplicas", "lastUsed", "movedFrom")
 
@@ -116,14 +118,17 @@ def placed(previous: dict[str, Any], generation: int | None, attempt: Placed) ->
         conditions, "Ready", ready, "Ready" if ready else "NotReady", message, generation
     )
     status["conditions"] = conditions
-    if result.load_errors:
-        status["lastError"] = "; ".join(f"{r}: {e}" for r, e in sorted(result.load_errors.items()))
+    failures = {**result.load_errors, **result.timed_out}
+    if result.invalid_entry:
+        status["lastError"] = result.invalid_entry
+    elif failures:
+        status["lastError"] = "; ".join(f"{r}: {e}" for r, e in sorted(failures.items()))
     elif ready and previous.get("lastError"):
         status["lastError"] = None
     if status["movedFrom"] is None and "movedFrom" not in previous:
         del status["movedFrom"]
     events = _announcements(previous, conditions)
-    metric = reason if reason in ("LoadFailed", "ReplicaUnreachable") else ""
+    metric = reason if reason in FAILURES else ""
     return StatusDecision(status, events, retry, metric)
 
 
@@ -135,6 +140,21 @@ def _loaded(
     where = ", ".join(result.loaded_on) or "-"
     if loaded >= model.min_replicas or (loaded >= wanted and attempt.ready_replicas):
         return "Ready", True, "Loaded", f"loaded on {loaded} replica(s): {where}", ""
+    if result.invalid_entry:  # the entry check refused it: never handed to Triton
+        return (
+            ("Ready" if loaded else "Failed"),
+            False,
+            "EntryInvalid",
+            result.invalid_entry,
+            (result.invalid_entry),
+        )
+    if result.timed_out:
+        waits = "; ".join(f"{r}: {e}" for r, e in sorted(result.timed_out.items()))
+        message = (
+            f"loading {model.entry} did not finish in time: {waits}. The replica keeps serving "
+            "its other models; the operator retries with backoff"
+        )
+        return ("Ready" if loaded else "Failed"), False, "LoadTimeout", message, message
     if result.load_errors:
         errors = "; ".join(f"{r}: {e}" for r, e in sorted(result.load_errors.items()))
         message = (

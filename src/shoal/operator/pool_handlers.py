@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -189,12 +190,10 @@ async def _enforce_budget(
     placer: Any, pool: PoolSpec, replicas: list[Any], index: kopf.Index
 ) -> None:
     """A lowered memoryPerReplica is enforced: models beyond it are evicted by policy."""
-    enforce = getattr(placer, "enforce_budget", None)
-    if enforce is None:  # the replica driver (issue 8) brings it; until then nothing to do
-        return
     known = known_on_pool(index.get((pool.namespace, pool.name), []), pool)
-    evictions = await enforce(replicas, pool.memory_per_replica, known)
-    announce_evictions(None, list(evictions), known)
+    repository = Path(pool.local_repository) if pool.local_repository else None
+    evictions = await placer.enforce_budget(replicas, pool.memory_per_replica, known, repository)
+    announce_evictions(None, evictions, known)
 
 
 async def _recheck_keda(kube: Any, pool: PoolSpec, body: kopf.Body, status: kopf.Status) -> None:
