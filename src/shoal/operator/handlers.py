@@ -42,6 +42,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     # that was mid-run only every `cancellation_polling` seconds (60 by default), which held
     # deleted InferenceModels for up to a minute after their unload had finished.
     settings.background.cancellation_polling = 1.0
+    memo.lifecycle = {"exiting": False}
     memo.kube = await KubeApi.connect()
     memo.placer = Placer(on_event=metrics.record_driver_event)
 
@@ -55,6 +56,9 @@ def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    # A timer still running finds its API client closed: not an error. (Shared through a dict:
+    # each object's handlers see a shallow copy of the memo.)
+    memo.lifecycle["exiting"] = True
     kube = getattr(memo, "kube", None)
     if kube is not None:
         await kube.close()

@@ -34,7 +34,8 @@ def tolerates_api_outage(handler: Handler) -> Handler:
                 raise
             message = f"Kubernetes API unavailable ({api_error(exc)})"
         except Exception:
-            if stopped is not None and stopped.is_set():
+            exiting = ((kwargs.get("memo") or {}).get("lifecycle") or {}).get("exiting")
+            if exiting or (stopped is not None and stopped.is_set()):
                 return None  # the operator is exiting: its API client closes under the timer
             raise
         raise kopf.TemporaryError(message, delay=retry_delay(kwargs.get("retry", 0)))
