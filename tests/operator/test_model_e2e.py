@@ -111,9 +111,7 @@ def test_failing_load_reports_tritons_message_and_retries_until_fixed(
         status = _wait_phase(kube, "broken", "Failed")
         assert "TinyEncoderWeightsMissing" in status["lastError"]
         loaded = _condition(status, "Loaded")
-        assert (
-            loaded["reason"] == "LoadFailed" and "TinyEncoderWeightsMissing" in loaded["message"]
-        )
+        assert loaded["reason"] == "LoadFailed" and "TinyEncoderWeightsMissing" in loaded["message"]
         # No residue: the steps that did load were unloaded again.
         assert not any(m.startswith("broken") for m in loaded_entries(replicas["gpu-a-0"]))
         wait_for(
@@ -123,7 +121,9 @@ def test_failing_load_reports_tritons_message_and_retries_until_fixed(
         )
         # Retried, yet announced once: one broken model is one warning, not one per attempt.
         warnings = [e for e in kube.events("broken") if e["reason"] == "LoadFailed"]
-        assert len(warnings) == 1 and warnings[0].get("count", 1) == 1, warnings
+        assert len(warnings) == 1 and warnings[0].get("count", 1) == 1, [
+            (e["message"][:150], e.get("count"), e.get("firstTimestamp")) for e in warnings
+        ]
         # Fix the entry: the next retry loads it.
         write_entry(repository, "broken", 50 * MiB)
         status = _wait_phase(kube, "broken", "Ready", timeout=60)

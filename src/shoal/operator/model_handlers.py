@@ -258,13 +258,20 @@ class _Attempt:
             previous, generation, min(model.min_replicas, len(replicas))
         ):
             await self.kube.patch_model_status(model.namespace, model.name, {"phase": "Loading"})
-            previous["phase"] = "Loading"  # so that the final phase is written over it
         result = await self.placer.place(
             self.me, self.memory, model.min_replicas, replicas, pool.memory_per_replica,
             known_models, self.allow_evict, stopped=stopped, repository=_repository(pool),
         )  # fmt: skip
         if stopped is not None and stopped():
             return None
+        # Decide from the status as it is now, not as it was when this run began: a placement
+        # may wait for another handler of the same model (the drift timer behind a retry), and
+        # deciding from the older status would announce that handler's findings a second time.
+        current = await self.kube.get_model(model.namespace, model.name)
+        if current is None:
+            return None  # deleted meanwhile
+        previous.clear()
+        previous.update(current.get("status") or {})
         announce_evictions(self.body, result.evictions, known_models)
         log.debug(
             "%s/%s placed (evict=%s): loaded on %s, blocked: %s",
