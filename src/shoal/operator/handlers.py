@@ -16,7 +16,7 @@ import kopf
 from shoal.fleet.placer import Placer
 from shoal.operator import metrics, model_handlers, pool_handlers  # noqa: F401  (registers)
 from shoal.operator import settings as shoal_settings
-from shoal.operator.kube import KubeApi
+from shoal.operator.kube import REQUEST_TIMEOUT_S, KubeApi
 from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER, PEERING_LIFETIME_S
 
 
@@ -38,6 +38,9 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # kopf's own API calls: a bounded wait for a restarted API server (its default is 5 min).
+    settings.networking.request_timeout = REQUEST_TIMEOUT_S
+    settings.networking.connect_timeout = 10
     # A deleted object keeps its finalizer until its timers have exited; kopf re-checks a timer
     # that was mid-run only every `cancellation_polling` seconds (60 by default), which held
     # deleted InferenceModels for up to a minute after their unload had finished.

@@ -22,6 +22,18 @@ from shoal.operator.resources import KEDA_GROUP, KEDA_VERSION, SCALED_OBJECT_PLU
 log = logging.getLogger(__name__)
 
 CONFLICT_RETRIES = 5  # read-modify-write attempts of one status update
+REQUEST_TIMEOUT_S = 15.0  # every API call of the operator's own client (milliseconds when well)
+
+
+class _BoundedApiClient(client.ApiClient):
+    """An API client whose requests all have a deadline. kubernetes_asyncio sends a request
+    without one by default (aiohttp's ClientTimeout()): a connection to a restarted API server
+    could hang a handler, and with it the operator's shutdown, forever."""
+
+    def request(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return super().request(
+            *args, _request_timeout=_request_timeout or REQUEST_TIMEOUT_S, **kwargs
+        )
 
 
 class KubeApi:
@@ -44,7 +56,7 @@ class KubeApi:
             await config.load_kube_config(
                 config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
             )
-        return cls(client.ApiClient(configuration))
+        return cls(_BoundedApiClient(configuration))
 
     async def close(self) -> None:
         await self.api_client.close()
