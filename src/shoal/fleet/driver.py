@@ -520,7 +520,6 @@ def _releasing(entry: str, observation: ReplicaObservation) -> bool:
 
 
 def _loading(entry: str, observation: ReplicaObservation) -> bool:
-    return "LOADING" in (
-        observation.states.get(step_name(entry, STEP_ENCODE)),
-        observation.states.get(entry),
-    )
+    """Any Triton model of the entry loading (an ensemble load loads its steps first, and the
+    ensemble itself shows LOADING only at the end)."""
+    return any(observation.states.get(m) == "LOADING" for m in models_to_remove(entry))

@@ -30,6 +30,15 @@ POOL_STATUS_INTERVAL_S = _seconds("SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", 15.0)
 RETRY_BASE_S = _seconds("SHOAL_OPERATOR_RETRY_BASE_S", 5.0)
 RETRY_MAX_S = _seconds("SHOAL_OPERATOR_RETRY_MAX_S", 300.0)
 
+
+
+def load_timeout_s() -> float | None:
+    """SHOAL_LOAD_TIMEOUT_S: one deadline for every load; unset, each entry's deadline derives
+    from its size (shoal.fleet.driver.default_load_deadline). Read at operator start-up."""
+    raw = os.environ.get("SHOAL_LOAD_TIMEOUT_S")
+    return _seconds("SHOAL_LOAD_TIMEOUT_S", 0.0) if raw else None
+
+
 FINALIZER = "shoal.dev/unload-models"
 ANNOTATION_PREFIX = "shoal.dev"
 
