@@ -54,7 +54,7 @@ class GrpcUpstream:
         try:
             return await call(request, metadata=metadata, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
-            raise sorted_error(replica, exc) from exc
+            raise self.sorted_error(replica, exc) from exc
 
     def stream(
         self, replica: Replica, method: str, metadata: Metadata
@@ -68,10 +68,18 @@ class GrpcUpstream:
         self._unary.clear()
 
 
-def sorted_error(replica: Replica, exc: grpc.aio.AioRpcError) -> Exception:
-    code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return ReplicaUnreachable(f"{replica.name}: {details}")
-    if code == grpc.StatusCode.NOT_FOUND:
-        return ModelMissingOnReplica(details)
-    return UpstreamRpcError(code, details)
+    def sorted_error(self, replica: Replica, exc: grpc.aio.AioRpcError) -> Exception:
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.NOT_FOUND:
+            return ModelMissingOnReplica(details)
+        # UNAVAILABLE is both gRPC's transport failure (refused, reset) and an answer Triton
+        # gives (a restricted protocol, shutting down). A channel still connected heard an
+        # answer: pass it on; one that is not lost its replica: try another.
+        if code == grpc.StatusCode.UNAVAILABLE and not self._connected(replica):
+            return ReplicaUnreachable(f"{replica.name}: {details}")
+        return UpstreamRpcError(code, details)
+
+    def _connected(self, replica: Replica) -> bool:
+        channel = self._channels.get(replica.grpc_target or "")
+        state = channel.get_state(try_to_connect=False) if channel is not None else None
+        return state is grpc.ChannelConnectivity.READY
