@@ -62,7 +62,9 @@ HTTP_CASES = [
 @pytest.mark.parametrize("case", HTTP_CASES, ids=[c[0] for c in HTTP_CASES])
 def test_bad_http_input_is_refused_alone(router, case) -> None:
     _, method, path, body, headers, status, words = case
-    answer = requests.request(method, router.http_url + path, data=body, headers=headers, timeout=30)
+    answer = requests.request(
+        method, router.http_url + path, data=body, headers=headers, timeout=30
+    )
     assert answer.status_code == status, answer.text
     error = answer.json()["error"]
     message = error["message"] if path.startswith("/v1/") else error

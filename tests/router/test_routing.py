@@ -114,7 +114,10 @@ def test_past_the_deadline_http_gets_503_with_retry_after_naming_the_model(trito
         assert response.get("retry-after") == "5"
         message = json.loads(response.read())["error"]
         assert "'alpha'" in message and "not ready" in message
-        assert running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="deadline") == 1
+        assert (
+            running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="deadline")
+            == 1
+        )
 
 
 def test_past_max_hold_grpc_gets_unavailable_naming_the_model(triton_a) -> None:
@@ -165,7 +168,10 @@ async def test_over_the_hold_bound_http_gets_503_and_grpc_unavailable(triton_a) 
             assert answer.status == 200
             answer.release()
         await session.close()
-        assert running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="overflow") == 2
+        assert (
+            running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="overflow")
+            == 2
+        )
 
 
 async def test_a_model_that_cannot_load_fails_held_requests_at_once_without_retry_after(
@@ -178,7 +184,9 @@ async def test_a_model_that_cannot_load_fails_held_requests_at_once_without_retr
             await asyncio.to_thread(
                 wait_for, lambda: running.source.demand.get("alpha") == (1, 0), 10, "held"
             )
-            running.in_loop(running.source.set_permanent_error, "alpha", "needs 80 GiB, pools have 24")
+            running.in_loop(
+                running.source.set_permanent_error, "alpha", "needs 80 GiB, pools have 24"
+            )
             answer = await held
             assert answer.status == 500
             assert "Retry-After" not in answer.headers
@@ -197,7 +205,10 @@ async def test_a_client_that_disconnects_while_held_is_dropped_and_counted(trito
         await asyncio.to_thread(
             wait_for, lambda: running.source.demand.get("alpha") == (0, 0), 10, "dropped"
         )
-        assert running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="cancelled") == 1
+        assert (
+            running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="cancelled")
+            == 1
+        )
 
 
 def test_unknown_model_on_a_replica_holds_the_request_until_placement_changes(
@@ -210,10 +221,14 @@ def test_unknown_model_on_a_replica_holds_the_request_until_placement_changes(
         x = grpcclient.InferInput("X", [1, 2], "FP32")
         x.set_data_from_numpy(np.ones((1, 2), np.float32))
         answers: list = []
-        client.async_infer("beta", [x], callback=lambda result, error: answers.append((result, error)))
+        client.async_infer(
+            "beta", [x], callback=lambda result, error: answers.append((result, error))
+        )
         wait_for(lambda: running.source.demand.get("beta") == (1, 0), 10, "held again")
         assert running.source.placement_requests == ["beta"]
         running.in_loop(running.source.set_ready, "beta", [b])
         result, error = wait_for(lambda: answers and answers[0], 10, "answer")
         assert error is None and result.as_numpy("Y").tolist() == [[2.0, 2.0]]
-        assert running.metric("shoal_router_retries_total", model="beta", reason="model_missing") == 1
+        assert (
+            running.metric("shoal_router_retries_total", model="beta", reason="model_missing") == 1
+        )

@@ -126,7 +126,6 @@ class HttpFrontDoor:
         return app
 
     async def _start(self, _app: web.Application) -> None:
-        await self.upstream.start()
         await self.router.start()
 
     async def _close(self, _app: web.Application) -> None:
