@@ -174,16 +174,21 @@ async def test_over_the_hold_bound_http_gets_503_and_grpc_unavailable(triton_a) 
         )
 
 
+async def post_and_wait_until_held(running: RouterThread, session: aiohttp.ClientSession):
+    url = f"{running.http_url}/v2/models/alpha/infer"
+    held = asyncio.ensure_future(session.post(url, data=BODY))
+    await asyncio.to_thread(
+        wait_for, lambda: running.source.demand.get("alpha") == (1, 0), 10, "held"
+    )
+    return held
+
+
 async def test_a_model_that_cannot_load_fails_held_requests_at_once_without_retry_after(
     triton_a,
 ) -> None:
     with _held_router(triton_a) as running:
         async with aiohttp.ClientSession() as session:
-            url = f"{running.http_url}/v2/models/alpha/infer"
-            held = asyncio.ensure_future(session.post(url, data=BODY))
-            await asyncio.to_thread(
-                wait_for, lambda: running.source.demand.get("alpha") == (1, 0), 10, "held"
-            )
+            held = await post_and_wait_until_held(running, session)
             running.in_loop(
                 running.source.set_permanent_error, "alpha", "needs 80 GiB, pools have 24"
             )
@@ -196,11 +201,7 @@ async def test_a_model_that_cannot_load_fails_held_requests_at_once_without_retr
 async def test_a_client_that_disconnects_while_held_is_dropped_and_counted(triton_a) -> None:
     with _held_router(triton_a) as running:
         async with aiohttp.ClientSession() as session:
-            url = f"{running.http_url}/v2/models/alpha/infer"
-            held = asyncio.ensure_future(session.post(url, data=BODY))
-            await asyncio.to_thread(
-                wait_for, lambda: running.source.demand.get("alpha") == (1, 0), 10, "held"
-            )
+            held = await post_and_wait_until_held(running, session)
             held.cancel()  # closes the connection
         await asyncio.to_thread(
             wait_for, lambda: running.source.demand.get("alpha") == (0, 0), 10, "dropped"
