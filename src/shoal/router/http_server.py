@@ -21,7 +21,14 @@ from aiohttp import web
 from shoal import __version__ as shoal_version
 from shoal.fleet.replica import Replica
 from shoal.router.core import Router
-from shoal.router.errors import ErrorKind, ReplicaRefused, RouterError
+from shoal.router.errors import (
+    ErrorKind,
+    ModelMissingOnReplica,
+    ReplicaRefused,
+    ReplicaUnreachable,
+    RouterError,
+    replica_failure,
+)
 from shoal.router.kserve_json import (
     HEADER_LENGTH,
     BadInferResponse,
@@ -139,6 +146,8 @@ class HttpFrontDoor:
             return await handler(request)
         except RouterError as exc:
             return error_response(exc, request.path, self.settings.retry_after_s)
+        except (ReplicaUnreachable, ModelMissingOnReplica) as exc:
+            return error_response(replica_failure(exc), request.path, self.settings.retry_after_s)
         except ReplicaRefused as exc:  # Triton's own status, for a request the router built
             kind = "invalid_request_error" if exc.status < 500 else "server_error"
             error = {"message": exc.message, "type": kind, "param": None, "code": "replica_error"}
