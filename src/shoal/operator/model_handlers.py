@@ -1,6 +1,7 @@
 """InferenceModel handlers: placement on the pool's replicas, drift repair, unload on delete.
 
-Registered with kopf by importing shoal.operator.handlers. The work is in placer.py; this module
+Registered with kopf by importing shoal.operator.handlers. The work is in shoal.fleet.placer
+(through one replica driver per replica); this module
 turns its results into status, conditions, Events and retries.
 
 When a model may evict others: on create and on a spec change (a person asked for it). The drift
@@ -19,15 +20,15 @@ from typing import Any
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from shoal.fleet.placement import format_size
+from shoal.fleet.placer import KnownModel, PlacementResult
 from shoal.manifest import Manifest, ManifestError
 from shoal.operator import metrics
 from shoal.operator.conditions import get_condition, set_condition, status_changes
 from shoal.operator.crds import API_VERSION, GROUP, MODEL_KIND, MODEL_PLURAL, VERSION
-from shoal.operator.placer import KnownModel, PlacementResult
 from shoal.operator.replicas import replicas_from_endpoints
 from shoal.operator.settings import DRIFT_INTERVAL_S, retry_delay
 from shoal.operator.specs import ModelSpec, PoolSpec, SpecError, model_spec, pool_spec
-from shoal.fleet.placement import format_size
 
 MODEL = (GROUP, VERSION, MODEL_PLURAL)
 log = logging.getLogger(__name__)
