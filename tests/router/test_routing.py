@@ -99,6 +99,9 @@ async def test_a_held_request_is_answered_within_50_ms_of_the_model_becoming_rea
         else:
             assert answer.as_numpy("Y").tolist() == [[2.0, 2.0]]
             await client.close()
+    print(
+        f"{protocol}: answered {elapsed * 1000:.1f} ms after readiness (direct call {direct_s * 1000:.1f} ms)"
+    )
     assert elapsed - direct_s < DISPATCH_GOAL_S, (elapsed, direct_s)
 
 
@@ -142,6 +145,11 @@ def test_a_grpc_client_deadline_ends_the_hold(triton_a) -> None:
             client.infer("alpha", [x], client_timeout=0.3)
         assert time.monotonic() - started < 2
         wait_for(lambda: running.source.demand.get("alpha") == (0, 0), 5, "hold ended")
+        ended = sum(
+            running.metric("shoal_router_hold_seconds_count", model="alpha", outcome=outcome)
+            for outcome in ("cancelled", "deadline")
+        )
+        assert ended == 1
 
 
 async def test_over_the_hold_bound_http_gets_503_and_grpc_unavailable(triton_a) -> None:
