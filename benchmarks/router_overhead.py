@@ -7,10 +7,10 @@
     per router core. The same load straight at the fake backend shows the load generator's
     ceiling.
 (b) A real Triton serving a tiny model (the python-backend doubler of the tests), router vs
-    direct, side by side at concurrency 8 and 32: p50/p99 latency added by the router and the
-    router/direct throughput ratio. Goals: p50 +0.5 ms, p99 +2 ms, >= 0.95x. The router has its
-    own core (as it has its own pod); Triton, its python stubs and the load generator share the
-    others, in both runs.
+    direct, side by side at concurrency 1, 8 and 32: p50/p99 latency added by the router and the
+    router/direct throughput ratio. Goals: p50 +0.5 ms, p99 +2 ms, >= 0.95x at 8 and 32. The
+    router has its own core (as it has its own pod); Triton, its python stubs and the load
+    generator share the others, in both runs.
 
     .venv/bin/python benchmarks/router_overhead.py [--seconds 5] [--router-core 0]
 """
@@ -281,7 +281,7 @@ async def part_b(args: argparse.Namespace) -> None:
                 ("HTTP", http_load, triton.http_port, router.http_port),
                 ("gRPC", grpc_load, triton.grpc_port, router.grpc_port),
             ):
-                for concurrency in (8, 32):
+                for concurrency in (1, 8, 32):
                     direct = await loader(
                         f"127.0.0.1:{direct_port}", "tiny", concurrency, args.seconds
                     )
