@@ -112,7 +112,7 @@ class RouterProcess:
 
 
 def start_router(
-    model: str, http_port: int, grpc_port: int, core: int, event_loop: str = "auto"
+    model: str, http_port: int, grpc_port: int, cores: int | set[int], event_loop: str = "asyncio"
 ) -> RouterProcess:
     ports = RouterProcess(None, free_port(), free_port())  # type: ignore[arg-type]
     route = f"{model}=http://127.0.0.1:{http_port},grpc=127.0.0.1:{grpc_port}"
@@ -124,7 +124,9 @@ def start_router(
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     ports.process = subprocess.Popen(
-        command, env=env, preexec_fn=lambda: os.sched_setaffinity(0, {core})
+        command,
+        env=env,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores if isinstance(cores, set) else {cores}),
     )
     return ports
 
@@ -265,15 +267,18 @@ async def part_b(args: argparse.Namespace) -> None:
 
     repository = Path(tempfile.mkdtemp(prefix="router-bench-"))
     write_doubler(repository, "tiny")
-    others = set(os.sched_getaffinity(0)) - {args.router_core} or {args.router_core}
+    every = set(os.sched_getaffinity(0))
+    others = every - {args.router_core} or every if args.pin_b else every
     with TritonServer(repository, load_models=["tiny"]) as triton:
         for pid in [os.getpid(), triton.pid, *triton.stub_pids()]:
             pin_all_threads(pid, others)
-        router = start_router("tiny", triton.http_port, triton.grpc_port, args.router_core)
+        router_cores = {args.router_core} if args.pin_b else every
+        router = start_router("tiny", triton.http_port, triton.grpc_port, router_cores)
         try:
             await wait_ready(f"http://127.0.0.1:{router.http_port}/v2/models/tiny/ready")
             print(f"\n(b) real Triton (python-backend doubler) and the load generator on cores "
-                  f"{sorted(others)}, router on core {args.router_core}, {args.seconds:.0f} s each")  # fmt: skip
+                  f"{sorted(others)}, router on cores {sorted(router_cores)}, "
+                  f"{args.seconds:.0f} s each")  # fmt: skip
             print(f"{'protocol':<8} {'conc':>4} {'direct p50/p99 ms':>18} {'router p50/p99 ms':>18} "
                   f"{'added p50/p99 ms':>17} {'direct req/s':>12} {'router req/s':>12} {'ratio':>6} "
                   f"{'router CPU':>10}")  # fmt: skip
@@ -310,6 +315,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="for part (a)")
     parser.add_argument("--router-core", type=int, default=0)
     parser.add_argument("--only", choices=["a", "b"])
+    parser.add_argument(
+        "--no-pin-b",
+        dest="pin_b",
+        action="store_false",
+        help="part (b) unpinned: on a shared machine a pinned core waits on its neighbours",
+    )
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; the load generator shares the machine")  # fmt: skip
