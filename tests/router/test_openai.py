@@ -15,7 +15,7 @@ import tritonclient.http as httpclient
 from shoal.contract import INPUT_QUERY, INPUT_TEXT, OUTPUT_EMBEDDING, OUTPUT_SCORE
 from shoal.model_repository.layout import EntryLayout
 from shoal.model_repository.repository import read_entry
-from shoal.router.static_source import StaticRoute
+from shoal.router.static_source import StaticRoute, routes_from_repository
 from tests.router.support import RouterThread, replica_of
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -51,9 +51,10 @@ def manifests(repository):
 
 
 @pytest.fixture(scope="module")
-def router(triton, manifests):
-    replica = (replica_of(triton),)
-    routes = [StaticRoute(name, replica, manifest) for name, manifest in manifests.items()]
+def router(triton, repository):
+    # As `shoal router run --repository DIR --replica URL` builds them: every entry, with manifest.
+    routes = routes_from_repository(repository, [replica_of(triton)])
+    assert sorted(r.model for r in routes) == ["embedder", "reranker"]
     with RouterThread(routes, probe_interval_s=0.5) as running:
         yield running
 

@@ -241,3 +241,18 @@ def test_unknown_model_on_a_replica_holds_the_request_until_placement_changes(
         assert (
             running.metric("shoal_router_retries_total", model="beta", reason="model_missing") == 1
         )
+
+
+def test_a_stream_request_for_a_cold_model_is_held_then_answered(triton_a) -> None:
+    with _held_router(triton_a) as running:
+        client = grpcclient.InferenceServerClient(running.grpc_address)
+        answers: list = []
+        client.start_stream(callback=lambda result, error: answers.append((result, error)))
+        x = grpcclient.InferInput("X", [1, 2], "FP32")
+        x.set_data_from_numpy(np.ones((1, 2), np.float32))
+        client.async_stream_infer("alpha", [x])
+        wait_for(lambda: running.source.demand.get("alpha") == (1, 0), 10, "held")
+        running.in_loop(running.source.set_ready, "alpha", running.routes[0].replicas)
+        result, error = wait_for(lambda: answers and answers[0], 10, "the streamed answer")
+        client.stop_stream()
+        assert error is None and result.as_numpy("Y").tolist() == [[2.0, 2.0]]
