@@ -133,3 +133,12 @@ def test_a_grpc_message_over_the_limit_is_refused(router) -> None:
         client.infer("alpha", [x])
     assert "RESOURCE_EXHAUSTED" in str(caught.value)
     assert_still_serving(router)
+
+
+def test_a_client_expecting_100_continue_is_answered(router) -> None:
+    # curl sends `Expect: 100-continue` for bodies over 1 MiB; the router answers it itself.
+    answer = requests.post(
+        router.http_url + INFER, data=GOOD, headers={"Expect": "100-continue"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [2.0, 4.0]
