@@ -151,6 +151,11 @@ def test_memory_pressure_evicts_the_least_recently_used_and_never_a_pinned_model
         infer(replica, "recent")  # "pinned" is used least recently of all, then "old"
         _model(kube, "newcomer")  # 400 MiB wanted on a 350 MiB replica: one must go
         _wait_phase(kube, "newcomer", "Ready")
+        # The victim's replica list (what the router routes by) is corrected by the eviction
+        # itself, not at the victim's next drift run.
+        wait_for(
+            lambda: _status(kube, "old").get("replicas") == [], 2, what="old's replicas emptied"
+        )
         assert {"pinned", "recent", "newcomer"} <= loaded_entries(replica)
         # Hot swap: only the memory-heavy encode step goes; the light steps stay for a fast reload.
         loaded = loaded_entries(replica)
