@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "shoal.runtime.cli",
     "shoal.operator.cli",
     "shoal.catalog.cli",
+    "shoal.router.cli",
 )
 
 

@@ -13,11 +13,17 @@ from typing import Any
 
 import kopf
 
+from shoal.fleet.driver import default_load_deadline
 from shoal.fleet.placer import Placer
 from shoal.operator import metrics, model_handlers, pool_handlers  # noqa: F401  (registers)
 from shoal.operator import settings as shoal_settings
 from shoal.operator.kube import REQUEST_TIMEOUT_S, KubeApi
-from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER, PEERING_LIFETIME_S
+from shoal.operator.settings import (
+    ANNOTATION_PREFIX,
+    FINALIZER,
+    PEERING_LIFETIME_S,
+    load_timeout_s,
+)
 
 
 @kopf.on.startup()
@@ -47,7 +53,11 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     settings.background.cancellation_polling = 1.0
     memo.lifecycle = {"exiting": False}
     memo.kube = await KubeApi.connect()
-    memo.placer = Placer(on_event=metrics.record_driver_event)
+    fixed_deadline = load_timeout_s()
+    memo.placer = Placer(
+        on_event=metrics.record_driver_event,
+        load_deadline=(lambda memory: fixed_deadline) if fixed_deadline else default_load_deadline,
+    )
 
 
 @kopf.on.login()

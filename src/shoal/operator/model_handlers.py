@@ -30,6 +30,7 @@ from shoal.manifest import Manifest, ManifestError
 from shoal.operator import metrics
 from shoal.operator.conditions import set_condition, status_changes
 from shoal.operator.crds import API_VERSION, GROUP, MODEL_KIND, MODEL_PLURAL, POOL_PLURAL, VERSION
+from shoal.operator.evicted_status import withdraw_evicted
 from shoal.operator.known_models import index_entries, known, known_on_pool, users_of
 from shoal.operator.model_status import (
     Placed,
@@ -273,6 +274,7 @@ class _Attempt:
         previous.clear()
         previous.update(current.get("status") or {})
         announce_evictions(self.body, result.evictions, known_models)
+        await withdraw_evicted(self.kube, result.evictions, known_models)
         log.debug(
             "%s/%s placed (evict=%s): loaded on %s, blocked: %s",
             model.namespace, model.name, self.allow_evict, result.loaded_on, result.blocked or "-",

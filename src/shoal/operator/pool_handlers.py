@@ -17,6 +17,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from shoal.operator import metrics
 from shoal.operator.conditions import get_condition, set_condition
 from shoal.operator.crds import GROUP, POOL_PLURAL, VERSION
+from shoal.operator.evicted_status import withdraw_evicted
 from shoal.operator.known_models import known_on_pool
 from shoal.operator.kube import api_error, is_retriable
 from shoal.operator.model_handlers import announce_evictions
@@ -166,7 +167,7 @@ async def inferencepool_status(
         lambda conditions: set_condition(conditions, "Ready", ok, reason, message),
     )  # fmt: skip
     if replicas:
-        await _enforce_budget(memo.placer, pool, replicas, inferencemodel_by_pool)
+        await _enforce_budget(memo.kube, memo.placer, pool, replicas, inferencemodel_by_pool)
     try:
         counts = await memo.placer.models_per_replica(replicas)
     except Exception as exc:  # metrics are best effort; never fail the status timer for them
@@ -187,13 +188,14 @@ def _phase(ready: int, min_replicas: int) -> tuple[str, bool, str]:
 
 
 async def _enforce_budget(
-    placer: Any, pool: PoolSpec, replicas: list[Any], index: kopf.Index
+    kube: Any, placer: Any, pool: PoolSpec, replicas: list[Any], index: kopf.Index
 ) -> None:
     """A lowered memoryPerReplica is enforced: models beyond it are evicted by policy."""
     known = known_on_pool(index.get((pool.namespace, pool.name), []), pool)
     repository = Path(pool.local_repository) if pool.local_repository else None
     evictions = await placer.enforce_budget(replicas, pool.memory_per_replica, known, repository)
     announce_evictions(None, evictions, known)
+    await withdraw_evicted(kube, evictions, known)
 
 
 async def _recheck_keda(kube: Any, pool: PoolSpec, body: kopf.Body, status: kopf.Status) -> None:

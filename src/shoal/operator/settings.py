@@ -48,6 +48,15 @@ UNLOAD_DEADLINE_S = _seconds("SHOAL_OPERATOR_UNLOAD_DEADLINE_S", defaults.UNLOAD
 # waiting operator takes over.
 PEERING_LIFETIME_S = int(_seconds("SHOAL_OPERATOR_PEERING_LIFETIME_S", defaults.PEERING_LIFETIME_S))
 
+
+
+def load_timeout_s() -> float | None:
+    """SHOAL_LOAD_TIMEOUT_S: one deadline for every load; unset, each entry's deadline derives
+    from its size (shoal.fleet.driver.default_load_deadline). Read at operator start-up."""
+    raw = os.environ.get("SHOAL_LOAD_TIMEOUT_S")
+    return _seconds("SHOAL_LOAD_TIMEOUT_S", 0.0) if raw else None
+
+
 FINALIZER = "shoal.dev/unload-models"
 ANNOTATION_PREFIX = "shoal.dev"
 
