@@ -79,7 +79,8 @@ def test_loading_is_shown_for_a_new_model_but_not_when_nothing_is_wanted():
 
 
 def test_a_model_that_lost_its_place_is_evicted_and_the_drift_does_not_retry():
-    previous = {"phase": "Ready", "loadedReplicas": 1, "conditions": []}
+    # The evicting handler has already emptied its replica list (the router's routing list).
+    previous = {"phase": "Ready", "replicas": [], "loadedReplicas": 0, "conditions": []}
     decision = placed(previous, 1, _placed(PlacementResult(blocked="needs room"), 1, False))
     assert decision.status["phase"] == "Evicted"
     assert _condition(decision.status, "Loaded")["reason"] == "Evicted"

@@ -170,9 +170,11 @@ def _loaded(
     if not attempt.ready_replicas:
         reason = "NoReplicas"
     elif previous.get("phase") == "Evicted" or (
-        previous.get("loadedReplicas") and not loaded and not attempt.allow_evict
+        previous.get("phase") == "Ready" and not loaded and not attempt.allow_evict
     ):
-        reason = "Evicted"  # lost its place to another model; drift does not evict back
+        # Lost its place to another model or to a lowered budget; drift does not evict back.
+        # (Read from the phase: whoever evicted it has already emptied its replica list.)
+        reason = "Evicted"
     else:
         reason = "NoCapacity"
     message = (
