@@ -170,7 +170,9 @@ def _loaded(
     if not attempt.ready_replicas:
         reason = "NoReplicas"
     elif previous.get("phase") == "Evicted" or (
-        previous.get("loadedReplicas") and not loaded and not attempt.allow_evict
+        # Was serving (its phase is this function's; the evicting handler has already emptied
+        # its replica list, shoal.operator.evicted_status) and lost its place.
+        previous.get("phase") == "Ready" and not loaded and not attempt.allow_evict
     ):
         reason = "Evicted"  # lost its place to another model; drift does not evict back
     else:
