@@ -112,7 +112,12 @@ class LocalController:
         if unknown_pins:
             raise UnknownModel(self._unknown_message(unknown_pins[0]))
         self._lock = asyncio.Lock()
-        self._in_flight: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}  # pending in Triton (its metrics)
+        # Requests a router in front holds or has in flight, per model: they count as use, so
+        # their model is not evicted (set by shoal.router.local_placement).
+        self.router_in_use: dict[str, int] = {}
+        # Called with (entry, loaded) after each load (True) and eviction (False).
+        self.listeners: list[Callable[[str, bool], None]] = []
 
     # -- what placement sees --------------------------------------------------------------------
     def model_states(self) -> list[ModelState]:
@@ -123,7 +128,7 @@ class LocalController:
                 loaded=e.loaded,
                 loading=e.loading,
                 pinned=e.pinned,
-                in_flight=self._in_flight.get(e.name, 0),
+                in_flight=self._in_flight.get(e.name, 0) + self.router_in_use.get(e.name, 0),
                 last_used=e.last_used_ms,
                 load_cost_s=e.load_seconds,
             )
@@ -258,6 +263,7 @@ class LocalController:
         entry.encode = "UNAVAILABLE"
         entry.ensemble = "UNAVAILABLE"
         log.info("evicted %s in %.2fs", name, time.monotonic() - started)
+        self._notify(name, loaded=False)
 
     async def _load(self, entry: EntryStatus) -> None:
         started = time.monotonic()
@@ -274,6 +280,14 @@ class LocalController:
         entry.last_used_ms = max(entry.last_used_ms, time.time() * 1000)
         self.policy.record_use(self._state(entry.name))
         log.info("loaded %s (%s) in %.2fs", entry.name, how, entry.load_seconds)
+        self._notify(entry.name, loaded=True)
+
+    def _notify(self, name: str, loaded: bool) -> None:
+        for listener in self.listeners:
+            try:
+                listener(name, loaded)
+            except Exception:  # a listener's bug must not break placement
+                log.exception("placement listener failed on %s", name)
 
     async def _entry_problems(self, name: str) -> list[str]:
         if self._entry_check is None or name in self._checked_ok:
