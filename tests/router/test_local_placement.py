@@ -116,9 +116,7 @@ async def test_a_model_that_cannot_fit_beside_the_pinned_ones_is_a_permanent_err
     manifests = {n: Manifest.read(repository / n) for n in NAMES}
     one = max(m.memory_bytes for m in manifests.values())
     async with TritonControl(server.http_url) as control:
-        controller = LocalController(
-            control, manifests, budget_bytes=int(one * 1.5), pinned={"ma"}
-        )
+        controller = LocalController(control, manifests, budget_bytes=int(one * 1.5), pinned={"ma"})
         source = LocalPlacement(controller, replica_of(server))
         await controller.start(load=["ma"])
         await source.request_placement("mb")
