@@ -30,6 +30,11 @@ POOL_STATUS_INTERVAL_S = _seconds("SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", 15.0)
 RETRY_BASE_S = _seconds("SHOAL_OPERATOR_RETRY_BASE_S", 5.0)
 RETRY_MAX_S = _seconds("SHOAL_OPERATOR_RETRY_MAX_S", 300.0)
 
+# The shoal router's KEDA external scaler (host:port, e.g. shoal-router.shoal-system:8003): every
+# pool that scales gets an `external-push` trigger to it (a pool's
+# spec.autoscaling.routerScalerAddress overrides it). Unset: no router trigger by default.
+ROUTER_SCALER_ADDRESS = os.environ.get("SHOAL_OPERATOR_ROUTER_SCALER") or None
+
 FINALIZER = "shoal.dev/unload-models"
 ANNOTATION_PREFIX = "shoal.dev"
 
