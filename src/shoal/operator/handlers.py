@@ -1,9 +1,10 @@
 """The operator as kopf sees it: `kopf run -m shoal.operator.handlers` (or `shoal operator run`).
 
 Importing this module registers every handler: startup/cleanup here, the InferencePool handlers
-(pool_handlers.py) and the InferenceModel handlers (model_handlers.py). Per-run state (the
-Kubernetes client, the placer with its per-replica locks) lives in kopf's memo, created at startup,
-so that several runs in one process (tests) never share asyncio objects across event loops.
+(pool_handlers.py), the InferenceModel handlers (model_handlers.py) and a router's asks
+(demand_handlers.py). Per-run state (the Kubernetes client, the placer with its per-replica locks)
+lives in kopf's memo, created at startup, so that several runs in one process (tests) never share
+asyncio objects across event loops.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from typing import Any
 
 import kopf
 
-from shoal.operator import model_handlers, pool_handlers  # noqa: F401  (registers handlers)
+from shoal.operator import (  # noqa: F401  (registers handlers)
+    demand_handlers,
+    model_handlers,
+    pool_handlers,
+)
 from shoal.operator.kube import KubeApi
 from shoal.operator.placer import Placer
 from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER

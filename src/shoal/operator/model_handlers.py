@@ -23,6 +23,7 @@ from shoal.manifest import Manifest, ManifestError
 from shoal.operator import metrics
 from shoal.operator.conditions import get_condition, set_condition, status_changes
 from shoal.operator.crds import API_VERSION, GROUP, MODEL_KIND, MODEL_PLURAL, VERSION
+from shoal.operator.demand_annotations import in_use_until
 from shoal.operator.placer import KnownModel, PlacementResult
 from shoal.operator.replicas import replicas_from_endpoints
 from shoal.operator.settings import DRIFT_INTERVAL_S, retry_delay
@@ -55,10 +56,10 @@ def inferencemodel_by_pool(
     if not pool:
         return {}
     memory = model.memory_override or status.get("memoryBytes")
-    return {(namespace, pool): _known(model, memory, meta.get("uid"))}
+    return {(namespace, pool): _known(model, memory, meta)}
 
 
-def _known(model: ModelSpec, memory: int | None, uid: str | None) -> KnownModel:
+def _known(model: ModelSpec, memory: int | None, meta: kopf.Meta) -> KnownModel:
     return KnownModel(
         entry=model.entry,
         namespace=model.namespace,
@@ -66,7 +67,8 @@ def _known(model: ModelSpec, memory: int | None, uid: str | None) -> KnownModel:
         memory_bytes=memory,
         pinned=model.pinned,
         priority=model.priority,
-        uid=uid,
+        uid=meta.get("uid"),
+        router_in_use_until=in_use_until(meta.get("annotations")),
     )
 
 
@@ -168,7 +170,7 @@ async def _reconcile(
     known = _with_memory(
         {k.entry: k for k in inferencemodel_by_pool.get((namespace, pool.name), [])}, pool
     )
-    me = _known(model, memory, meta.get("uid"))
+    me = _known(model, memory, meta)
     known[model.entry] = me
     wanted = min(model.min_replicas, len(replicas))
     if status.get("phase") in (None, "Pending", "Failed") and wanted > 0 and allow_evict:

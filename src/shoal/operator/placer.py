@@ -70,6 +70,13 @@ class KnownModel:
     pinned: bool = False
     priority: int = 0
     uid: str | None = None  # to post Events on the InferenceModel
+    # Requests held or in flight at a router keep the model from eviction until then (epoch
+    # seconds; shoal.operator.demand_handlers reads it from the model's annotation).
+    router_in_use_until: float = 0.0
+
+    @property
+    def router_in_use(self) -> int:
+        return 1 if self.router_in_use_until > time.time() else 0
 
 
 @dataclass
@@ -257,6 +264,7 @@ class Placer:
                 observation.states.get(m) == "LOADING" for m in names
             )
             in_flight = sum(observation.pending_requests.get(m, 0) for m in names)
+            in_flight += info.router_in_use if info else 0
             last_used = max((observation.last_inference_ms.get(m, 0) for m in names), default=0)
             if info is None:
                 log.warning(
