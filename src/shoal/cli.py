@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "shoal.runtime.cli",
     "shoal.operator.cli",
     "shoal.catalog.cli",
+    "shoal.router.cli",
 )
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shoal.fleet.replica import Replica
+from shoal.manifest import Manifest
 
 DEFAULT_MAX_HOLD_S = 60.0
 
@@ -34,6 +35,9 @@ class ModelRoute:
     # A problem that no wait will fix (entry invalid, too large for the pool): held requests fail
     # at once with it instead of waiting out their deadline.
     permanent_error: str | None = None
+    # The entry's manifest, where the source has it: the OpenAI-style endpoints read tensor names,
+    # task, dims and batch size from it. None: only the KServe v2 endpoints serve the model.
+    manifest: Manifest | None = None
 
 
 class PlacementSource(Protocol):

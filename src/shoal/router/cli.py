@@ -1,0 +1,137 @@
+"""`shoal router run`: the router in front of known Triton replicas (static routes). In a
+cluster the chart runs it with the Kubernetes placement source; `shoal serve` embeds it."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from shoal.router.placement_view import DEFAULT_MAX_HOLD_S
+from shoal.router.settings import RouterSettings
+
+DEFAULTS = RouterSettings()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    router = subparsers.add_parser("router", help="the KServe v2 / OpenAI front door")
+    commands = router.add_subparsers(dest="router_command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="route requests to known Triton replicas",
+        description="Route KServe v2 (HTTP, gRPC) and OpenAI-style requests to Triton replicas "
+        "where the model is ready; hold requests for a model that is not ready yet.",
+    )
+    run.add_argument(
+        "--route", action="append", default=[], metavar="MODEL=URL[,grpc=HOST:PORT]",
+        help="a model and one replica serving it (repeat for more replicas and models), e.g. "
+        "minilm=http://10.0.0.5:8000,grpc=10.0.0.5:8001",
+    )  # fmt: skip
+    run.add_argument(
+        "--repository", type=Path,
+        help="route every shoal entry of this model repository (manifests enable /v1 endpoints) "
+        "to the --replica URLs",
+    )  # fmt: skip
+    run.add_argument(
+        "--replica", action="append", default=[], metavar="URL[,grpc=HOST:PORT]",
+        help="a Triton replica serving --repository (repeatable)",
+    )  # fmt: skip
+    run.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
+    run.add_argument("--http-port", type=int, default=DEFAULTS.http_port)
+    run.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port, help="0: pick; -1: off")
+    run.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port, help="-1: off")
+    run.add_argument("--workers", type=int, default=1, help="router processes on the same ports")
+    run.add_argument("--max-body-bytes", type=int, default=DEFAULTS.max_body_bytes)
+    run.add_argument("--max-grpc-message-bytes", type=int, default=DEFAULTS.max_grpc_message_bytes)
+    run.add_argument("--max-held-per-model", type=int, default=DEFAULTS.max_held_per_model)
+    run.add_argument(
+        "--max-hold-seconds", type=float, default=DEFAULT_MAX_HOLD_S,
+        help="hold a request this long for its model when the client sends no timeout",
+    )  # fmt: skip
+    run.add_argument("--probe-interval", type=float, default=2.0, help="readiness probe, seconds")
+    run.add_argument(
+        "--restricted-api-header", default=DEFAULTS.restricted_api_header,
+        help="Triton's restricted-API header name: a client's copy is dropped",
+    )  # fmt: skip
+    run.set_defaults(func=run_router)
+
+
+def parse_replica(text: str):
+    """`http://host:port[,grpc=host:port]` -> Replica; UserError naming the flag's form."""
+    from shoal.cli import UserError
+    from shoal.fleet.replica import Replica
+
+    url, *options = text.split(",")
+    parts = urlsplit(url)
+    grpc_port = None
+    try:
+        if parts.scheme != "http" or not parts.hostname or parts.port is None:
+            raise ValueError
+        for option in options:
+            key, _, value = option.partition("=")
+            host, _, port = value.rpartition(":")
+            if key != "grpc" or not port:
+                raise ValueError
+            grpc_port = int(port)
+    except ValueError:
+        raise UserError(
+            f"replica {text!r} is not http://HOST:PORT[,grpc=HOST:PORT] "
+            "(e.g. http://10.0.0.5:8000,grpc=10.0.0.5:8001)"
+        ) from None
+    return Replica(
+        f"{parts.hostname}:{parts.port}", parts.hostname, parts.port, grpc_port=grpc_port
+    )
+
+
+def static_routes(args: argparse.Namespace) -> list:
+    from shoal.cli import UserError
+    from shoal.router.static_source import StaticRoute, routes_from_repository
+
+    replicas_by_model: dict[str, list] = {}
+    for text in args.route:
+        model, sep, replica = text.partition("=")
+        if not sep or not model:
+            raise UserError(f"--route {text!r} is not MODEL=http://HOST:PORT[,grpc=HOST:PORT]")
+        replicas_by_model.setdefault(model, []).append(parse_replica(replica))
+    routes = [
+        StaticRoute(model, tuple(replicas), max_hold_s=args.max_hold_seconds)
+        for model, replicas in replicas_by_model.items()
+    ]
+    if args.repository is not None:
+        if not args.replica:
+            raise UserError("--repository needs at least one --replica URL serving it")
+        replicas = [parse_replica(text) for text in args.replica]
+        try:
+            routes += routes_from_repository(args.repository, replicas, args.max_hold_seconds)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    if not routes:
+        raise UserError("no routes: give --route MODEL=URL, or --repository DIR with --replica URL")
+    return routes
+
+
+def run_router(args: argparse.Namespace) -> int:
+    from shoal.cli import UserError
+    from shoal.router.server import run_workers
+    from shoal.router.static_source import StaticPlacement
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    try:
+        settings = RouterSettings(
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=None if args.grpc_port < 0 else args.grpc_port,
+            metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+            max_body_bytes=args.max_body_bytes,
+            max_grpc_message_bytes=args.max_grpc_message_bytes,
+            max_held_per_model=args.max_held_per_model,
+            restricted_api_header=args.restricted_api_header,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    make_source = functools.partial(
+        StaticPlacement, tuple(static_routes(args)), probe_interval_s=args.probe_interval
+    )
+    return run_workers(args.workers, make_source, settings)
