@@ -3,14 +3,18 @@
 Replays synthetic request traces (Zipf popularity, bursts of a few models, mixed model sizes and
 load times) against one replica's fixed memory budget, deciding every miss with
 shoal.fleet.placement.plan_load, for:
-- LRU (shoal.fleet.placement.LeastRecentlyUsed, the operator's default),
+- LRU (shoal.fleet.placement.LeastRecentlyUsed),
 - GreedyDual-Size (shoal.fleet.placement.GreedyDualSize: reload seconds per GiB held),
+- GreedyDual-Size-Frequency (shoal.fleet.placement.GreedyDualSizeFrequency, the default: uses
+  since load x reload seconds per GiB held),
 - Belady (offline: evict the model whose next request is furthest away; the classic optimum for
   equal sizes, a strong reference, not the exact optimum, for mixed sizes).
 All policies see the same traces in one run. It prints hit ratio, bytes loaded and reload seconds
-(what users wait for), and the ratios against LRU.
+(what users wait for), the ratios against LRU, and each policy's hit ratio as a share of Belady's.
+The fleet-scale simulation (pools that scale to zero) is benchmarks/fleet_sim.py, on the same
+popularity and load-time code.
 
-    .venv/bin/python benchmarks/placement_sim.py                  # the simulation (~30 s)
+    .venv/bin/python benchmarks/placement_sim.py                  # the simulation (~15 s)
     .venv/bin/python benchmarks/placement_sim.py --ready-latency  # + InferenceModel -> Ready
                                                                  #   on a real apiserver/Triton
 
@@ -24,17 +28,19 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import itertools
 import platform
 import random
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from shoal.fleet.placement import (
     EvictionPolicy,
     GreedyDualSize,
+    GreedyDualSizeFrequency,
     LeastRecentlyUsed,
     ModelState,
     plan_load,
@@ -80,9 +86,28 @@ def make_models(count: int, rng: random.Random) -> list[SimModel]:
             memory = rng.randint(1024, 2560) * MiB
         else:
             memory = rng.randint(3 * 1024, 6 * 1024) * MiB
-        load_s = (1.6 + memory / GiB) * rng.uniform(0.7, 2.5)
-        models.append(SimModel(f"m{i:03d}", memory, round(load_s, 2)))
+        models.append(SimModel(f"m{i:03d}", memory, load_seconds(memory, rng)))
     return models
+
+
+def load_seconds(memory_bytes: int, rng: random.Random) -> float:
+    """Python-step start-up (~1.6 s) plus weights at ~1 GiB/s, with a per-model spread."""
+    return round((1.6 + memory_bytes / GiB) * rng.uniform(0.7, 2.5), 2)
+
+
+def zipf_sampler(
+    models: Sequence[SimModel], skew: float, rng: random.Random
+) -> tuple[list[SimModel], Callable[[], str]]:
+    """Zipf popularity over `models` in a random rank order: (models by rank, draw a name)."""
+    ranked = list(models)
+    rng.shuffle(ranked)
+    cumulative = list(itertools.accumulate(1.0 / (rank + 1) ** skew for rank in range(len(ranked))))
+    total = cumulative[-1]
+
+    def draw() -> str:
+        return ranked[bisect.bisect_left(cumulative, rng.random() * total)].name
+
+    return ranked, draw
 
 
 def zipf_trace(
@@ -91,18 +116,7 @@ def zipf_trace(
     """Requests drawn by Zipf popularity (a random rank per model), with `bursts` episodes in which
     a few otherwise unpopular models take most of the traffic for a while (a batch job, a new
     tenant), which is where recency alone misleads."""
-    ranked = list(models)
-    rng.shuffle(ranked)
-    weights = [1.0 / (rank + 1) ** skew for rank in range(len(ranked))]
-    cumulative = []
-    total = 0.0
-    for w in weights:
-        total += w
-        cumulative.append(total)
-
-    def draw() -> str:
-        return ranked[bisect.bisect_left(cumulative, rng.random() * total)].name
-
+    ranked, draw = zipf_sampler(models, skew, rng)
     trace = [draw() for _ in range(length)]
     for _ in range(bursts):
         start = rng.randrange(0, length - length // 20)
@@ -133,7 +147,7 @@ class Belady:
     def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
         return sorted(candidates, key=lambda m: (-self.next_use(m.name), m.name))
 
-    def record_use(self, model: ModelState) -> None:
+    def record_use(self, model: ModelState, count: int = 1) -> None:
         pass
 
     def record_eviction(self, model: ModelState) -> None:
@@ -193,7 +207,7 @@ def run_simulation(args: argparse.Namespace) -> None:
         ("zipf 0.8 flat", 0.8, 0),
     ]
     header = f"{'trace':<20} {'policy':<7} {'hit ratio':>9} {'GiB loaded':>11} {'reload s':>10} {'evictions':>9}"
-    ratios: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    of_belady: dict[str, list[float]] = defaultdict(list)
     for label, skew, bursts in scenarios:
         print()
         totals: dict[str, Outcome] = {}
@@ -205,7 +219,13 @@ def run_simulation(args: argparse.Namespace) -> None:
                 print(f"(fleet of seed 0: {fleet:.0f} GiB for a {args.budget_gib} GiB replica)")
             trace = zipf_trace(models, args.requests, skew, bursts, rng)
             budget = int(args.budget_gib * GiB)
-            for policy in (LeastRecentlyUsed(), GreedyDualSize(), Belady(trace)):
+            policies = (
+                LeastRecentlyUsed(),
+                GreedyDualSize(),
+                GreedyDualSizeFrequency(),
+                Belady(trace),
+            )
+            for policy in policies:
                 belady = policy if isinstance(policy, Belady) else None
                 result = simulate(models, trace, budget, policy, belady)
                 total = totals.setdefault(policy.name, Outcome(policy.name))
@@ -220,21 +240,24 @@ def run_simulation(args: argparse.Namespace) -> None:
                 f"{label:<20} {name:<7} {total.hit_ratio:>9.3f} {total.bytes_loaded / GiB:>11.0f} "
                 f"{total.load_s:>10.0f} {total.evictions:>9d}"
             )
-        lru = totals["lru"]
-        for name in ("gds", "belady"):
+        lru, belady = totals["lru"], totals["belady"]
+        for name in ("gds", "gdsf", "belady"):
             other = totals[name]
-            ratios[name].append(
-                (
-                    other.hit_ratio / lru.hit_ratio,
-                    other.bytes_loaded / lru.bytes_loaded,
-                    other.load_s / lru.load_s,
-                )
-            )
             print(
                 f"{'':<20} {name}/lru: hit ratio x{other.hit_ratio / lru.hit_ratio:.3f}, bytes "
                 f"loaded x{other.bytes_loaded / lru.bytes_loaded:.3f}, reload seconds "
                 f"x{other.load_s / lru.load_s:.3f}"
             )
+        for name in ("lru", "gds", "gdsf"):
+            of_belady[name].append(totals[name].hit_ratio / belady.hit_ratio)
+        print(
+            f"{'':<20} hit ratio / Belady's: "
+            + ", ".join(f"{name} {of_belady[name][-1]:.3f}" for name in ("lru", "gds", "gdsf"))
+        )
+    print()
+    print(f"hit ratio as a share of Belady's ({' | '.join(label for label, _, _ in scenarios)}):")
+    for name, shares in of_belady.items():
+        print(f"  {name:<5} " + " | ".join(f"{share:.3f}" for share in shares))
 
 
 def measure_ready_latency(rounds: int) -> None:

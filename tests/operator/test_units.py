@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from shoal.operator.conditions import set_condition, status_changes
-from shoal.operator.placer import entry_of, triton_models
+from shoal.fleet.hot_swap import entry_of
+from shoal.fleet.placer import triton_models
 from shoal.fleet.replica import Replica
+from shoal.operator.conditions import set_condition, status_changes
 from shoal.operator.replicas import replicas_from_endpoints
 
 
@@ -26,10 +27,11 @@ def test_replicas_are_named_after_their_pods_and_not_ready_addresses_are_skipped
         ]
     }
     assert replicas_from_endpoints(endpoints) == [
-        Replica("pool-a", "10.0.0.4", 8000, 8002),
-        Replica("pool-b", "10.0.0.5", 8000, 8002),
+        Replica("pool-a", "10.0.0.4", 8000, 8002, 8001),
+        Replica("pool-b", "10.0.0.5", 8000, 8002, 8001),
     ]
     assert replicas_from_endpoints(endpoints)[0].http_url == "http://10.0.0.4:8000"
+    assert replicas_from_endpoints(endpoints)[0].grpc_target == "10.0.0.4:8001"
 
 
 def test_no_endpoints_means_no_replicas_and_addresses_without_pods_use_ip_and_port():
@@ -61,6 +63,6 @@ def test_status_changes_keeps_only_what_differs():
 
 def test_entry_names_map_both_ways():
     names = triton_models("minilm")
-    assert names == ["minilm__tokenize", "minilm__encode", "minilm__postprocess", "minilm"]
+    assert names == ["minilm", "minilm__tokenize", "minilm__encode", "minilm__postprocess"]
     assert {entry_of(n) for n in names} == {"minilm"}
     assert entry_of("a__b") == "a__b"  # not a step suffix: its own entry

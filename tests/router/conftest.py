@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator.conftest import (  # noqa: F401  (fixtures)
-    kube,
-    repository,
-    run_operator,
-    start_replica,
-)
+from tests.operator import conftest as operator_fixtures
 from tests.support.triton import start_triton, triton_server, write_doubler  # noqa: F401
+
+kube = operator_fixtures.kube
+run_operator = operator_fixtures.run_operator
+start_replica = operator_fixtures.start_replica
 
 
 @pytest.fixture(scope="session")

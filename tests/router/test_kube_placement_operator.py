@@ -36,8 +36,9 @@ def phase(kube, name: str) -> str | None:
 
 
 async def test_an_ask_loads_an_evicted_model_and_demand_keeps_a_model_from_eviction(
-    kube, kube_cluster, run_operator, repository, start_replica
+    kube, kube_cluster, run_operator, start_replica, tmp_path
 ):
+    repository = tmp_path / "repository"
     for name in ("ma", "mb"):
         write_entry(repository, name, 100 * MiB)
     replica = start_replica(repository)

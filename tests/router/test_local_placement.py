@@ -11,7 +11,6 @@ import time
 import pytest
 
 from shoal.fleet.replica import Replica
-from shoal.fleet.triton_control import TritonControl
 from shoal.manifest import Manifest
 from shoal.model_repository.repository import check_entry
 from shoal.router.local_placement import LOCAL_POOL, LocalPlacement
@@ -47,24 +46,23 @@ async def test_asking_for_an_evicted_entry_loads_it_and_wakes_waiters(triton_ser
     server = triton_server(repository)
     manifests = {n: Manifest.read(repository / n) for n in NAMES}
     one = max(m.memory_bytes for m in manifests.values())
-    async with TritonControl(server.http_url) as control:
-        controller = LocalController(control, manifests, budget_bytes=int(one * 1.5))
-        source = LocalPlacement(controller, replica_of(server), max_hold_s=30)
-        await controller.start(load=["ma"])
-        assert sorted(source.models()) == NAMES
-        assert source.route("nope") is None
-        route = source.route("ma")
-        assert route.ready == (replica_of(server),) and route.pool == LOCAL_POOL
-        assert route.max_hold_s == 30
-        assert source.route("mb").ready == ()
+    controller = LocalController(server.http_url, manifests, budget_bytes=int(one * 1.5))
+    source = LocalPlacement(controller, replica_of(server), max_hold_s=30)
+    await controller.start(load=["ma"])
+    assert sorted(source.models()) == NAMES
+    assert source.route("nope") is None
+    route = source.route("ma")
+    assert route.ready == (replica_of(server),) and route.pool == LOCAL_POOL
+    assert route.max_hold_s == 30
+    assert source.route("mb").ready == ()
 
-        await source.request_placement("mb")
-        await source.request_placement("mb")  # a second ask while loading starts nothing more
-        assert len([t for t in source._loads.values() if not t.done()]) == 1
-        await wait_for(source, lambda: bool(source.route("mb").ready))
-        assert source.route("ma").ready == ()  # evicted to make room (budget for one)
-        assert source.route("mb").permanent_error is None
-        await source.close()
+    await source.request_placement("mb")
+    await source.request_placement("mb")  # a second ask while loading starts nothing more
+    assert len([t for t in source._loads.values() if not t.done()]) == 1
+    await wait_for(source, lambda: bool(source.route("mb").ready))
+    assert source.route("ma").ready == ()  # evicted to make room (budget for one)
+    assert source.route("mb").permanent_error is None
+    await source.close()
 
 
 async def test_a_model_in_use_at_the_router_is_not_evicted_until_its_demand_ends(
@@ -73,20 +71,19 @@ async def test_a_model_in_use_at_the_router_is_not_evicted_until_its_demand_ends
     server = triton_server(repository)
     manifests = {n: Manifest.read(repository / n) for n in NAMES}
     one = max(m.memory_bytes for m in manifests.values())
-    async with TritonControl(server.http_url) as control:
-        controller = LocalController(control, manifests, budget_bytes=int(one * 1.5))
-        source = LocalPlacement(controller, replica_of(server))
-        await controller.start(load=["ma"])
-        source.report_demand("ma", held=0, in_flight=2)
-        await source.request_placement("mb")
-        await source._loads["mb"]
-        assert source.route("ma").ready and not source.route("mb").ready
-        assert source.route("mb").permanent_error is None  # waits for room, not failed
+    controller = LocalController(server.http_url, manifests, budget_bytes=int(one * 1.5))
+    source = LocalPlacement(controller, replica_of(server))
+    await controller.start(load=["ma"])
+    source.report_demand("ma", held=0, in_flight=2)
+    await source.request_placement("mb")
+    await source._loads["mb"]
+    assert source.route("ma").ready and not source.route("mb").ready
+    assert source.route("mb").permanent_error is None  # waits for room, not failed
 
-        source.report_demand("ma", held=0, in_flight=0)  # the router's requests finished
-        await wait_for(source, lambda: bool(source.route("mb").ready))
-        assert not source.route("ma").ready
-        await source.close()
+    source.report_demand("ma", held=0, in_flight=0)  # the router's requests finished
+    await wait_for(source, lambda: bool(source.route("mb").ready))
+    assert not source.route("ma").ready
+    await source.close()
 
 
 async def test_a_broken_entry_is_a_permanent_error_naming_the_problem(
@@ -97,16 +94,15 @@ async def test_a_broken_entry_is_a_permanent_error_naming_the_problem(
     (broken / "mb__tokenize" / "1" / "model.py").unlink()
     server = triton_server(broken)
     manifests = {n: Manifest.read(broken / n) for n in NAMES}
-    async with TritonControl(server.http_url) as control:
-        controller = LocalController(
-            control, manifests, entry_check=lambda name: check_entry(broken, name).problems
-        )
-        source = LocalPlacement(controller, replica_of(server))
-        await source.request_placement("mb")
-        await wait_for(source, lambda: source.route("mb").permanent_error is not None)
-        assert "mb__tokenize/1/model.py is missing" in source.route("mb").permanent_error
-        assert not source.route("mb").ready
-        await source.close()
+    controller = LocalController(
+        server.http_url, manifests, entry_check=lambda name: check_entry(broken, name).problems
+    )
+    source = LocalPlacement(controller, replica_of(server))
+    await source.request_placement("mb")
+    await wait_for(source, lambda: source.route("mb").permanent_error is not None)
+    assert "mb__tokenize/1/model.py is missing" in source.route("mb").permanent_error
+    assert not source.route("mb").ready
+    await source.close()
 
 
 async def test_a_model_that_cannot_fit_beside_the_pinned_ones_is_a_permanent_error(
@@ -115,13 +111,14 @@ async def test_a_model_that_cannot_fit_beside_the_pinned_ones_is_a_permanent_err
     server = triton_server(repository)
     manifests = {n: Manifest.read(repository / n) for n in NAMES}
     one = max(m.memory_bytes for m in manifests.values())
-    async with TritonControl(server.http_url) as control:
-        controller = LocalController(control, manifests, budget_bytes=int(one * 1.5), pinned={"ma"})
-        source = LocalPlacement(controller, replica_of(server))
-        await controller.start(load=["ma"])
-        await source.request_placement("mb")
-        await wait_for(source, lambda: source.route("mb").permanent_error is not None)
-        error = source.route("mb").permanent_error
-        assert "'mb'" in error and "pinned" in error and "--memory-budget" in error
-        assert source.route("ma").ready
-        await source.close()
+    controller = LocalController(
+        server.http_url, manifests, budget_bytes=int(one * 1.5), pinned={"ma"}
+    )
+    source = LocalPlacement(controller, replica_of(server))
+    await controller.start(load=["ma"])
+    await source.request_placement("mb")
+    await wait_for(source, lambda: source.route("mb").permanent_error is not None)
+    error = source.route("mb").permanent_error
+    assert "'mb'" in error and "pinned" in error and "--memory-budget" in error
+    assert source.route("ma").ready
+    await source.close()

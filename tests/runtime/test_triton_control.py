@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from shoal.runtime.triton import free_port
 from shoal.fleet.triton_control import (
     ModelNotFound,
     PermanentTritonError,
     RetryableTritonError,
     TritonControl,
 )
+from shoal.runtime.triton import free_port
 from tests.support.triton import write_doubler
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(120)]

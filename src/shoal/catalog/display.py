@@ -14,8 +14,8 @@ import time
 from typing import TextIO
 
 from shoal.catalog.execution import ModelResult, Status
-from shoal.manifest import Manifest
 from shoal.fleet.placement import format_size
+from shoal.manifest import Manifest
 
 SUMMARY_COLUMNS = ("model", "status", "parity", "size", "time", "note")
 

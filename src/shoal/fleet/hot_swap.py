@@ -10,7 +10,7 @@ memory each, but each costs a stub process start (~1.6-2 s here) to load. So:
 - an entry holds memory while its encode step is loaded, loading or unloading;
 - removing an entry for good (a deleted InferenceModel) unloads all four, ensemble first.
 
-Used by shoal.runtime.controller (local) and shoal.operator.placer (cluster). Pure: no I/O.
+Used by the replica driver (shoal.fleet.driver). Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ in-flight requests, and when it was last used (Triton's `last_inference`, the ro
 Rules (DESIGN.md, "Placement and eviction"):
 - a model larger than the whole budget is rejected with the reason;
 - never evict a pinned model, one that is loading, or one with in-flight requests;
-- otherwise evict in the order an `EvictionPolicy` gives (LRU by default), only as many as needed;
+- otherwise evict in the order an `EvictionPolicy` gives, only as many as needed: callers build
+  the policy with `make_policy` (`DEFAULT_POLICY`, GreedyDual-Size-Frequency, measured best by
+  benchmarks/placement_sim.py); `plan_load` without a policy uses LRU, the one that needs no
+  history;
 - when even evicting every candidate would not make room, evict nothing and say what blocks.
 """
 
@@ -45,15 +48,18 @@ class ModelState:
 class EvictionPolicy(Protocol):
     """Orders eviction candidates: the first one is evicted first.
 
-    `record_use` and `record_eviction` let stateful policies (GreedyDual-Size) keep their own
-    bookkeeping; the caller reports uses and evictions it carried out. Orders must be total and
-    deterministic (break ties by name)."""
+    `record_use` and `record_eviction` let stateful policies (GreedyDual-Size, -Frequency) keep
+    their own bookkeeping; the caller reports uses (a load counts as one) and the evictions it
+    carried out. A caller that sees uses in batches (Triton's `inference_count` between two
+    polls) reports them with `count`; without these reports the stateful policies have no history
+    and order by reload seconds per byte alone. Orders must be total and deterministic (break
+    ties by name)."""
 
     name: str
 
     def order(self, candidates: Sequence[ModelState]) -> list[ModelState]: ...
 
-    def record_use(self, model: ModelState) -> None: ...
+    def record_use(self, model: ModelState, count: int = 1) -> None: ...
 
     def record_eviction(self, model: ModelState) -> None: ...
 
@@ -66,7 +72,7 @@ class LeastRecentlyUsed:
     def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
         return sorted(candidates, key=lambda m: (m.last_used, m.name))
 
-    def record_use(self, model: ModelState) -> None:
+    def record_use(self, model: ModelState, count: int = 1) -> None:
         pass
 
     def record_eviction(self, model: ModelState) -> None:
@@ -90,7 +96,7 @@ class GreedyDualSize:
     def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
         return sorted(candidates, key=lambda m: (self._credit_of(m), m.last_used, m.name))
 
-    def record_use(self, model: ModelState) -> None:
+    def record_use(self, model: ModelState, count: int = 1) -> None:
         self.credit[model.name] = self.inflation + _value_density(model)
 
     def record_eviction(self, model: ModelState) -> None:
@@ -98,15 +104,61 @@ class GreedyDualSize:
         self.credit.pop(model.name, None)
 
 
+@dataclass
+class GreedyDualSizeFrequency:
+    """GreedyDual-Size-Frequency (Cherkasova, 1998): H = L + uses * cost / size, set at each use,
+    where `uses` counts the uses since the model was last loaded; evict the lowest H and raise the
+    floor L to it. Over GreedyDual-Size, a model used often since it was loaded outweighs one that
+    was loaded for a single request (a burst's passer-by, a one-off), however recent.
+
+    Aging: the count restarts at each load, and it counts at most `max_uses`, so a model that was
+    hot and went cold is overtaken once L (which rises with every eviction) has grown by its
+    capped credit; its old popularity does not keep it for ever (the classic GDSF pollution).
+    `max_uses` = 64 measured best of 16/64/256/uncapped on the simulator's three traces, one value
+    for all (benchmarks/placement_sim.py)."""
+
+    name: str = "gdsf"
+    max_uses: int = 64
+    inflation: float = 0.0  # L
+    floor_at_use: dict[str, float] = field(default_factory=dict)  # L when last used, per model
+    uses: dict[str, int] = field(default_factory=dict)  # uses since loaded, capped
+
+    def credit_of(self, model: ModelState) -> float:
+        """H: models the policy has not seen count as used once, now."""
+        if model.name not in self.uses:
+            return self.inflation + _value_density(model)
+        return self.floor_at_use[model.name] + self.uses[model.name] * _value_density(model)
+
+    def order(self, candidates: Sequence[ModelState]) -> list[ModelState]:
+        return sorted(candidates, key=lambda m: (self.credit_of(m), m.last_used, m.name))
+
+    def record_use(self, model: ModelState, count: int = 1) -> None:
+        self.uses[model.name] = min(self.uses.get(model.name, 0) + count, self.max_uses)
+        self.floor_at_use[model.name] = self.inflation
+
+    def record_eviction(self, model: ModelState) -> None:
+        self.inflation = max(self.inflation, self.credit_of(model))
+        self.uses.pop(model.name, None)
+        self.floor_at_use.pop(model.name, None)
+
+
 def _value_density(model: ModelState) -> float:
     # Seconds of reload per GiB held: scale-free enough that L and H stay readable.
     return model.load_cost_s / max(model.memory_bytes / 2**30, 1e-9)
 
 
-POLICIES: dict[str, type] = {"lru": LeastRecentlyUsed, "gds": GreedyDualSize}
+POLICIES: dict[str, type] = {
+    "lru": LeastRecentlyUsed,
+    "gds": GreedyDualSize,
+    "gdsf": GreedyDualSizeFrequency,
+}
+# What `shoal serve --policy`, the operator and the replica driver use unless told otherwise: the
+# best measured on benchmarks/placement_sim.py (hit ratio and reload seconds on all three traces;
+# docs/operator.md, "Placement").
+DEFAULT_POLICY = "gdsf"
 
 
-def make_policy(name: str) -> EvictionPolicy:
+def make_policy(name: str = DEFAULT_POLICY) -> EvictionPolicy:
     try:
         return POLICIES[name]()
     except KeyError:

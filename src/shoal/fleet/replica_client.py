@@ -1,35 +1,29 @@
-"""What the operator asks one Triton replica: its repository index, per-model recency and queue,
-and load/unload through the repository API (shoal.fleet.triton_control does the HTTP).
+"""What the fleet driver asks one Triton replica: its repository index, per-model recency and
+queue, and load/unload through the repository API (shoal.fleet.triton_control does the HTTP).
 
-Used by placer.py. Errors are sorted so the caller can act: `ReplicaUnreachable` (retry later),
-`LoadFailed` (Triton refused the model; its message is kept for the InferenceModel's status).
+Errors are typed so the driver acts on their kind, never on message text (shoal.fleet.errors):
+ReplicaUnreachable (the server did not answer), LoadTimedOut (a load outlived its deadline),
+LoadFailed (Triton answered the load with an error; its message is kept for status).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shoal.fleet.errors import LoadFailed, LoadTimedOut, ReplicaUnreachable
 from shoal.fleet.replica import Replica
-from shoal.fleet.triton_control import RetryableTritonError, TritonControl, TritonControlError
+from shoal.fleet.triton_control import (
+    RequestTimedOut,
+    ServerUnreachable,
+    TritonControl,
+    TritonControlError,
+)
 
 log = logging.getLogger(__name__)
 
-READ_TIMEOUT_S = 5.0  # loads have their own, long timeout (triton_control)
-
-
-class ReplicaUnreachable(RuntimeError):
-    """The replica did not answer (restarting, network): retry later."""
-
-
-class LoadFailed(RuntimeError):
-    """Triton answered a load with an error: the message is Triton's."""
-
-    def __init__(self, model: str, replica: str, message: str) -> None:
-        super().__init__(f"Triton on {replica} failed to load {model!r}: {message}")
-        self.model = model
-        self.replica = replica
-        self.triton_message = message
+READ_TIMEOUT_S = 5.0  # index, statistics, unload: a replica slower than this counts as unreachable
 
 
 @dataclass
@@ -45,15 +39,23 @@ class ReplicaObservation:
         return self.states.get(triton_model) == "READY"
 
 
-class TritonReplicaClient:
-    """The operator's view of one replica, over shoal.fleet.triton_control (one short-lived client per
-    operation; the caller serializes control calls per replica)."""
+class ReplicaClient:
+    """One replica over shoal.fleet.triton_control (one short-lived HTTP client per operation;
+    the driver serializes control calls per replica)."""
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(
+        self, replica: Replica, *, log_reader: Callable[[], str] | None = None
+    ) -> None:
         self.replica = replica
+        self._log_reader = log_reader  # a local server's log, to explain failed loads
 
     def _control(self) -> TritonControl:
-        return TritonControl(self.replica.http_url, timeout_s=READ_TIMEOUT_S)
+        return TritonControl(
+            self.replica.http_url, timeout_s=READ_TIMEOUT_S, log_reader=self._log_reader
+        )
+
+    def _unreachable(self, exc: TritonControlError) -> ReplicaUnreachable:
+        return ReplicaUnreachable(self.replica.name, exc.summary)
 
     async def observe(self) -> ReplicaObservation:
         observation = ReplicaObservation()
@@ -62,7 +64,7 @@ class TritonReplicaClient:
                 index = await control.index()
                 stats = await control.statistics()
             except TritonControlError as exc:
-                raise ReplicaUnreachable(f"replica {self.replica.name}: {exc.summary}") from exc
+                raise self._unreachable(exc) from exc
             for entry in index:
                 # The index lists every version; READY wins over older UNAVAILABLE entries.
                 if observation.states.get(entry.name) != "READY":
@@ -81,27 +83,25 @@ class TritonReplicaClient:
                     log.debug("no metrics from %s: %s", self.replica.name, exc.summary)
         return observation
 
-    async def load(self, triton_model: str) -> None:
+    async def load(self, triton_model: str, timeout_s: float) -> None:
         async with self._control() as control:
             try:
-                await control.load(triton_model)
-            except RetryableTritonError as exc:
-                if _unreachable(exc):
-                    raise ReplicaUnreachable(f"replica {self.replica.name}: {exc.summary}") from exc
-                raise LoadFailed(triton_model, self.replica.name, exc.summary) from exc
+                await control.load(triton_model, timeout_s=timeout_s)
+            except RequestTimedOut as exc:
+                raise LoadTimedOut(triton_model, self.replica.name, timeout_s) from exc
+            except ServerUnreachable as exc:
+                raise self._unreachable(exc) from exc
             except TritonControlError as exc:
-                raise LoadFailed(triton_model, self.replica.name, exc.summary) from exc
+                raise LoadFailed(
+                    triton_model, self.replica.name, exc.summary, retryable=exc.retryable
+                ) from exc
 
     async def unload(self, triton_model: str) -> None:
         async with self._control() as control:
             try:
                 await control.unload(triton_model)
-            except RetryableTritonError as exc:
-                raise ReplicaUnreachable(f"replica {self.replica.name}: {exc.summary}") from exc
+            except (ServerUnreachable, RequestTimedOut) as exc:
+                raise self._unreachable(exc) from exc
             except TritonControlError as exc:
                 # Unloading a model Triton does not know is not worth a retry.
                 log.warning("unload %s on %s: %s", triton_model, self.replica.name, exc.summary)
-
-
-def _unreachable(exc: TritonControlError) -> bool:
-    return "unreachable" in exc.summary or "timed out" in exc.summary

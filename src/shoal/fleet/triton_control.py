@@ -68,6 +68,14 @@ class ModelNotFound(PermanentTritonError):
     """The repository has no model of that name."""
 
 
+class ServerUnreachable(RetryableTritonError):
+    """No answer at the transport level: connection refused or reset, DNS, a dead process."""
+
+
+class RequestTimedOut(RetryableTritonError):
+    """The server took longer than the call's timeout (for a load: Triton may still be loading)."""
+
+
 @dataclass(frozen=True)
 class IndexEntry:
     """One row of the repository index."""
@@ -136,6 +144,7 @@ class TritonControl:
             base_url = f"http://{base_url}"
         self.base_url = base_url.rstrip("/")
         self.load_timeout_s = load_timeout_s
+        self._timeout_s = timeout_s
         self._log_reader = log_reader
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout_s, transport=transport
@@ -187,8 +196,9 @@ class TritonControl:
         *,
         config: Mapping[str, Any] | str | None = None,
         files: Mapping[str, bytes] | None = None,
+        timeout_s: float | None = None,
     ) -> None:
-        """Load (or reload) `model`. `config` (a dict in Triton's JSON form, or its JSON text)
+        """Load (or reload) `model` (`timeout_s`: this call's deadline, default load_timeout_s). `config` (a dict in Triton's JSON form, or its JSON text)
         overrides config.pbtxt; `files` ({"1/model.py": bytes}) upload a model's files and need a
         config. Returns when the model is ready; raises a classified error otherwise."""
         parameters: dict[str, str] = {}
@@ -205,7 +215,7 @@ class TritonControl:
                 "POST",
                 f"/v2/repository/models/{model}/load",
                 json=body,
-                timeout=self.load_timeout_s,
+                timeout=timeout_s or self.load_timeout_s,
                 model=model,
             )
         except TritonControlError as exc:
@@ -244,7 +254,7 @@ class TritonControl:
         try:
             response = await self._http.get(f"/v2/models/{model}/ready")
         except httpx.TransportError as exc:
-            raise RetryableTritonError(f"Triton at {self.base_url} unreachable: {exc}") from exc
+            raise ServerUnreachable(f"Triton at {self.base_url} unreachable: {exc}") from exc
         return response.status_code == 200
 
     async def model_config(self, model: str) -> dict[str, Any]:
@@ -262,7 +272,7 @@ class TritonControl:
         try:
             response = await self._http.get(metrics_url)
         except httpx.TransportError as exc:
-            raise RetryableTritonError(f"metrics at {metrics_url} unreachable: {exc}") from exc
+            raise ServerUnreachable(f"metrics at {metrics_url} unreachable: {exc}") from exc
         pending: dict[str, int] = {}
         for match in re.finditer(
             r'^nv_inference_pending_request_count\{[^}]*model="([^"]+)"[^}]*\}\s+(\S+)',
@@ -292,11 +302,12 @@ class TritonControl:
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
-            raise RetryableTritonError(
-                f"{method} {path} on {self.base_url} timed out", model=model
+            raise RequestTimedOut(
+                f"{method} {path} on {self.base_url} timed out after {timeout or self._timeout_s}s",
+                model=model,
             ) from exc
         except httpx.TransportError as exc:
-            raise RetryableTritonError(
+            raise ServerUnreachable(
                 f"Triton at {self.base_url} unreachable ({exc.__class__.__name__}: {exc})",
                 model=model,
             ) from exc

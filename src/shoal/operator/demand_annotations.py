@@ -15,9 +15,12 @@ status: status belongs to the operator alone, and a router needs only `patch` on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import time
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
+from shoal.fleet.placer import KnownModel
 from shoal.operator.settings import ANNOTATION_PREFIX
 
 PLACEMENT_REQUESTED = f"{ANNOTATION_PREFIX}/placement-requested"
@@ -45,3 +48,22 @@ def parse_time(text: str | None) -> float | None:
 def in_use_until(annotations: Mapping[str, str] | None) -> float:
     """Until when a router keeps the model in use (epoch seconds; 0: not in use)."""
     return parse_time((annotations or {}).get(ROUTER_IN_USE_UNTIL)) or 0.0
+
+
+def with_router_use(
+    known: dict[str, KnownModel],
+    namespace: str,
+    leases: Mapping[tuple[str, str], Iterable[float]] | None,
+) -> dict[str, KnownModel]:
+    """`known` with each entry whose router lease runs now counted as in use (not evicted).
+    `leases` is the kopf index by (namespace, entry) of lease ends (demand_handlers.py); read
+    at placement time, since a lease ends without any event on the object."""
+    if not leases:
+        return known
+    now = time.time()
+    counted = {}
+    for entry, info in known.items():
+        if max(leases.get((namespace, entry), ()), default=0.0) > now:
+            info = dataclasses.replace(info, in_use=info.in_use + 1)
+        counted[entry] = info
+    return counted

@@ -24,10 +24,23 @@ from shoal.operator.crds import GROUP, MODEL_PLURAL, VERSION
 from shoal.operator.demand_annotations import (
     PLACEMENT_REQUEST_FRESH_S,
     PLACEMENT_REQUESTED,
+    in_use_until,
     parse_time,
 )
 
 log = logging.getLogger(__name__)
+
+
+@kopf.index(GROUP, VERSION, MODEL_PLURAL)
+def inferencemodel_router_use(
+    namespace: str, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str, str], float]:
+    """Router leases by (namespace, entry): until when a router keeps each entry in use
+    (model_handlers counts them as in use when it places; demand_annotations.with_router_use)."""
+    until = in_use_until(meta.get("annotations"))
+    if not until:
+        return {}
+    return {(namespace, spec.get("entry") or name): until}
 
 
 @kopf.on.event(GROUP, VERSION, MODEL_PLURAL, annotations={PLACEMENT_REQUESTED: kopf.PRESENT})

@@ -14,13 +14,14 @@ from typing import Any
 
 import kopf
 
+from shoal.fleet.placer import Placer
 from shoal.operator import (  # noqa: F401  (registers handlers)
     demand_handlers,
+    metrics,
     model_handlers,
     pool_handlers,
 )
 from shoal.operator.kube import KubeApi
-from shoal.operator.placer import Placer
 from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER
 
 
@@ -41,7 +42,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     # deleted InferenceModels for up to a minute after their unload had finished.
     settings.background.cancellation_polling = 1.0
     memo.kube = await KubeApi.connect()
-    memo.placer = Placer()
+    memo.placer = Placer(on_event=metrics.record_driver_event)
 
 
 @kopf.on.login()

@@ -1,12 +1,15 @@
 """The operator's Prometheus metrics (prometheus_client, default registry).
 
-Updated by placer.py (loads, unloads, evictions, load latency) and handlers.py (models per
+Updated from the fleet driver's events (record_driver_event: loads, unloads, evictions, load
+latency) and handlers.py (models per
 replica, reconcile errors); served by `shoal operator run --metrics-port`.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from shoal.fleet.driver import DriverEvent
 
 LOADS = Counter("shoal_operator_loads", "Model entries loaded on a replica", ["replica"])
 LOAD_FAILURES = Counter(
@@ -27,3 +30,17 @@ MODELS_PER_REPLICA = Gauge(
 RECONCILE_ERRORS = Counter(
     "shoal_operator_reconcile_errors", "Reconciliations that ended in an error", ["kind", "reason"]
 )
+
+
+def record_driver_event(event: DriverEvent) -> None:
+    """The placer's `on_event` callback: the fleet driver knows nothing of Prometheus."""
+    if event.kind == "loaded":
+        LOADS.labels(replica=event.replica).inc()
+        LOAD_SECONDS.observe(event.seconds)
+    elif event.kind in ("load_failed", "load_timeout"):
+        LOAD_FAILURES.labels(replica=event.replica).inc()
+    elif event.kind == "evicted":
+        EVICTIONS.labels(replica=event.replica).inc()
+        UNLOADS.labels(replica=event.replica).inc()
+    elif event.kind == "removed":
+        UNLOADS.labels(replica=event.replica).inc()

@@ -1,6 +1,7 @@
 """InferenceModel handlers: placement on the pool's replicas, drift repair, unload on delete.
 
-Registered with kopf by importing shoal.operator.handlers. The work is in placer.py; this module
+Registered with kopf by importing shoal.operator.handlers. The work is in shoal.fleet.placer
+(through one replica driver per replica); this module
 turns its results into status, conditions, Events and retries.
 
 When a model may evict others: on create and on a spec change (a person asked for it). The drift
@@ -19,16 +20,16 @@ from typing import Any
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from shoal.fleet.placement import format_size
+from shoal.fleet.placer import KnownModel, PlacementResult
 from shoal.manifest import Manifest, ManifestError
 from shoal.operator import metrics
 from shoal.operator.conditions import get_condition, set_condition, status_changes
 from shoal.operator.crds import API_VERSION, GROUP, MODEL_KIND, MODEL_PLURAL, VERSION
-from shoal.operator.demand_annotations import in_use_until
-from shoal.operator.placer import KnownModel, PlacementResult
+from shoal.operator.demand_annotations import with_router_use
 from shoal.operator.replicas import replicas_from_endpoints
 from shoal.operator.settings import DRIFT_INTERVAL_S, retry_delay
 from shoal.operator.specs import ModelSpec, PoolSpec, SpecError, model_spec, pool_spec
-from shoal.fleet.placement import format_size
 
 MODEL = (GROUP, VERSION, MODEL_PLURAL)
 log = logging.getLogger(__name__)
@@ -56,10 +57,10 @@ def inferencemodel_by_pool(
     if not pool:
         return {}
     memory = model.memory_override or status.get("memoryBytes")
-    return {(namespace, pool): _known(model, memory, meta)}
+    return {(namespace, pool): _known(model, memory, meta.get("uid"))}
 
 
-def _known(model: ModelSpec, memory: int | None, meta: kopf.Meta) -> KnownModel:
+def _known(model: ModelSpec, memory: int | None, uid: str | None) -> KnownModel:
     return KnownModel(
         entry=model.entry,
         namespace=model.namespace,
@@ -67,8 +68,7 @@ def _known(model: ModelSpec, memory: int | None, meta: kopf.Meta) -> KnownModel:
         memory_bytes=memory,
         pinned=model.pinned,
         priority=model.priority,
-        uid=meta.get("uid"),
-        router_in_use_until=in_use_until(meta.get("annotations")),
+        uid=uid,
     )
 
 
@@ -135,6 +135,7 @@ async def _reconcile(
     patch: kopf.Patch,
     memo: kopf.Memo,
     inferencemodel_by_pool: kopf.Index,
+    inferencemodel_router_use: kopf.Index | None = None,
     retry: int = 0,
     stopped: kopf.DaemonStopped | None = None,
     **_: Any,
@@ -170,7 +171,8 @@ async def _reconcile(
     known = _with_memory(
         {k.entry: k for k in inferencemodel_by_pool.get((namespace, pool.name), [])}, pool
     )
-    me = _known(model, memory, meta)
+    known = with_router_use(known, namespace, inferencemodel_router_use)
+    me = _known(model, memory, meta.get("uid"))
     known[model.entry] = me
     wanted = min(model.min_replicas, len(replicas))
     if status.get("phase") in (None, "Pending", "Failed") and wanted > 0 and allow_evict:

@@ -6,9 +6,9 @@ to the controller:
 - `route(model)` reads the controller's view: the one replica when the entry is READY;
 - `request_placement(model)` starts `ensure_loaded` in a task, one per model at a time (the
   controller evicts by policy first when the budget needs it);
-- a refusal that no wait can fix (a broken entry, a model larger than the budget minus what is
-  pinned) becomes the route's `permanent_error`; a refusal because every other model is in use
-  is retried when demand or placement changes;
+- a refusal that no wait can fix (a broken entry, a load Triton refuses for good, a model
+  larger than the budget minus what is pinned) becomes the route's `permanent_error`; a refusal
+  because every other model is in use is retried when demand or placement changes;
 - `report_demand` feeds the controller's in-use view, so held and in-flight models are not
   evicted;
 - `changed()` fires on every load and eviction (the controller's listeners) and on every
@@ -22,11 +22,11 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+from shoal.fleet.errors import EntryInvalid, FleetError, LoadFailed, PlacementRefused
 from shoal.fleet.placement import format_size
 from shoal.fleet.replica import Replica
-from shoal.fleet.triton_control import TritonControlError
 from shoal.router.placement_view import ModelRoute
-from shoal.runtime.controller import EntryBroken, LocalController, PlacementRefused
+from shoal.runtime.controller import LocalController
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class LocalPlacement:
             pool=LOCAL_POOL,
             ready=(self.replica,) if entry.ready else (),
             permanent_error=self._permanent.get(model),
+            manifest=self.controller.manifests.get(model),
             **extra,
         )
 
@@ -79,12 +80,11 @@ class LocalPlacement:
         self._loads[model] = asyncio.create_task(self._load(model), name=f"place {model}")
 
     def report_demand(self, model: str, held: int, in_flight: int) -> None:
-        in_use = held + in_flight
-        before = self.controller.router_in_use.get(model, 0)
-        if in_use:
-            self.controller.router_in_use[model] = in_use
-        else:
-            self.controller.router_in_use.pop(model, None)
+        entry = self.controller.entries.get(model)
+        if entry is None:
+            return
+        before, in_use = entry.in_use, held + in_flight
+        self.controller.report_use(model, in_use)
         if before and not in_use and self._blocked:
             # A model just stopped being in use: what was refused for lack of room may fit now.
             self._retry_blocked()
@@ -96,8 +96,13 @@ class LocalPlacement:
     async def _load(self, model: str) -> None:
         try:
             await self.controller.ensure_loaded(model)
-        except EntryBroken as exc:
+        except EntryInvalid as exc:
             self._permanent[model] = str(exc)
+        except LoadFailed as exc:
+            if exc.retryable:  # e.g. out of memory: the next held request asks again
+                log.warning("loading %s failed: %s", model, exc)
+            else:
+                self._permanent[model] = str(exc)
         except PlacementRefused as exc:
             why = self._never_fits(model)
             if why:
@@ -105,19 +110,19 @@ class LocalPlacement:
             else:
                 self._blocked.add(model)
                 log.info("%s waits for room: %s", model, exc)
-        except TritonControlError as exc:
-            # Triton itself failed (or died): held requests wait out their deadline while serve
-            # restarts it; the next request asks again.
+        except FleetError as exc:
+            # Triton did not answer or the load timed out: held requests wait out their deadline
+            # (serve restarts a dead Triton); the next held request asks again.
             log.warning("loading %s failed: %s", model, exc)
         finally:
             self._notify()
 
     def _never_fits(self, model: str) -> str | None:
         """Why `model` cannot load whatever is evicted (only pinned models stay), or None."""
-        states = {m.name: m for m in self.controller.model_states()}
-        pinned = sum(m.memory_bytes for m in states.values() if m.pinned and m.name != model)
+        entries = self.controller.entries
+        pinned = sum(e.memory_bytes for e in entries.values() if e.pinned and e.name != model)
         budget = self.controller.budget_bytes
-        need = states[model].memory_bytes
+        need = entries[model].memory_bytes
         if need + pinned <= budget:
             return None
         return (

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
+
+from shoal.fleet.placement import DEFAULT_POLICY, POLICIES  # pure, stdlib only: light
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--memory-budget", metavar="SIZE", help="e.g. 2GiB; default: no limit (load everything)"
     )
-    serve.add_argument("--policy", default="lru", choices=["lru", "gds"], help="eviction policy")
+    serve.add_argument(
+        "--policy", default=DEFAULT_POLICY, choices=list(POLICIES), help="eviction policy"
+    )
     serve.add_argument("--log-file", help="Triton's log (default: a temporary file)")
     serve.set_defaults(func=run_serve)
 
@@ -74,11 +79,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # -- serve ----------------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
     from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.fleet.errors import FleetError  # noqa: PLC0415
     from shoal.fleet.placement import make_policy, parse_size  # noqa: PLC0415
-    from shoal.runtime.controller import PlacementRefused, UnknownModel  # noqa: PLC0415
-    from shoal.runtime.serve import LocalServing, RepositoryProblem  # noqa: PLC0415
-    from shoal.runtime.triton import TritonStartError  # noqa: PLC0415
     from shoal.fleet.triton_control import TritonControlError  # noqa: PLC0415
+    from shoal.runtime.controller import PlacementRefused, UnknownModel  # noqa: PLC0415
+    from shoal.runtime.serve import (  # noqa: PLC0415
+        LocalServing,
+        RepositoryProblem,
+        TritonCrashLoop,
+    )
+    from shoal.runtime.triton import TritonStartError  # noqa: PLC0415
 
     _quiet_http_logs()
     try:
@@ -96,11 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValueError, RepositoryProblem) as exc:
         raise UserError(str(exc)) from exc
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    async def serve(stop: asyncio.Event) -> None:
         async with serving:
             assert serving.server and serving.controller
             loaded = await serving.controller.start(args.load)
@@ -116,10 +122,24 @@ def run_serve(args: argparse.Namespace) -> int:
             await serving.run_until(stop)
             log.info("stopping")
 
+    async def main() -> None:
+        # Ctrl-C cancels whatever runs (a load, a wait for memory to be released): stopping
+        # never waits for the control loop's current step, only for Triton's own exit.
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(stop))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: (stop.set(), task.cancel()))
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     try:
         asyncio.run(main())
-    except (UnknownModel, PlacementRefused) as exc:
+    except (UnknownModel, PlacementRefused, FleetError) as exc:
         raise UserError(str(exc)) from exc
+    except TritonCrashLoop as exc:
+        print(f"shoal serve: error: {exc}", file=sys.stderr)
+        return 1
     except (TritonStartError, TritonControlError) as exc:
         raise UserError(f"{exc}") from exc
     return 0

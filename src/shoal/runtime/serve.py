@@ -4,28 +4,39 @@ run, and what tests and benchmarks use to serve entries.
     async with LocalServing(repository, budget_bytes=2 * 2**30) as serving:
         await serving.controller.start()          # load what fits
         ...                                        # tritonclient on serving.server.http_address
-        await serving.run_until(stop_event)        # the control loop
+        await serving.run_until(stop_event)        # the control loop, supervising Triton
 
 Reads the entries' manifests (memory for placement), builds the serving view (portable fallback
 for entries exported for the onnxruntime backend), starts Triton on loopback, and stops it all in
-reverse order.
+reverse order. While running it supervises Triton: a server that dies is started again on the
+same ports and gets back what it had loaded; one that dies CRASH_LIMIT times within
+CRASH_WINDOW_S ends serving with TritonCrashLoop and the tail of its log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from pathlib import Path
 
-from shoal.manifest import Manifest
+from shoal.fleet.errors import FleetError, ReplicaUnreachable
 from shoal.fleet.placement import EvictionPolicy
+from shoal.manifest import Manifest
 from shoal.runtime.controller import LocalController
 from shoal.runtime.fallback import ServingView, serving_view
 from shoal.runtime.installation import locate_triton
 from shoal.runtime.triton import TritonServer
-from shoal.fleet.triton_control import TritonControl
 
 log = logging.getLogger(__name__)
+
+CRASH_LIMIT = 3
+CRASH_WINDOW_S = 60.0
+
+
+class TritonCrashLoop(RuntimeError):
+    """tritonserver keeps dying: serving stops (the message carries its log's tail)."""
 
 
 class RepositoryProblem(ValueError):
@@ -76,7 +87,6 @@ class LocalServing:
         self._log_path = log_path
         self.view: ServingView | None = None
         self.server: TritonServer | None = None
-        self.control: TritonControl | None = None
         self.controller: LocalController | None = None
 
     async def __aenter__(self) -> LocalServing:
@@ -100,10 +110,10 @@ class LocalServing:
             )
             # Blocking (waits for ready): off the event loop so signal handlers keep working.
             await asyncio.to_thread(self.server.start)
-            self.control = TritonControl(self.server.http_url, log_reader=self.server.log_text)
             self.controller = LocalController(
-                self.control,
+                self.server.http_url,
                 self.manifests,
+                log_reader=self.server.log_text,
                 budget_bytes=self._budget,
                 policy=self._policy,
                 pinned=self._pinned,
@@ -120,13 +130,43 @@ class LocalServing:
         return check_entry(self.repository, name).problems
 
     async def run_until(self, stop: asyncio.Event, interval_s: float = 0.5) -> None:
-        assert self.controller is not None, "start() first"
-        await self.controller.run(stop, interval_s)
+        """Run the control loop until `stop`, restarting Triton when it dies."""
+        assert self.controller is not None and self.server is not None, "start() first"
+        crashes: deque[float] = deque()
+        while not stop.is_set():
+            try:
+                await self.controller.run(stop, interval_s)
+                return
+            except ReplicaUnreachable as exc:
+                if self.server.is_running():  # alive but slow to answer: keep going
+                    log.warning("Triton did not answer: %s", exc)
+                    await asyncio.sleep(interval_s)
+                    continue
+            now = time.monotonic()
+            crashes.append(now)
+            while crashes and now - crashes[0] > CRASH_WINDOW_S:
+                crashes.popleft()
+            code = self.server.returncode
+            if len(crashes) >= CRASH_LIMIT:
+                raise TritonCrashLoop(
+                    f"tritonserver died {len(crashes)} times within {CRASH_WINDOW_S:.0f} s (last "
+                    f"exit code {code}); not restarting it again.\n{self.server.log_tail()}"
+                )
+            log.warning("tritonserver exited (code %s): restarting it", code)
+            await self._restart()
+
+    async def _restart(self) -> None:
+        assert self.controller is not None and self.server is not None
+        wanted = sorted(self.controller.wanted)
+        await asyncio.to_thread(self.server.restart)
+        for name in wanted:
+            try:
+                await self.controller.ensure_loaded(name)
+            except FleetError as exc:
+                log.warning("%s not loaded again after the restart: %s", name, exc)
+        log.info("tritonserver restarted; loaded again: %s", ", ".join(wanted) or "none")
 
     async def stop(self) -> None:
-        if self.control is not None:
-            await self.control.close()
-            self.control = None
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
         if self.view is not None:

@@ -175,6 +175,19 @@ class TritonServer:
                 raise
         raise AssertionError("unreachable")
 
+    def restart(self) -> TritonServer:
+        """Start again after the process died (or stop it first), on the same ports and log
+        file, so that clients and the control loop keep their addresses."""
+        self.stop()
+        self._requested_ports = (self.http_port, self.grpc_port, self.metrics_port)
+        if self.log_path is not None:
+            self._log_path_given = self.log_path
+        return self.start()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
+
     def _launch(self, installation: TritonInstallation) -> None:
         http, grpc, metrics = (p or free_port(self.bind_address) for p in self._requested_ports)
         self.http_port, self.grpc_port, self.metrics_port = http, grpc, metrics

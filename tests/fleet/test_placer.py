@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
-from shoal.operator.placer import KnownModel, Placer, triton_models
+from shoal.fleet.driver import ReplicaDriver
+from shoal.fleet.errors import LoadFailed
+from shoal.fleet.placer import KnownModel, Placer, triton_models
 from shoal.fleet.replica import Replica
-from shoal.fleet.replica_client import LoadFailed, ReplicaObservation
+from shoal.fleet.replica_client import ReplicaObservation
 
 MiB = 2**20
 
@@ -34,7 +36,7 @@ class MemoryReplica:
     async def observe(self) -> ReplicaObservation:
         return ReplicaObservation(states=dict(self.states), last_inference_ms=dict(self.last))
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, timeout_s: float = 0.0) -> None:
         if self.fail:
             raise LoadFailed(name, self.replica.name, self.fail)
         self.loads.append(name)
@@ -47,7 +49,11 @@ class MemoryReplica:
 def _setup(loaded: dict[str, int], budget_models: int = 3, fail: str = ""):
     replica = Replica("r0", "10.0.0.1", 8000)
     memory = MemoryReplica(replica, loaded, fail)
-    placer = Placer(client_factory=lambda r: memory)
+    placer = Placer(
+        driver_factory=lambda r: ReplicaDriver(
+            r, client=memory, unowned_memory=lambda entry: 100 * MiB  # as its manifest says
+        )
+    )
     return placer, replica, memory, budget_models * 100 * MiB
 
 
@@ -55,9 +61,9 @@ def _known(entry: str, **kwargs) -> KnownModel:
     return KnownModel(entry=entry, namespace="ns", name=entry, memory_bytes=100 * MiB, **kwargs)
 
 
-async def test_evicts_least_recently_used_but_not_higher_priority_or_foreign_models():
+async def test_evicts_least_recently_used_but_not_higher_priority_models():
     placer, replica, memory, budget = _setup(
-        {"important": 1, "old": 2, "foreign": 0, "recent": 9}, budget_models=3
+        {"important": 1, "old": 2, "recent": 9}, budget_models=3
     )
     known = {k.entry: k for k in (_known("important", priority=5), _known("old"), _known("recent"))}
     new = _known("new")
@@ -65,8 +71,22 @@ async def test_evicts_least_recently_used_but_not_higher_priority_or_foreign_mod
     result = await placer.place(new, 100 * MiB, 1, [replica], budget, known, allow_evict=True)
     assert result.loaded_on == ["r0"]
     assert [(e.entry, e.for_entry) for e in result.evictions] == [("old", "new")]
-    assert memory.states["important"] == "READY" and memory.states["foreign"] == "READY"
+    assert memory.states["important"] == "READY"
     assert memory.loads == ["new"]  # the ensemble alone: Triton brings its steps
+
+
+async def test_a_model_nobody_owns_counts_with_its_memory_and_is_evicted_by_policy():
+    # "foreign" was loaded straight through Triton: no InferenceModel, never used since.
+    placer, replica, memory, budget = _setup(
+        {"foreign": 0, "old": 2, "recent": 9}, budget_models=3
+    )
+    known = {k.entry: k for k in (_known("old"), _known("recent"), _known("new"))}
+    result = await placer.place(
+        known["new"], 100 * MiB, 1, [replica], budget, known, allow_evict=True
+    )
+    assert [e.entry for e in result.evictions] == ["foreign"]  # the budget holds 3, not 4
+    assert memory.states["foreign__encode"] == "UNAVAILABLE"
+    assert memory.states["old"] == "READY" and memory.states["recent"] == "READY"
 
 
 async def test_without_eviction_allowed_the_model_waits_and_names_the_blocker():
@@ -148,7 +168,7 @@ class SlowUnloadReplica(MemoryReplica):
         self.states[name] = "UNLOADING"
         self.releasing[name] = self.observes_until_released
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, timeout_s: float = 0.0) -> None:
         self.states_at_load = dict(self.states)
         await super().load(name)
 
@@ -156,7 +176,7 @@ class SlowUnloadReplica(MemoryReplica):
 async def test_eviction_waits_until_the_victim_released_its_memory_before_loading():
     replica = Replica("r0", "10.0.0.1", 8000)
     memory = SlowUnloadReplica(replica, {"old": 1, "recent": 2})
-    placer = Placer(client_factory=lambda r: memory)
+    placer = Placer(driver_factory=lambda r: ReplicaDriver(r, client=memory))
     known = {e: _known(e) for e in ("old", "recent", "new")}
     result = await placer.place(
         known["new"], 100 * MiB, 1, [replica], 200 * MiB, known, allow_evict=True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from shoal.fleet.driver import ReplicaDriver
 from shoal.fleet.hot_swap import (
     entry_of,
     holds_memory,
@@ -21,12 +22,11 @@ from shoal.fleet.hot_swap import (
     models_to_remove,
     present,
 )
-from shoal.operator.placer import KnownModel, Placer
+from shoal.fleet.placer import KnownModel, Placer
 from shoal.fleet.replica import Replica
-from shoal.fleet.replica_client import LoadFailed, ReplicaObservation
+from tests.fleet.triton_like import STEPS, TritonLikeReplica
 
 MiB = 2**20
-STEPS = ("tokenize", "encode", "postprocess")
 
 
 # -- the shared decision ------------------------------------------------------------------------
@@ -69,57 +69,10 @@ def test_presence_and_entry_names():
 
 
 # -- the Placer against a replica that behaves like Triton -------------------------------------
-class TritonLikeReplica:
-    def __init__(self, replica: Replica, *, ensemble_follows_steps: bool = True) -> None:
-        self.replica = replica
-        self.states: dict[str, str] = {}
-        self.last: dict[str, int] = {}
-        self.calls: list[str] = []
-        self.ensembles_loaded: set[str] = set()
-        self.ensemble_follows_steps = ensemble_follows_steps
-        self.fail: set[str] = set()
-
-    def seed(self, entry: str, last_used: int) -> None:
-        for name in (*(f"{entry}__{s}" for s in STEPS), entry):
-            self.states[name] = "READY"
-        self.ensembles_loaded.add(entry)
-        self.last[entry] = last_used
-
-    def ready(self, name: str) -> bool:
-        return self.states.get(name) == "READY"
-
-    async def observe(self) -> ReplicaObservation:
-        return ReplicaObservation(states=dict(self.states), last_inference_ms=dict(self.last))
-
-    async def load(self, name: str) -> None:
-        self.calls.append(f"load {name}")
-        if name in self.fail:
-            raise LoadFailed(name, self.replica.name, "failed to load")
-        if "__" in name:
-            self.states[name] = "READY"
-            entry = entry_of(name)
-            steps_ready = all(self.ready(f"{entry}__{s}") for s in STEPS)
-            if self.ensemble_follows_steps and entry in self.ensembles_loaded and steps_ready:
-                self.states[entry] = "READY"
-        else:  # an ensemble loads its steps with it
-            for step in STEPS:
-                self.states[f"{name}__{step}"] = "READY"
-            self.states[name] = "READY"
-            self.ensembles_loaded.add(name)
-
-    async def unload(self, name: str) -> None:
-        self.calls.append(f"unload {name}")
-        self.states[name] = "UNAVAILABLE"
-        if "__" in name:
-            self.states[entry_of(name)] = "UNAVAILABLE"  # an ensemble without a step
-        else:
-            self.ensembles_loaded.discard(name)
-
-
 def _setup(**kwargs):
     replica = Replica("r0", "10.0.0.1", 8000)
     triton = TritonLikeReplica(replica, **kwargs)
-    placer = Placer(client_factory=lambda r: triton)
+    placer = Placer(driver_factory=lambda r: ReplicaDriver(r, client=triton))
     known = {e: KnownModel(e, "ns", e, 100 * MiB) for e in ("a", "b", "c", "d")}
     return placer, replica, triton, known
 

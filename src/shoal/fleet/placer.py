@@ -1,0 +1,264 @@
+"""Placing one entry on several replicas (a pool): which replicas, in which order, through each
+replica's driver (shoal.fleet.driver). Used by the operator's InferenceModel handlers.
+
+One `Placer` lives for the operator's run. It keeps one ReplicaDriver per replica (the driver's
+lock serializes control calls to that replica) and a lock per entry, so the same entry is never
+placed twice at once. A model counts as loaded only when Triton says so: a restarted operator
+observes first and repeats nothing that is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from shoal.fleet.driver import DriverEvent, ReplicaDriver, Resident
+from shoal.fleet.errors import LoadFailed, LoadTimedOut, ReplicaUnreachable
+from shoal.fleet.hot_swap import models_to_remove
+from shoal.fleet.placement import EvictionPolicy, LeastRecentlyUsed
+from shoal.fleet.replica import Replica
+from shoal.fleet.replica_client import ReplicaObservation
+
+log = logging.getLogger(__name__)
+
+REMOVE_DEADLINE_S = 30.0  # a removal gives up on a replica that does not answer within this
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """What the owner knows of an entry (an InferenceModel, kept in a kopf index)."""
+
+    entry: str
+    namespace: str
+    name: str
+    memory_bytes: int | None
+    pinned: bool = False
+    priority: int = 0
+    uid: str | None = None  # to post Events on the InferenceModel
+    in_use: int = 0  # held and in-flight requests the router reports
+
+    def resident(self, default_memory: int) -> Resident:
+        memory = self.memory_bytes if self.memory_bytes is not None else default_memory
+        return Resident(self.entry, memory, self.pinned, self.priority, self.in_use)
+
+
+@dataclass
+class Eviction:
+    replica: str
+    entry: str
+    for_entry: str
+
+
+@dataclass
+class PlacementResult:
+    loaded_on: list[str] = field(default_factory=list)  # replicas with the entry READY
+    evictions: list[Eviction] = field(default_factory=list)
+    load_errors: dict[str, str] = field(default_factory=dict)  # replica -> Triton's message
+    timed_out: dict[str, str] = field(default_factory=dict)  # replica -> LoadTimedOut message
+    unreachable: dict[str, str] = field(default_factory=dict)  # replica -> error
+    blocked: str = ""  # why it could not be placed on more replicas
+    last_used: datetime | None = None
+
+
+DriverFactory = Callable[[Replica], ReplicaDriver]
+
+
+class Placer:
+    def __init__(
+        self,
+        driver_factory: DriverFactory | None = None,
+        *,
+        policy: EvictionPolicy | None = None,
+        on_event: Callable[[DriverEvent], None] | None = None,
+    ) -> None:
+        self.policy = policy or LeastRecentlyUsed()
+        self._on_event = on_event
+        self._driver_factory = driver_factory or self._default_driver
+        self._drivers: dict[str, ReplicaDriver] = {}
+        self._entry_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def _default_driver(self, replica: Replica) -> ReplicaDriver:
+        return ReplicaDriver(replica, policy=self.policy, on_event=self._on_event)
+
+    def driver(self, replica: Replica) -> ReplicaDriver:
+        """The replica's driver; a replica that came back at another address gets a new one."""
+        driver = self._drivers.get(replica.name)
+        if driver is None or driver.replica != replica:
+            driver = self._drivers[replica.name] = self._driver_factory(replica)
+        return driver
+
+    # -- reading ------------------------------------------------------------------------------
+    async def observe_all(
+        self, replicas: Sequence[Replica]
+    ) -> tuple[dict[str, ReplicaObservation], dict[str, str]]:
+        """Observations of every replica that answers, and errors of those that do not."""
+        # Each child returns its error instead of raising it: a child still connecting when the
+        # operator stops would otherwise surface as a failed task at shutdown.
+        results = await asyncio.gather(*(self._observe_or_error(r) for r in replicas))
+        seen: dict[str, ReplicaObservation] = {}
+        errors: dict[str, str] = {}
+        for replica, result in zip(replicas, results, strict=True):
+            if isinstance(result, ReplicaObservation):
+                seen[replica.name] = result
+            else:
+                errors[replica.name] = result
+        return seen, errors
+
+    async def _observe_or_error(self, replica: Replica) -> ReplicaObservation | str:
+        try:
+            return await self.driver(replica).observe()
+        except ReplicaUnreachable as exc:
+            return str(exc)
+
+    # -- placing ------------------------------------------------------------------------------
+    async def place(
+        self,
+        model: KnownModel,
+        memory_bytes: int,
+        min_replicas: int,
+        replicas: Sequence[Replica],
+        budget_bytes: int,
+        known: Mapping[str, KnownModel],
+        allow_evict: bool,
+        stopped: Callable[[], bool] | None = None,
+    ) -> PlacementResult:
+        """Make `model` loaded on at least `min_replicas` of `replicas` (all of them if fewer).
+
+        `known` maps entry names on this pool to their owners (memory, pinned, priority, use).
+        With `allow_evict` False, load only where the model fits without evicting (the drift
+        timer repairs this way, so that an evicted model does not evict back). `stopped` is
+        asked once the entry's lock is held: a drift run that waited there behind the model's
+        deletion must not load it back."""
+        result = PlacementResult()
+        async with self._entry_locks[(model.namespace, model.entry)]:
+            if stopped is not None and stopped():
+                result.blocked = "stopped (the model is being deleted)"
+                return result
+            seen, result.unreachable = await self.observe_all(replicas)
+            result.loaded_on = sorted(n for n, o in seen.items() if o.ready(model.entry))
+            result.last_used = _last_used(model.entry, seen.values())
+            if not replicas:
+                result.blocked = "the pool has no ready replicas (its Service has no endpoints)"
+                return result
+            wanted = min(min_replicas, len(replicas))
+            if len(result.loaded_on) >= wanted:
+                return result
+            residents = _residents(known, budget_bytes)
+            target = Resident(
+                model.entry, memory_bytes, model.pinned, model.priority, model.in_use
+            )
+            # Most free memory first: spreads models and evicts least.
+            candidates = sorted(
+                (r for r in replicas if r.name in seen and r.name not in result.loaded_on),
+                key=lambda r: (
+                    self.driver(r).used_bytes(seen[r.name], residents) - budget_bytes,
+                    r.name,
+                ),
+            )
+            reasons: list[str] = []
+            for replica in candidates:
+                if len(result.loaded_on) >= wanted:
+                    break
+                why = await self._place_on(
+                    replica, target, budget_bytes, residents, allow_evict, result
+                )
+                if why is None:
+                    result.loaded_on.append(replica.name)
+                else:
+                    reasons.append(f"{replica.name}: {why}")
+            result.loaded_on.sort()
+            if len(result.loaded_on) < wanted:
+                missing = wanted - len(result.loaded_on)
+                result.blocked = f"{missing} more replica(s) wanted; " + (
+                    "; ".join(reasons) or "no replica answered"
+                )
+        return result
+
+    async def _place_on(
+        self,
+        replica: Replica,
+        target: Resident,
+        budget_bytes: int,
+        residents: Mapping[str, Resident],
+        allow_evict: bool,
+        result: PlacementResult,
+    ) -> str | None:
+        """None when loaded; otherwise why not (a sentence)."""
+        try:
+            outcome = await self.driver(replica).load(
+                target, budget_bytes, residents, allow_evict=allow_evict
+            )
+        except ReplicaUnreachable as exc:
+            result.unreachable[replica.name] = str(exc)
+            return "did not answer"
+        result.evictions.extend(Eviction(replica.name, e, target.entry) for e in outcome.evicted)
+        if outcome.loaded:
+            return None
+        if isinstance(outcome.error, LoadFailed):
+            result.load_errors[replica.name] = outcome.error.triton_message
+            return f"load failed: {outcome.error.triton_message}"
+        if isinstance(outcome.error, LoadTimedOut):
+            result.timed_out[replica.name] = str(outcome.error)
+        return outcome.reason
+
+    # -- removing and enforcing ---------------------------------------------------------------
+    async def unload_everywhere(
+        self, namespace: str, entry: str, replicas: Sequence[Replica]
+    ) -> dict[str, str]:
+        """Unload the entry from every replica that has any of its models; errors by replica.
+        A replica that does not answer within REMOVE_DEADLINE_S is given up on (reported)."""
+        errors: dict[str, str] = {}
+        async with self._entry_locks[(namespace, entry)]:
+            for replica in replicas:
+                try:
+                    await asyncio.wait_for(self.driver(replica).remove(entry), REMOVE_DEADLINE_S)
+                except ReplicaUnreachable as exc:
+                    errors[replica.name] = str(exc)
+                except TimeoutError:
+                    errors[replica.name] = f"did not answer within {REMOVE_DEADLINE_S:.0f} s"
+        return errors
+
+    async def enforce_budget(
+        self, replicas: Sequence[Replica], budget_bytes: int, known: Mapping[str, KnownModel]
+    ) -> list[Eviction]:
+        """Evict by policy on every replica over `budget_bytes` (a lowered memoryPerReplica)."""
+        residents = _residents(known, budget_bytes)
+        evictions: list[Eviction] = []
+        for replica in replicas:
+            try:
+                evicted = await self.driver(replica).enforce_budget(budget_bytes, residents)
+            except ReplicaUnreachable as exc:
+                log.info("budget not enforced on %s: %s", replica.name, exc)
+                continue
+            evictions.extend(Eviction(replica.name, e, "budget") for e in evicted)
+        return evictions
+
+    async def models_per_replica(self, replicas: Sequence[Replica]) -> dict[str, int]:
+        seen, _ = await self.observe_all(replicas)
+        return {name: len(self.driver_by_name(name).holding(o)) for name, o in seen.items()}
+
+    def driver_by_name(self, name: str) -> ReplicaDriver:
+        return self._drivers[name]
+
+
+def _residents(known: Mapping[str, KnownModel], budget_bytes: int) -> dict[str, Resident]:
+    # An owner whose memory is not known yet counts as the whole budget: never as free memory.
+    return {entry: info.resident(budget_bytes) for entry, info in known.items()}
+
+
+def triton_models(entry: str) -> list[str]:
+    """Every Triton model of an entry."""
+    return models_to_remove(entry)
+
+
+def _last_used(entry: str, observations: object) -> datetime | None:
+    names = set(triton_models(entry))
+    latest = 0
+    for observation in observations:  # type: ignore[attr-defined]
+        for name in names:
+            latest = max(latest, observation.last_inference_ms.get(name, 0))
+    return datetime.fromtimestamp(latest / 1000, tz=UTC) if latest else None
