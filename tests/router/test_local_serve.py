@@ -59,9 +59,7 @@ async def test_a_request_for_an_evicted_entry_is_held_loaded_and_answered(reposi
         repository, budget_bytes=budget_for_one(repository), router=SETTINGS
     ) as serving:
         router, triton, controller = serving.router, serving.server, serving.controller
-        assert {router.http_port, router.grpc_port}.isdisjoint(
-            {triton.http_port, triton.grpc_port}
-        )
+        assert {router.http_port, router.grpc_port}.isdisjoint({triton.http_port, triton.grpc_port})
         assert await controller.start(load=["ma"]) == ["ma"]
         direct_ma = await embed_http(triton.http_address, "ma", "a shoal of fish")
         await controller.ensure_loaded("mb")  # evicts ma (its light steps stay: hot swap)
