@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-hold-seconds", type=float, default=DEFAULT_MAX_HOLD_S,
         help="hold a request this long for its model when the client sends no timeout",
     )  # fmt: skip
+    run.add_argument(
+        "--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
+        help="auto: uvloop where installed (the `router` extra installs it)",
+    )  # fmt: skip
     run.add_argument("--probe-interval", type=float, default=2.0, help="readiness probe, seconds")
     run.add_argument(
         "--restricted-api-header", default=DEFAULTS.restricted_api_header,
@@ -134,4 +138,4 @@ def run_router(args: argparse.Namespace) -> int:
     make_source = functools.partial(
         StaticPlacement, tuple(static_routes(args)), probe_interval_s=args.probe_interval
     )
-    return run_workers(args.workers, make_source, settings)
+    return run_workers(args.workers, make_source, settings, args.event_loop)

@@ -223,7 +223,7 @@ class Router:
             raise
         finally:
             flights.discard(flight)
-            self.metrics.upstream_seconds.labels(model).observe(loop.time() - started)
+            self.metrics.model(model).upstream_seconds.observe(loop.time() - started)
 
     async def _hold(self, request: _Request, wait_for_change: bool) -> None:
         model = request.model
@@ -315,9 +315,9 @@ class Router:
         demand.held += held
         demand.in_flight += in_flight
         if held:
-            self.metrics.held.labels(model).set(demand.held)
+            self.metrics.model(model).held.set(demand.held)
         if in_flight:
-            self.metrics.in_flight.labels(model).set(demand.in_flight)
+            self.metrics.model(model).in_flight.set(demand.in_flight)
         self.source.report_demand(model, demand.held, demand.in_flight)
         event, self._demand_event = self._demand_event, asyncio.Event()
         event.set()

@@ -106,18 +106,42 @@ async def serve_until_stopped(
             await close()
 
 
-def run_worker(make_source: Callable[[], PlacementSource], settings: RouterSettings) -> None:
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_until_stopped(make_source, settings))
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where asked for (or, with "auto", where installed), else asyncio's own loop."""
+    if event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
+def run_worker(
+    make_source: Callable[[], PlacementSource], settings: RouterSettings, event_loop: str = "auto"
+) -> None:
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner,
+    ):
+        runner.run(serve_until_stopped(make_source, settings))
 
 
 def run_workers(
-    workers: int, make_source: Callable[[], PlacementSource], settings: RouterSettings
+    workers: int,
+    make_source: Callable[[], PlacementSource],
+    settings: RouterSettings,
+    event_loop: str = "auto",
 ) -> int:
     """Start `workers` router processes on the same ports (worker i serves metrics on
     metrics_port + i); returns when they have all stopped, non-zero if one failed."""
     if workers == 1:
-        run_worker(make_source, settings)
+        run_worker(make_source, settings, event_loop)
         return 0
     context = multiprocessing.get_context("spawn")
     processes = []
@@ -125,7 +149,7 @@ def run_workers(
         metrics_port = None if settings.metrics_port is None else settings.metrics_port + index
         process = context.Process(
             target=run_worker,
-            args=(make_source, replace(settings, metrics_port=metrics_port)),
+            args=(make_source, replace(settings, metrics_port=metrics_port), event_loop),
             name=f"shoal-router-{index}",
         )
         process.start()

@@ -5,13 +5,13 @@ UPSTREAM_TIMEOUT. Any other answer, Triton's errors included, is returned as it 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
 from shoal.fleet.replica import Replica
 from shoal.router.errors import ErrorKind, ModelMissingOnReplica, ReplicaUnreachable, RouterError
+from shoal.router.http_connections import BadResponse, ConnectionFailed, ConnectionPool
 
 # Response headers that carry meaning for KServe clients; the rest is the replica's business.
 PASSED_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Inference-Header-Content-Length")
@@ -25,21 +25,16 @@ class UpstreamResponse:
 
 
 class HttpUpstream:
-    """One pooled aiohttp session for every replica (keep-alive connections, no limit)."""
+    """Pooled keep-alive connections to every replica (shoal.router.http_connections)."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = ConnectionPool()
 
     async def start(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            # auto_decompress off: a compressed answer goes back to the client as it came.
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        pass
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._pool.close()
 
     async def send(
         self,
@@ -51,26 +46,34 @@ class HttpUpstream:
         timeout_s: float,
         model_scoped: bool = True,
     ) -> UpstreamResponse:
-        assert self._session is not None, "HttpUpstream.start() first"
         try:
-            async with self._session.request(
-                method,
-                replica.http_url + path,
-                data=body or None,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-                skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding"),
-            ) as response:
-                payload = await response.read()
+            async with asyncio.timeout(timeout_s):
+                response = await self._request(replica, method, path, headers, body)
         except TimeoutError:
             raise RouterError(
                 ErrorKind.UPSTREAM_TIMEOUT,
                 f"replica {replica.name} did not answer {path} within {timeout_s:.1f} s",
             ) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise ReplicaUnreachable(f"{replica.name}: {type(exc).__name__}: {exc}") from exc
+        except (ConnectionFailed, BadResponse) as exc:
+            raise ReplicaUnreachable(f"{replica.name}: {exc}") from exc
         if model_scoped and response.status == 404:
             # Triton: "Request for unknown model: ... is not found / has no available versions".
-            raise ModelMissingOnReplica(payload.decode("utf-8", "replace")[:500])
-        passed = {h: response.headers[h] for h in PASSED_RESPONSE_HEADERS if h in response.headers}
-        return UpstreamResponse(response.status, passed, payload)
+            raise ModelMissingOnReplica(response.body.decode("utf-8", "replace")[:500])
+        passed = {
+            name: response.headers[name.lower()]
+            for name in PASSED_RESPONSE_HEADERS
+            if name.lower() in response.headers
+        }
+        return UpstreamResponse(response.status, passed, response.body)
+
+    async def _request(
+        self, replica: Replica, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ):
+        request = (replica.host, replica.http_port, method, path, headers, body)
+        try:
+            return await self._pool.request(*request)
+        except ConnectionFailed as exc:
+            if not exc.reused or exc.answered:
+                raise
+        # A kept-alive connection the replica had closed while idle: once more, on a new one.
+        return await self._pool.request(*request)
