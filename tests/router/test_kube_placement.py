@@ -162,3 +162,32 @@ async def test_a_cut_connection_to_the_api_server_is_recovered_by_listing_again(
         await source.close()
         await api.close()
         await relay.cut()
+
+
+async def test_peers_are_the_other_ready_routers_of_the_router_service(kube, source):
+    body = {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "shoal-router"},
+        "subsets": [
+            {
+                "addresses": [
+                    {"ip": "198.18.0.7", "targetRef": {"kind": "Pod", "name": "router-a"}},
+                    {"ip": "198.18.0.8", "targetRef": {"kind": "Pod", "name": "router-b"}},
+                ],
+                "notReadyAddresses": [
+                    {"ip": "198.18.0.9", "targetRef": {"kind": "Pod", "name": "router-c"}}
+                ],
+                "ports": [{"name": "http", "port": 8000}, {"name": "scaler", "port": 8003}],
+            }
+        ],
+    }
+    kube.http.post(f"/api/v1/namespaces/{kube.namespace}/endpoints", json=body).raise_for_status()
+    await source.start()
+    assert source.peers("shoal-router", "scaler", own_pod="router-a") == ["198.18.0.8:8003"]
+    assert source.peers("shoal-router", "scaler", own_pod=None) == [
+        "198.18.0.7:8003",
+        "198.18.0.8:8003",
+    ]
+    assert source.peers("shoal-router", "grpc", own_pod=None) == []  # no such port
+    assert source.peers("elsewhere", "scaler", own_pod=None) == []
