@@ -5,6 +5,9 @@ against Triton's own reload of the same entry in the same run."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import time
 
 import numpy as np
@@ -107,3 +110,28 @@ async def test_an_entry_that_can_never_load_fails_at_once_naming_the_fix(reposit
         assert "'ma'" in str(error.value)
         with pytest.raises(Exception, match="known models: ma, mb"):
             await embed_http(serving.router.http_address, "nope", "x")
+
+
+async def test_a_held_request_survives_triton_dying_mid_load(repository):
+    """Triton SIGKILLed while the request's entry loads: serve restarts it, the source tries the
+    load again while the request is still held, and the request is answered."""
+    async with LocalServing(
+        repository, budget_bytes=budget_for_one(repository), router=SETTINGS
+    ) as serving:
+        router, triton, controller = serving.router, serving.server, serving.controller
+        await controller.start(load=["ma"])
+        stop = asyncio.Event()
+        supervisor = asyncio.create_task(serving.run_until(stop, interval_s=0.2))
+        try:
+            first_pid = triton.pid
+            request = asyncio.create_task(embed_http(router.http_address, "mb", "hello"))
+            async with asyncio.timeout(30):
+                while router.router.demand_by_pool().get("local", (0, 0))[0] < 1:
+                    await router.router.demand_changed().wait()
+            os.kill(first_pid, signal.SIGKILL)  # the load of mb is under way (or about to be)
+            answer = await asyncio.wait_for(request, 120)
+            assert answer.shape[-1] == 32
+            assert triton.pid != first_pid and controller.entries["mb"].ready
+        finally:
+            stop.set()
+            await asyncio.wait_for(supervisor, 60)

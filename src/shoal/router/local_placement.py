@@ -8,7 +8,8 @@ to the controller:
   controller evicts by policy first when the budget needs it);
 - a refusal that no wait can fix (a broken entry, a load Triton refuses for good, a model
   larger than the budget minus what is pinned) becomes the route's `permanent_error`; a refusal
-  because every other model is in use is retried when demand or placement changes;
+  because every other model is in use is retried when demand or placement changes, and one
+  because Triton did not answer (serve restarts it) after a backoff while requests wait;
 - `report_demand` feeds the controller's in-use view, so held and in-flight models are not
   evicted;
 - `changed()` fires on every load and eviction (the controller's listeners) and on every
@@ -31,6 +32,7 @@ from shoal.runtime.controller import LocalController
 log = logging.getLogger(__name__)
 
 LOCAL_POOL = "local"
+RETRY_START_S, RETRY_MAX_S = 0.5, 5.0
 
 
 class LocalPlacement:
@@ -49,6 +51,8 @@ class LocalPlacement:
         self._loads: dict[str, asyncio.Task[None]] = {}
         self._permanent: dict[str, str] = {}  # model -> why it can never load as configured
         self._blocked: set[str] = set()  # refused for now: retried on the next change
+        self._retry_delay_s: dict[str, float] = {}  # after temporary failures (Triton down)
+        self._retries: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         controller.listeners.append(self._on_placement)
 
@@ -99,8 +103,9 @@ class LocalPlacement:
         except EntryInvalid as exc:
             self._permanent[model] = str(exc)
         except LoadFailed as exc:
-            if exc.retryable:  # e.g. out of memory: the next held request asks again
+            if exc.retryable:  # e.g. out of memory: may pass
                 log.warning("loading %s failed: %s", model, exc)
+                self._retry_later(model)
             else:
                 self._permanent[model] = str(exc)
         except PlacementRefused as exc:
@@ -111,9 +116,12 @@ class LocalPlacement:
                 self._blocked.add(model)
                 log.info("%s waits for room: %s", model, exc)
         except FleetError as exc:
-            # Triton did not answer or the load timed out: held requests wait out their deadline
-            # (serve restarts a dead Triton); the next held request asks again.
+            # Triton did not answer (serve restarts a dead one) or the load timed out: tried
+            # again after a backoff while requests are still held for the model.
             log.warning("loading %s failed: %s", model, exc)
+            self._retry_later(model)
+        else:
+            self._retry_delay_s.pop(model, None)
         finally:
             self._notify()
 
@@ -130,6 +138,21 @@ class LocalPlacement:
             f"{format_size(budget)} has {format_size(max(budget - pinned, 0))} left beside the "
             "pinned models: raise --memory-budget, unpin a model, or export a smaller variant"
         )
+
+    def _retry_later(self, model: str) -> None:
+        """Ask again after a backoff (0.5 s doubling to 5 s) if requests still wait for it."""
+        delay = self._retry_delay_s.get(model, RETRY_START_S)
+        self._retry_delay_s[model] = min(delay * 2, RETRY_MAX_S)
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            entry = self.controller.entries[model]
+            if entry.in_use and not entry.ready:
+                await self.request_placement(model)
+
+        task = asyncio.get_running_loop().create_task(retry(), name=f"retry {model}")
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     def _retry_blocked(self) -> None:
         for model in sorted(self._blocked):
@@ -149,7 +172,7 @@ class LocalPlacement:
 
     async def close(self) -> None:
         """Cancel loads still running (serve is stopping)."""
-        tasks = [t for t in self._loads.values() if not t.done()]
+        tasks = [t for t in [*self._loads.values(), *self._retries] if not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
