@@ -146,6 +146,8 @@ class KubePlacement:
         self._lease_until: dict[str, float] = {}  # InferenceModel name -> lease written (epoch)
         self._writes: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
+        self._routes: dict[str, ModelRoute | None] = {}  # entry -> route, until the next change
+        self._by_entry: dict[str, list[dict[str, Any]]] | None = None
         self.model_watch = ResourceWatch(
             "InferenceModel",
             lambda **kw: self._custom.list_namespaced_custom_object(
@@ -198,10 +200,14 @@ class KubePlacement:
 
     # -- PlacementSource ------------------------------------------------------------------------
     def route(self, model: str) -> ModelRoute | None:
-        candidates = [self._route_of(body) for body in self._bodies_of(model)]
-        if not candidates:
-            return None
-        return next((r for r in candidates if r.ready), candidates[0])
+        # Asked for every request: computed once per placement change (the cache is emptied
+        # with each change, see _notify).
+        if model not in self._routes:
+            candidates = [self._route_of(body) for body in self._bodies_of(model)]
+            self._routes[model] = next((r for r in candidates if r.ready), None) or (
+                candidates[0] if candidates else None
+            )
+        return self._routes[model]
 
     def models(self) -> Sequence[str]:
         return sorted({_entry(body) for body in self._models.values()})
@@ -236,11 +242,14 @@ class KubePlacement:
 
     # -- reading --------------------------------------------------------------------------------
     def _bodies_of(self, entry: str) -> list[dict[str, Any]]:
-        return [
-            body
-            for name, body in sorted(self._models.items())
-            if _entry(body) == entry and not body["metadata"].get("deletionTimestamp")
-        ]
+        """The InferenceModels of `entry` (usually one), by name."""
+        if self._by_entry is None:
+            by_entry: dict[str, list[dict[str, Any]]] = {}
+            for _, body in sorted(self._models.items()):
+                if not body["metadata"].get("deletionTimestamp"):
+                    by_entry.setdefault(_entry(body), []).append(body)
+            self._by_entry = by_entry
+        return self._by_entry.get(entry, [])
 
     def _route_of(self, body: dict[str, Any]) -> ModelRoute:
         spec, status = body.get("spec") or {}, body.get("status") or {}
@@ -284,6 +293,8 @@ class KubePlacement:
                     self._ask(entry, force=True)
 
     def _notify(self) -> None:
+        self._routes.clear()
+        self._by_entry = None
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
