@@ -13,7 +13,7 @@ import pytest
 
 from shoal.router.externalscaler import externalscaler_pb2 as pb
 from shoal.router.externalscaler import externalscaler_pb2_grpc as pb_grpc
-from shoal.router.keda_scaler import KedaScalerServer, metric_name
+from shoal.router.keda_scaler import PEER_TASK_PREFIX, KedaScalerServer, metric_name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -151,3 +151,55 @@ async def test_a_busy_port_is_an_error_naming_the_flag():
     with pytest.raises(OSError, match="--scaler-port"):
         await KedaScalerServer(counts, port=port, host="127.0.0.1").start()
     await server.stop()
+
+
+async def test_a_peer_that_hangs_or_answers_garbage_costs_at_most_the_peer_timeout():
+    async def hang(reader, writer):  # accepts, never answers
+        await reader.read()
+
+    async def garbage(reader, writer):  # not gRPC at all
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+        await writer.drain()
+        writer.close()
+
+    hanging = await asyncio.start_server(hang, "127.0.0.1", 0)
+    junk = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    targets = [f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in (hanging, junk)]
+    mine = Counts()
+    mine.set("gpu-a", held=2, in_flight=0)
+    server, target = await started(mine, peers=lambda: targets)
+    async with grpc.aio.insecure_channel(target) as channel:
+        scaler = pb_grpc.ExternalScalerStub(channel)
+        started_at = time.monotonic()
+        answer = await scaler.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref()))
+        assert answer.metricValues[0].metricValue == 2  # its own, the peers counted as none
+        assert time.monotonic() - started_at < 5
+        stream = scaler.StreamIsActive(ref()).__aiter__()
+        assert await next_answer(stream) is True  # own demand, whatever the peers do
+    await server.stop()
+    hanging.close()
+    junk.close()
+
+
+async def test_a_keda_stream_that_goes_away_leaves_no_peer_streams_behind():
+    mine, theirs = Counts(), Counts()
+    peer, peer_target = await started(theirs)
+    server, target = await started(mine, peers=lambda: [peer_target])
+
+    def following_peers() -> list[asyncio.Task]:
+        return [
+            t
+            for t in asyncio.all_tasks()
+            if t.get_name().startswith(PEER_TASK_PREFIX) and not t.done()
+        ]
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = pb_grpc.ExternalScalerStub(channel).StreamIsActive(ref())
+        assert (await asyncio.wait_for(call.read(), 5)).result is False
+        assert len(following_peers()) == 1
+        call.cancel()  # KEDA restarted, or its connection dropped
+    async with asyncio.timeout(5):
+        while following_peers():
+            await asyncio.sleep(0.05)
+    await server.stop()
+    await peer.stop()

@@ -42,6 +42,7 @@ SCOPE_LOCAL = "local"
 DEFAULT_TARGET = 4.0
 PEER_TIMEOUT_S = 2.0
 PEER_RECONNECT_S = 1.0
+PEER_TASK_PREFIX = "peer activity "  # names the tasks that follow a peer's activity
 
 
 class DemandSource(Protocol):
@@ -160,7 +161,8 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
                 peer_active.pop(gone, None)
             for target in targets - set(watchers):
                 watchers[target] = asyncio.create_task(
-                    self._watch_peer(target, ref, peer_active, wake)
+                    self._watch_peer(target, ref, peer_active, wake),
+                    name=f"{PEER_TASK_PREFIX}{target}",
                 )
 
         last: bool | None = None
@@ -249,6 +251,7 @@ class KedaScalerServer:
         try:
             self.port = server.add_insecure_port(self._address)
         except RuntimeError as exc:
+            await server.stop(None)
             raise OSError(
                 f"cannot listen on {self._address} for KEDA's scaler ({exc}): is the port in "
                 "use? Choose another with --scaler-port"
