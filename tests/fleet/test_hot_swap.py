@@ -22,6 +22,7 @@ from shoal.fleet.hot_swap import (
     models_to_remove,
     present,
 )
+from shoal.fleet.placement import LeastRecentlyUsed
 from shoal.fleet.placer import KnownModel, Placer
 from shoal.fleet.replica import Replica
 from tests.fleet.triton_like import STEPS, TritonLikeReplica
@@ -72,7 +73,7 @@ def test_presence_and_entry_names():
 def _setup(**kwargs):
     replica = Replica("r0", "10.0.0.1", 8000)
     triton = TritonLikeReplica(replica, **kwargs)
-    placer = Placer(driver_factory=lambda r: ReplicaDriver(r, client=triton))
+    placer = Placer(driver_factory=lambda r: ReplicaDriver(r, client=triton, policy=LeastRecentlyUsed()))
     known = {e: KnownModel(e, "ns", e, 100 * MiB) for e in ("a", "b", "c", "d")}
     return placer, replica, triton, known
 

@@ -9,6 +9,7 @@ import asyncio
 
 from shoal.fleet.driver import ReplicaDriver
 from shoal.fleet.errors import LoadFailed
+from shoal.fleet.placement import LeastRecentlyUsed
 from shoal.fleet.placer import KnownModel, Placer, triton_models
 from shoal.fleet.replica import Replica
 from shoal.fleet.replica_client import ReplicaObservation
@@ -51,7 +52,10 @@ def _setup(loaded: dict[str, int], budget_models: int = 3, fail: str = ""):
     memory = MemoryReplica(replica, loaded, fail)
     placer = Placer(
         driver_factory=lambda r: ReplicaDriver(
-            r, client=memory, unowned_memory=lambda entry: 100 * MiB  # as its manifest says
+            r,
+            client=memory,
+            policy=LeastRecentlyUsed(),
+            unowned_memory=lambda entry: 100 * MiB,  # as its manifest says
         )
     )
     return placer, replica, memory, budget_models * 100 * MiB

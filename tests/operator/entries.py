@@ -1,117 +1,69 @@
-"""Tiny model-repository entries for the operator's tests: the real entry layout (three
-python-backend steps and an ensemble, plus a shoal.json manifest), with steps that do trivial
-arithmetic. The operator's tests are about placement, not model math.
+"""Tiny model-repository entries for the operator's tests: real shoal entries (the three python
+steps, the ensemble and a manifest, written by shoal's own `write_entry`, so they pass
+`shoal repo check` as the operator's pre-load check demands), around a one-MatMul ONNX graph
+and a word-level tokenizer. The operator's tests are about placement, not model math: the
+manifest says how much memory each entry needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
-from shoal.manifest import Manifest, TensorSpec
-from shoal.model_repository.layout import VERSION, EntryLayout
-
-STEP_MODEL_PY = """
-import json
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        broken = config.get("parameters", {}).get("BROKEN", {}).get("string_value")
-        if broken:
-            raise RuntimeError(broken)
-        self.input = config["input"][0]["name"]
-        self.output = config["output"][0]["name"]
+from shoal.contract import Task
+from shoal.model_repository.entry import EntryOptions
+from shoal.model_repository.entry import write_entry as write_layout
+from shoal.model_repository.layout import EntryLayout
+from tests.model_repository.entries import write_tokenizer
+from tests.model_repository.sample_manifests import DIMS, HIDDEN, sample_manifest
 
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            data = pb_utils.get_input_tensor_by_name(request, self.input).as_numpy()
-            if data.dtype == np.object_:
-                values = np.array([[float(len(x[0]))] for x in data], dtype=np.float32)
-            else:
-                values = data.astype(np.float32) + 1.0
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output, values)]))
-        return responses
-"""
-
-STEP_IO = {"tokenize": ("TEXT", "TYPE_STRING", "IDS"), "encode": ("IDS", "TYPE_FP32", "HIDDEN"),
-           "postprocess": ("HIDDEN", "TYPE_FP32", "EMBEDDING")}  # fmt: skip
-
-
-def _step_config(name: str, step: str, broken: str | None) -> str:
-    source, dtype, target = STEP_IO[step]
-    parameters = (
-        f'parameters {{ key: "BROKEN" value: {{ string_value: "{broken}" }} }}\n' if broken else ""
-    )
-    return (
-        f'name: "{name}"\nbackend: "python"\nmax_batch_size: 8\n'
-        f'input [{{ name: "{source}" data_type: {dtype} dims: [1] }}]\n'
-        f'output [{{ name: "{target}" data_type: TYPE_FP32 dims: [1] }}]\n'
-        "instance_group [{ kind: KIND_CPU count: 1 }]\n" + parameters
-    )
-
-
-def _ensemble_config(layout: EntryLayout) -> str:
-    steps = layout.step_names
-    return f'''name: "{layout.model}"
-platform: "ensemble"
-max_batch_size: 8
-input [{{ name: "TEXT" data_type: TYPE_STRING dims: [1] }}]
-output [{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [1] }}]
-ensemble_scheduling {{ step [
-  {{ model_name: "{steps["tokenize"]}" model_version: -1
-     input_map {{ key: "TEXT" value: "TEXT" }} output_map {{ key: "IDS" value: "ids" }} }},
-  {{ model_name: "{steps["encode"]}" model_version: -1
-     input_map {{ key: "IDS" value: "ids" }} output_map {{ key: "HIDDEN" value: "hidden" }} }},
-  {{ model_name: "{steps["postprocess"]}" model_version: -1
-     input_map {{ key: "HIDDEN" value: "hidden" }}
-     output_map {{ key: "EMBEDDING" value: "EMBEDDING" }} }}
-] }}
-'''
+WEIGHTS = np.arange(1, HIDDEN + 1, dtype=np.float32)
+EMBEDDING_DIMS = DIMS  # what `infer` gets back from every entry
 
 
 def write_entry(repository: Path, model: str, memory_bytes: int, broken: str | None = None) -> None:
-    """An entry whose manifest says it needs `memory_bytes`; `broken` makes its encode step fail
-    to load with that message."""
-    layout = EntryLayout(repository, model)
-    for step, name in layout.step_names.items():
-        version_dir = layout.model_dir(name) / VERSION
-        version_dir.mkdir(parents=True, exist_ok=True)
-        (version_dir / "model.py").write_text(STEP_MODEL_PY)
-        step_broken = broken if step == "encode" else None
-        (layout.model_dir(name) / "config.pbtxt").write_text(_step_config(name, step, step_broken))
-    (layout.ensemble_dir / VERSION).mkdir(parents=True, exist_ok=True)
-    (layout.ensemble_dir / "config.pbtxt").write_text(_ensemble_config(layout))
-    _manifest(model, memory_bytes).write(layout.ensemble_dir)
-
-
-def _manifest(model: str, memory_bytes: int) -> Manifest:
-    return Manifest(
-        name=model,
-        source="tests/operator",
-        architecture="bert",
-        model_type="bert",
-        task="embed",
-        pooling="mean",
-        normalize=True,
-        max_length=16,
-        dims=1,
-        dtype="fp32",
-        runtime="portable",
-        padding_side="right",
-        inputs=[TensorSpec("TEXT", "BYTES", [1])],
-        outputs=[TensorSpec("EMBEDDING", "FP32", [1])],
-        encoder_inputs=[TensorSpec("IDS", "FP32", [1])],
-        encoder_outputs=[TensorSpec("HIDDEN", "FP32", [1])],
-        parameter_count=1,
-        weights_bytes=memory_bytes // 2,
+    """An entry whose manifest says it needs `memory_bytes` (replacing one of that name).
+    `broken`: an operator name onnxruntime does not know, put in the graph: the entry passes
+    `shoal repo check` but its encode step fails to load in Triton, naming it."""
+    manifest = dataclasses.replace(
+        sample_manifest(Task.EMBED, name=model),
         memory_bytes=memory_bytes,
-        max_batch_size=8,
-        fused_attention=0,
-        onnx_opset=17,
-        sha256={},
-        source_sha256="0" * 64,
-        parity=[],
+        weights_bytes=memory_bytes // 2,
     )
+    sources = repository.parent / f"{repository.name}-sources" / model
+    shutil.rmtree(sources, ignore_errors=True)
+    sources.mkdir(parents=True)
+    onnx_path = sources / "model.onnx"
+    _write_graph(onnx_path, broken)
+    tokenizer = write_tokenizer(sources / "tokenizer")
+    for directory in EntryLayout(repository, model).dirs:
+        shutil.rmtree(directory, ignore_errors=True)
+    write_layout(repository, manifest, onnx_path, tokenizer, EntryOptions())
+
+
+def _write_graph(path: Path, unknown_op: str | None = None) -> None:
+    """hidden_states[b, t, :] = input_ids[b, t] * WEIGHTS (token_type_ids and the mask unused)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs = [
+        helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "tokens"])
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    output = helper.make_tensor_value_info(
+        "hidden_states", TensorProto.FLOAT, ["batch", "tokens", HIDDEN]
+    )
+    nodes = [
+        helper.make_node(unknown_op or "Cast", ["input_ids"], ["ids"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["ids", "axis"], ["column"]),
+        helper.make_node("MatMul", ["column", "weights"], ["hidden_states"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis"),
+        numpy_helper.from_array(WEIGHTS.reshape(1, HIDDEN), "weights"),
+    ]
+    graph = helper.make_graph(nodes, "tiny", inputs, [output], initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shoal.fleet.triton_control import TritonControl
 from shoal.runtime import client as triton_client
 from shoal.runtime.serve import LocalServing
 
@@ -24,7 +25,8 @@ async def test_an_onnxruntime_entry_is_served_with_the_portable_fallback(tmp_pat
         client = triton_client.connect(serving.server.http_address)
         first = triton_client.embed(client, "native", ["a shoal of fish", "x"])
         client.unload_model("native__encode")
-        await serving.control.wait_until_unloaded(["native__encode"])
+        async with TritonControl(serving.server.http_url) as control:
+            await control.wait_until_unloaded(["native__encode"])
         client.load_model("native")  # plain tritonclient: the view keeps the fallback
         np.testing.assert_allclose(
             triton_client.embed(client, "native", ["a shoal of fish", "x"]), first, atol=1e-6

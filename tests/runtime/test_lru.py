@@ -79,7 +79,9 @@ async def test_a_client_loading_through_triton_is_noticed_and_the_budget_enforce
     server = triton_server(repository)
     manifests = {n: Manifest.read(repository / n) for n in NAMES}
     per_model = max(m.memory_bytes for m in manifests.values())
-    controller = LocalController(server.http_url, manifests, budget_bytes=int(per_model * 2.5))
+    controller = LocalController(
+        server.http_url, manifests, budget_bytes=int(per_model * 2.5), policy=LeastRecentlyUsed()
+    )
     await controller.start(load=["ma", "mb"])
     embed(server, "mb")
     embed(server, "ma")

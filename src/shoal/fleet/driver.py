@@ -50,7 +50,7 @@ from shoal.fleet.hot_swap import (
     models_to_remove,
     present,
 )
-from shoal.fleet.placement import EvictionPolicy, LeastRecentlyUsed, ModelState, plan_load
+from shoal.fleet.placement import DEFAULT_POLICY, EvictionPolicy, ModelState, make_policy, plan_load
 from shoal.fleet.replica import Replica
 from shoal.fleet.replica_client import ReplicaClient, ReplicaObservation
 
@@ -61,6 +61,7 @@ RELEASE_POLL_S = 0.05
 # An entry nobody owns and whose size nobody knows: counted as this much, so it is evictable
 # without being mistaken for free memory (docs/operator.md, "Placement and eviction").
 DEFAULT_UNOWNED_MEMORY = 1 * 2**30
+DEFAULT_LOAD_COST_S = 2.5  # a MiniLM-size encode step's reload here, until one is measured
 SETTLE_WAIT_S = 600.0  # how long a removal keeps waiting for a hung load to end, to unload it
 BACKOFF_BASE_S = 5.0
 BACKOFF_CAP_S = 300.0
@@ -136,11 +137,11 @@ class ReplicaDriver:
     ) -> None:
         self.replica = replica
         self.client: Client = client or ReplicaClient(replica)
-        self.policy = policy or LeastRecentlyUsed()
+        self.policy = policy or make_policy(DEFAULT_POLICY)
         self._entry_check = entry_check
         self._checked_ok: set[str] = set()  # passed once: hot swaps do not hash again
         self._unowned_memory = unowned_memory
-        self._load_deadline = load_deadline
+        self.load_deadline = load_deadline
         self._on_event = on_event
         self.keep_light_steps = keep_light_steps
         self._clock = clock
@@ -150,6 +151,18 @@ class ReplicaDriver:
         self.last_observation: ReplicaObservation | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._held_since: dict[str, float] = {}  # entry -> wall ms when first seen holding memory
+        self._inference_seen: dict[str, int] = {}  # entry -> Triton's inference count last seen
+        self._load_seconds: dict[str, float] = {}  # entry -> last measured load time
+
+    def use_repository(
+        self,
+        entry_check: Callable[[str], list[str]] | None,
+        unowned_memory: Callable[[str], int | None] | None,
+    ) -> None:
+        """Where the replica's model repository became readable (the operator learns a pool's
+        repository from its spec): check entries before loading, size unowned ones."""
+        self._entry_check = entry_check
+        self._unowned_memory = unowned_memory
 
     # -- observing ----------------------------------------------------------------------------
     async def observe(self) -> ReplicaObservation:
@@ -162,8 +175,28 @@ class ReplicaDriver:
             self._held_since[entry] = now_ms
         for entry in self._held_since.keys() - holding:
             del self._held_since[entry]
+        self._record_uses(observation)
         self.last_observation = observation
         return observation
+
+    def _record_uses(self, observation: ReplicaObservation) -> None:
+        """Tell the policy how many requests each entry served since the last look (frequency
+        for GDSF); Triton's counts restart with a reload."""
+        for entry, count in observation.inference_count.items():
+            if entry_of(entry) != entry:
+                continue  # the ensemble's count is the entry's
+            seen = self._inference_seen.get(entry, 0)
+            new = count - seen if count >= seen else count
+            self._inference_seen[entry] = count
+            if new > 0:
+                self.policy.record_use(self._state_for_policy(entry), count=new)
+
+    def _state_for_policy(self, entry: str, memory_bytes: int | None = None) -> ModelState:
+        memory = memory_bytes if memory_bytes is not None else self._memory_of(entry, {})
+        return ModelState(entry, memory, load_cost_s=self._load_cost(entry))
+
+    def _load_cost(self, entry: str) -> float:
+        return self._load_seconds.get(entry, DEFAULT_LOAD_COST_S)
 
     def holding(self, observation: ReplicaObservation) -> list[str]:
         """Entries that count against the budget (an evicted entry's light steps do not)."""
@@ -202,6 +235,7 @@ class ReplicaDriver:
                     pinned=bool(owner and (owner.pinned or owner.priority > incoming_priority)),
                     in_flight=in_flight + (owner.in_use if owner else 0),
                     last_used=float(last_used),
+                    load_cost_s=self._load_cost(entry),
                 )
             )
         return states
@@ -292,7 +326,7 @@ class ReplicaDriver:
 
     async def _load_entry(self, target: Resident, observation: ReplicaObservation) -> None:
         entry = target.entry
-        deadline_s = self._load_deadline(target.memory_bytes)
+        deadline_s = self.load_deadline(target.memory_bytes)
         targets = models_to_load(
             entry, light_steps_ready(entry, observation.states), self.keep_light_steps
         )
@@ -327,7 +361,8 @@ class ReplicaDriver:
         finally:
             self._loading.discard(entry)
         elapsed = self._clock() - started
-        self.policy.record_use(ModelState(entry, target.memory_bytes, load_cost_s=elapsed))
+        self._load_seconds[entry] = elapsed
+        self.policy.record_use(self._state_for_policy(entry, target.memory_bytes))
         how = "encode step" if len(targets) > 1 else "whole entry"
         log.info("loaded %s (%s) on %s in %.2f s", entry, how, self.replica.name, elapsed)
         self._emit("loaded", entry, elapsed, how)
@@ -373,7 +408,9 @@ class ReplicaDriver:
     ) -> list[str]:
         for victim in victims:
             await self._unload(models_to_evict(victim, self.keep_light_steps), observation)
-            self.policy.record_eviction(ModelState(victim, self._memory_of(victim, residents)))
+            self.policy.record_eviction(
+                self._state_for_policy(victim, self._memory_of(victim, residents))
+            )
             log.info("evicted %s from %s for %s", victim, self.replica.name, reason)
             self._emit("evicted", victim, detail=reason)
         return list(victims)

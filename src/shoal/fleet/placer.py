@@ -15,13 +15,15 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from shoal.fleet.driver import DriverEvent, ReplicaDriver, Resident
-from shoal.fleet.errors import LoadFailed, LoadTimedOut, ReplicaUnreachable
+from shoal.fleet.errors import EntryInvalid, LoadFailed, LoadTimedOut, ReplicaUnreachable
 from shoal.fleet.hot_swap import models_to_remove
-from shoal.fleet.placement import EvictionPolicy, LeastRecentlyUsed
+from shoal.fleet.placement import DEFAULT_POLICY, EvictionPolicy, make_policy
 from shoal.fleet.replica import Replica
 from shoal.fleet.replica_client import ReplicaObservation
+from shoal.manifest import Manifest, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,28 @@ class KnownModel:
         return Resident(self.entry, memory, self.pinned, self.priority, self.in_use)
 
 
+def repository_checks(
+    repository: Path | None,
+) -> tuple[Callable[[str], list[str]] | None, Callable[[str], int | None] | None]:
+    """For a pool whose model repository the caller can read: the entry check (`shoal repo
+    check`'s, run before every load) and the memory of entries nobody owns (their manifest).
+    Without one, neither: loads are not checked and unowned entries count the default."""
+    if repository is None:
+        return None, None
+    from shoal.model_repository.repository import check_entry  # noqa: PLC0415  (protobuf)
+
+    def entry_problems(entry: str) -> list[str]:
+        return check_entry(repository, entry).problems
+
+    def manifest_memory(entry: str) -> int | None:
+        try:
+            return Manifest.read(repository / entry).memory_bytes
+        except ManifestError:
+            return None  # not a shoal entry (or unreadable): the driver's default
+
+    return entry_problems, manifest_memory
+
+
 @dataclass
 class Eviction:
     replica: str
@@ -59,6 +83,7 @@ class PlacementResult:
     evictions: list[Eviction] = field(default_factory=list)
     load_errors: dict[str, str] = field(default_factory=dict)  # replica -> Triton's message
     timed_out: dict[str, str] = field(default_factory=dict)  # replica -> LoadTimedOut message
+    invalid_entry: str = ""  # the entry check's verdict: never handed to Triton
     unreachable: dict[str, str] = field(default_factory=dict)  # replica -> error
     blocked: str = ""  # why it could not be placed on more replicas
     last_used: datetime | None = None
@@ -75,7 +100,7 @@ class Placer:
         policy: EvictionPolicy | None = None,
         on_event: Callable[[DriverEvent], None] | None = None,
     ) -> None:
-        self.policy = policy or LeastRecentlyUsed()
+        self.policy = policy or make_policy(DEFAULT_POLICY)
         self._on_event = on_event
         self._driver_factory = driver_factory or self._default_driver
         self._drivers: dict[str, ReplicaDriver] = {}
@@ -84,11 +109,14 @@ class Placer:
     def _default_driver(self, replica: Replica) -> ReplicaDriver:
         return ReplicaDriver(replica, policy=self.policy, on_event=self._on_event)
 
-    def driver(self, replica: Replica) -> ReplicaDriver:
-        """The replica's driver; a replica that came back at another address gets a new one."""
+    def driver(self, replica: Replica, repository: Path | None = None) -> ReplicaDriver:
+        """The replica's driver; a replica that came back at another address gets a new one.
+        `repository`: the pool's model repository, where the operator can read it."""
         driver = self._drivers.get(replica.name)
         if driver is None or driver.replica != replica:
             driver = self._drivers[replica.name] = self._driver_factory(replica)
+        if repository is not None:
+            driver.use_repository(*repository_checks(repository))
         return driver
 
     # -- reading ------------------------------------------------------------------------------
@@ -125,6 +153,7 @@ class Placer:
         known: Mapping[str, KnownModel],
         allow_evict: bool,
         stopped: Callable[[], bool] | None = None,
+        repository: Path | None = None,
     ) -> PlacementResult:
         """Make `model` loaded on at least `min_replicas` of `replicas` (all of them if fewer).
 
@@ -132,12 +161,15 @@ class Placer:
         With `allow_evict` False, load only where the model fits without evicting (the drift
         timer repairs this way, so that an evicted model does not evict back). `stopped` is
         asked once the entry's lock is held: a drift run that waited there behind the model's
-        deletion must not load it back."""
+        deletion must not load it back. `repository`: the pool's model repository where the
+        caller can read it (entry check before loading, memory of models nobody owns)."""
         result = PlacementResult()
         async with self._entry_locks[(model.namespace, model.entry)]:
             if stopped is not None and stopped():
                 result.blocked = "stopped (the model is being deleted)"
                 return result
+            for replica in replicas:
+                self.driver(replica, repository)
             seen, result.unreachable = await self.observe_all(replicas)
             result.loaded_on = sorted(n for n, o in seen.items() if o.ready(model.entry))
             result.last_used = _last_used(model.entry, seen.values())
@@ -203,6 +235,8 @@ class Placer:
             return f"load failed: {outcome.error.triton_message}"
         if isinstance(outcome.error, LoadTimedOut):
             result.timed_out[replica.name] = str(outcome.error)
+        if isinstance(outcome.error, EntryInvalid):
+            result.invalid_entry = str(outcome.error)
         return outcome.reason
 
     # -- removing and enforcing ---------------------------------------------------------------
@@ -223,14 +257,20 @@ class Placer:
         return errors
 
     async def enforce_budget(
-        self, replicas: Sequence[Replica], budget_bytes: int, known: Mapping[str, KnownModel]
+        self,
+        replicas: Sequence[Replica],
+        budget_bytes: int,
+        known: Mapping[str, KnownModel],
+        repository: Path | None = None,
     ) -> list[Eviction]:
-        """Evict by policy on every replica over `budget_bytes` (a lowered memoryPerReplica)."""
+        """Evict by policy on every replica over `budget_bytes` (a lowered memoryPerReplica,
+        models loaded behind the operator's back)."""
         residents = _residents(known, budget_bytes)
         evictions: list[Eviction] = []
         for replica in replicas:
             try:
-                evicted = await self.driver(replica).enforce_budget(budget_bytes, residents)
+                driver = self.driver(replica, repository)
+                evicted = await driver.enforce_budget(budget_bytes, residents)
             except ReplicaUnreachable as exc:
                 log.info("budget not enforced on %s: %s", replica.name, exc)
                 continue

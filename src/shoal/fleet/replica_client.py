@@ -33,6 +33,7 @@ class ReplicaObservation:
     states: dict[str, str] = field(default_factory=dict)  # triton model -> READY/LOADING/...
     reasons: dict[str, str] = field(default_factory=dict)  # triton model -> Triton's reason
     last_inference_ms: dict[str, int] = field(default_factory=dict)
+    inference_count: dict[str, int] = field(default_factory=dict)  # since the model loaded
     pending_requests: dict[str, int] = field(default_factory=dict)
 
     def ready(self, triton_model: str) -> bool:
@@ -74,6 +75,9 @@ class ReplicaClient:
             for stat in stats:
                 previous = observation.last_inference_ms.get(stat.name, 0)
                 observation.last_inference_ms[stat.name] = max(stat.last_inference_ms, previous)
+                observation.inference_count[stat.name] = (
+                    observation.inference_count.get(stat.name, 0) + stat.inference_count
+                )
             if self.replica.metrics_url is not None:
                 try:
                     observation.pending_requests = await control.pending_requests(

@@ -183,6 +183,7 @@ async def _reconcile(
     result = await memo.placer.place(
         me, memory, model.min_replicas, replicas, pool.memory_per_replica, known, allow_evict,
         stopped=is_stopped,
+        repository=Path(pool.local_repository) if pool.local_repository else None,
     )  # fmt: skip
     if is_stopped is not None and is_stopped():
         return
@@ -209,6 +210,16 @@ async def _reconcile(
             conditions, "Loaded", True, "Loaded",
             f"loaded on {loaded} replica(s): {', '.join(result.loaded_on) or '-'}", generation,
         )  # fmt: skip
+    elif result.invalid_entry:
+        desired["phase"] = "Failed" if loaded == 0 else "Ready"
+        desired["lastError"] = result.invalid_entry
+        conditions = set_condition(
+            conditions, "Loaded", False, "EntryInvalid", result.invalid_entry, generation
+        )
+        previous = get_condition(list(status.get("conditions") or []), "Loaded") or {}
+        if previous.get("reason") != "EntryInvalid":  # warn once, not at every retry
+            kopf.warn(body, reason="EntryInvalid", message=result.invalid_entry)
+        retry_message = result.invalid_entry
     elif result.load_errors:
         triton_error = "; ".join(f"{r}: {e}" for r, e in sorted(result.load_errors.items()))
         desired["phase"] = "Failed" if loaded == 0 else "Ready"

@@ -21,7 +21,13 @@ from shoal.contract import STEP_ENCODE, step_name
 from shoal.fleet.driver import DriverEvent, ReplicaDriver, Resident
 from shoal.fleet.errors import EntryInvalid, FleetError, PlacementRefused, ReplicaUnreachable
 from shoal.fleet.hot_swap import light_steps_ready
-from shoal.fleet.placement import EvictionPolicy, LeastRecentlyUsed, ModelState, initial_loads
+from shoal.fleet.placement import (
+    DEFAULT_POLICY,
+    EvictionPolicy,
+    ModelState,
+    initial_loads,
+    make_policy,
+)
 from shoal.fleet.replica import Replica
 from shoal.fleet.replica_client import ReplicaClient, ReplicaObservation
 from shoal.manifest import Manifest
@@ -89,7 +95,7 @@ class LocalController:
         self.driver = ReplicaDriver(
             self.replica,
             client=ReplicaClient(self.replica, log_reader=log_reader),
-            policy=policy or LeastRecentlyUsed(),
+            policy=policy or make_policy(DEFAULT_POLICY),
             entry_check=entry_check,
             # Entries of this repository are owned; anything else loaded by a client counts as
             # the driver's default (it has no manifest here).

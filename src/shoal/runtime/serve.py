@@ -34,7 +34,7 @@ from shoal.router.settings import RouterSettings
 from shoal.runtime.controller import LocalController
 from shoal.runtime.fallback import ServingView, serving_view
 from shoal.runtime.installation import locate_triton
-from shoal.runtime.triton import TritonServer
+from shoal.runtime.triton import TritonServer, TritonStartError
 
 if TYPE_CHECKING:
     from shoal.router.server import RouterServer
@@ -172,18 +172,27 @@ class LocalServing:
                     log.warning("Triton did not answer: %s", exc)
                     await asyncio.sleep(interval_s)
                     continue
-            now = time.monotonic()
-            crashes.append(now)
-            while crashes and now - crashes[0] > CRASH_WINDOW_S:
-                crashes.popleft()
-            code = self.server.returncode
-            if len(crashes) >= CRASH_LIMIT:
-                raise TritonCrashLoop(
-                    f"tritonserver died {len(crashes)} times within {CRASH_WINDOW_S:.0f} s (last "
-                    f"exit code {code}); not restarting it again.\n{self.server.log_tail()}"
-                )
-            log.warning("tritonserver exited (code %s): restarting it", code)
-            await self._restart()
+            while True:  # restart until it stays up, or give up
+                self._count_crash(crashes)
+                try:
+                    await self._restart()
+                    break
+                except TritonStartError as exc:
+                    log.warning("restarting tritonserver failed: %s", str(exc).splitlines()[0])
+
+    def _count_crash(self, crashes: deque[float]) -> None:
+        assert self.server is not None
+        now = time.monotonic()
+        crashes.append(now)
+        while crashes and now - crashes[0] > CRASH_WINDOW_S:
+            crashes.popleft()
+        code = self.server.returncode
+        if len(crashes) >= CRASH_LIMIT:
+            raise TritonCrashLoop(
+                f"tritonserver died {len(crashes)} times within {CRASH_WINDOW_S:.0f} s (last "
+                f"exit code {code}); not restarting it again.\n{self.server.log_tail()}"
+            )
+        log.warning("tritonserver exited (code %s): restarting it", code)
 
     async def _restart(self) -> None:
         assert self.controller is not None and self.server is not None
