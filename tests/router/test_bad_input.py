@@ -54,6 +54,7 @@ HTTP_CASES = [
      "X-Shoal-Timeout"),
     ("an unknown path", "GET", "/v3/anything", b"", {}, 404, "is not served here"),
     ("a wrong method", "DELETE", INFER, b"", {}, 404, "not allowed"),
+    ("HEAD on a proxied path", "HEAD", "/v2/models/alpha", b"", {}, 404, None),
     ("KServe-only model on /v1", "POST", "/v1/embeddings", b'{"model": "alpha", "input": "a"}',
      {}, 400, "has no shoal manifest"),
 ]  # fmt: skip
@@ -62,8 +63,13 @@ HTTP_CASES = [
 @pytest.mark.parametrize("case", HTTP_CASES, ids=[c[0] for c in HTTP_CASES])
 def test_bad_http_input_is_refused_alone(router, case) -> None:
     _, method, path, body, headers, status, words = case
-    answer = requests.request(method, router.http_url + path, data=body, headers=headers, timeout=30)
+    answer = requests.request(
+        method, router.http_url + path, data=body, headers=headers, timeout=30
+    )
     assert answer.status_code == status, answer.text
+    if method == "HEAD":  # no body to read
+        assert_still_serving(router)
+        return
     error = answer.json()["error"]
     message = error["message"] if path.startswith("/v1/") else error
     assert words in message
@@ -131,3 +137,12 @@ def test_a_grpc_message_over_the_limit_is_refused(router) -> None:
         client.infer("alpha", [x])
     assert "RESOURCE_EXHAUSTED" in str(caught.value)
     assert_still_serving(router)
+
+
+def test_a_client_expecting_100_continue_is_answered(router) -> None:
+    # curl sends `Expect: 100-continue` for bodies over 1 MiB; the router answers it itself.
+    answer = requests.post(
+        router.http_url + INFER, data=GOOD, headers={"Expect": "100-continue"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [2.0, 4.0]

@@ -64,7 +64,9 @@ async def test_least_in_flight_replica_is_chosen_first() -> None:
     assert sorted(await asyncio.gather(first, second)) == ["a", "b"]
 
 
-async def test_a_held_request_is_dispatched_when_the_model_becomes_ready_and_placement_is_asked_once() -> None:
+async def test_a_held_request_is_dispatched_when_the_model_becomes_ready_and_placement_is_asked_once() -> (
+    None
+):
     router, source = make_router()
     calls = [asyncio.create_task(router.call("m", answer_with_replica)) for _ in range(3)]
     await until(lambda: source.demand.get("m") == (3, 0))
@@ -189,9 +191,12 @@ async def test_a_replica_leaving_the_ready_set_mid_request_gets_the_request_retr
     await started.wait()
     source.set_ready("m", [B])
     assert await asyncio.wait_for(task, 2) == "b"
-    assert router.metrics.registry.get_sample_value(
-        "shoal_router_retries_total", {"model": "m", "reason": "replica_left"}
-    ) == 1
+    assert (
+        router.metrics.registry.get_sample_value(
+            "shoal_router_retries_total", {"model": "m", "reason": "replica_left"}
+        )
+        == 1
+    )
     await router.close()
 
 

@@ -131,7 +131,9 @@ def test_grpc_stream_infer_through_the_router(router) -> None:
     client.start_stream(callback=lambda result, error: answers.append((result, error)))
     values = np.arange(6, dtype=np.float32).reshape(2, 3)
     for index, model in enumerate(["alpha", "beta", "alpha", "beta"]):
-        client.async_stream_infer(model, [tensor(grpcclient, values + index)], request_id=str(index))
+        client.async_stream_infer(
+            model, [tensor(grpcclient, values + index)], request_id=str(index)
+        )
     client.stop_stream()
     client.close()
     assert len(answers) == 4

@@ -15,7 +15,7 @@ import tritonclient.http as httpclient
 from shoal.contract import INPUT_QUERY, INPUT_TEXT, OUTPUT_EMBEDDING, OUTPUT_SCORE
 from shoal.model_repository.layout import EntryLayout
 from shoal.model_repository.repository import read_entry
-from shoal.router.static_source import StaticRoute
+from shoal.router.static_source import StaticRoute, routes_from_repository
 from tests.router.support import RouterThread, replica_of
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -39,7 +39,9 @@ def repository(tiny_model, tmp_path_factory):
 def triton(repository, tmp_path_factory):
     from tests.router.conftest import _session_triton
 
-    models = [m for name in ("embedder", "reranker") for m in EntryLayout(repository, name).triton_models]
+    models = [
+        m for name in ("embedder", "reranker") for m in EntryLayout(repository, name).triton_models
+    ]
     yield from _session_triton(repository, models, tmp_path_factory)
 
 
@@ -49,9 +51,10 @@ def manifests(repository):
 
 
 @pytest.fixture(scope="module")
-def router(triton, manifests):
-    replica = (replica_of(triton),)
-    routes = [StaticRoute(name, replica, manifest) for name, manifest in manifests.items()]
+def router(triton, repository):
+    # As `shoal router run --repository DIR --replica URL` builds them: every entry, with manifest.
+    routes = routes_from_repository(repository, [replica_of(triton)])
+    assert sorted(r.model for r in routes) == ["embedder", "reranker"]
     with RouterThread(routes, probe_interval_s=0.5) as running:
         yield running
 
@@ -129,7 +132,9 @@ def test_dimensions_truncate_and_renormalize_where_the_entry_allows(triton, mani
     manifest = manifests["embedder"]
     allowing = replace(manifest, extra={**manifest.extra, "matryoshka": True})
     with RouterThread([StaticRoute("embedder", (replica_of(triton),), allowing)], 0.5) as running:
-        answer = post(running, "/v1/embeddings", {"model": "embedder", "input": TEXTS[:2], "dimensions": 8})
+        answer = post(
+            running, "/v1/embeddings", {"model": "embedder", "input": TEXTS[:2], "dimensions": 8}
+        )
         assert answer.status_code == 200, answer.text
     got = np.array([row["embedding"] for row in answer.json()["data"]], dtype=np.float32)
     want = direct(triton, "embedder", {INPUT_TEXT: TEXTS[:2]}, OUTPUT_EMBEDDING)[:, :8]
@@ -138,7 +143,9 @@ def test_dimensions_truncate_and_renormalize_where_the_entry_allows(triton, mani
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
-def test_rerank_equals_tritonclient_sorted_with_top_n_and_documents(router, triton, repository) -> None:
+def test_rerank_equals_tritonclient_sorted_with_top_n_and_documents(
+    router, triton, repository
+) -> None:
     answer = post(
         router, "/v1/rerank",
         {"model": "reranker", "query": QUERY, "documents": DOCUMENTS, "top_n": 3,
@@ -147,7 +154,10 @@ def test_rerank_equals_tritonclient_sorted_with_top_n_and_documents(router, trit
     assert answer.status_code == 200, answer.text
     body = answer.json()
     scores = direct(
-        triton, "reranker", {INPUT_QUERY: [QUERY] * len(DOCUMENTS), INPUT_TEXT: DOCUMENTS}, OUTPUT_SCORE
+        triton,
+        "reranker",
+        {INPUT_QUERY: [QUERY] * len(DOCUMENTS), INPUT_TEXT: DOCUMENTS},
+        OUTPUT_SCORE,
     )[:, 0]
     order = list(np.argsort(-scores, kind="stable"))[:3]
     assert [r["index"] for r in body["results"]] == order
@@ -168,7 +178,12 @@ def test_tei_shaped_rerank_requests_are_accepted(router) -> None:
 @pytest.mark.parametrize(
     ("path", "payload", "status", "words"),
     [
-        ("/v1/rerank", {"model": "embedder", "query": "q", "documents": ["d"]}, 400, "'embed' model"),
+        (
+            "/v1/rerank",
+            {"model": "embedder", "query": "q", "documents": ["d"]},
+            400,
+            "'embed' model",
+        ),
         ("/v1/embeddings", {"model": "reranker", "input": "a"}, 400, "'rerank' model"),
         ("/v1/embeddings", {"model": "embedder", "input": [1, 2]}, 400, "token arrays"),
     ],

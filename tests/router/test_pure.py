@@ -101,3 +101,15 @@ def test_rerank_accepts_cohere_jina_and_tei_shapes() -> None:
         parse_rerank({"model": "r", "query": "q", "documents": "x"})
     with pytest.raises(RouterError):
         parse_rerank({"model": "r", "query": 3, "documents": ["x"]})
+
+
+def test_every_method_of_the_grpc_service_is_served_or_refused_by_name() -> None:
+    from shoal.router.core import Router
+    from shoal.router.grpc_server import SERVICE, GrpcFrontDoor
+    from shoal.router.settings import RouterSettings
+    from shoal.router.static_source import StaticPlacement
+
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    settings = RouterSettings(metrics_port=None)
+    door = GrpcFrontDoor(Router(StaticPlacement([], probe_interval_s=None), settings), settings)
+    assert set(door._handlers) == {SERVICE + method.name for method in service.methods}

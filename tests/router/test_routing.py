@@ -99,6 +99,9 @@ async def test_a_held_request_is_answered_within_50_ms_of_the_model_becoming_rea
         else:
             assert answer.as_numpy("Y").tolist() == [[2.0, 2.0]]
             await client.close()
+    print(
+        f"{protocol}: answered {elapsed * 1000:.1f} ms after readiness (direct call {direct_s * 1000:.1f} ms)"
+    )
     assert elapsed - direct_s < DISPATCH_GOAL_S, (elapsed, direct_s)
 
 
@@ -114,7 +117,10 @@ def test_past_the_deadline_http_gets_503_with_retry_after_naming_the_model(trito
         assert response.get("retry-after") == "5"
         message = json.loads(response.read())["error"]
         assert "'alpha'" in message and "not ready" in message
-        assert running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="deadline") == 1
+        assert (
+            running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="deadline")
+            == 1
+        )
 
 
 def test_past_max_hold_grpc_gets_unavailable_naming_the_model(triton_a) -> None:
@@ -139,6 +145,11 @@ def test_a_grpc_client_deadline_ends_the_hold(triton_a) -> None:
             client.infer("alpha", [x], client_timeout=0.3)
         assert time.monotonic() - started < 2
         wait_for(lambda: running.source.demand.get("alpha") == (0, 0), 5, "hold ended")
+        ended = sum(
+            running.metric("shoal_router_hold_seconds_count", model="alpha", outcome=outcome)
+            for outcome in ("cancelled", "deadline")
+        )
+        assert ended == 1
 
 
 async def test_over_the_hold_bound_http_gets_503_and_grpc_unavailable(triton_a) -> None:
@@ -165,7 +176,19 @@ async def test_over_the_hold_bound_http_gets_503_and_grpc_unavailable(triton_a) 
             assert answer.status == 200
             answer.release()
         await session.close()
-        assert running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="overflow") == 2
+        assert (
+            running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="overflow")
+            == 2
+        )
+
+
+async def post_and_wait_until_held(running: RouterThread, session: aiohttp.ClientSession):
+    url = f"{running.http_url}/v2/models/alpha/infer"
+    held = asyncio.ensure_future(session.post(url, data=BODY))
+    await asyncio.to_thread(
+        wait_for, lambda: running.source.demand.get("alpha") == (1, 0), 10, "held"
+    )
+    return held
 
 
 async def test_a_model_that_cannot_load_fails_held_requests_at_once_without_retry_after(
@@ -173,12 +196,10 @@ async def test_a_model_that_cannot_load_fails_held_requests_at_once_without_retr
 ) -> None:
     with _held_router(triton_a) as running:
         async with aiohttp.ClientSession() as session:
-            url = f"{running.http_url}/v2/models/alpha/infer"
-            held = asyncio.ensure_future(session.post(url, data=BODY))
-            await asyncio.to_thread(
-                wait_for, lambda: running.source.demand.get("alpha") == (1, 0), 10, "held"
+            held = await post_and_wait_until_held(running, session)
+            running.in_loop(
+                running.source.set_permanent_error, "alpha", "needs 80 GiB, pools have 24"
             )
-            running.in_loop(running.source.set_permanent_error, "alpha", "needs 80 GiB, pools have 24")
             answer = await held
             assert answer.status == 500
             assert "Retry-After" not in answer.headers
@@ -188,16 +209,15 @@ async def test_a_model_that_cannot_load_fails_held_requests_at_once_without_retr
 async def test_a_client_that_disconnects_while_held_is_dropped_and_counted(triton_a) -> None:
     with _held_router(triton_a) as running:
         async with aiohttp.ClientSession() as session:
-            url = f"{running.http_url}/v2/models/alpha/infer"
-            held = asyncio.ensure_future(session.post(url, data=BODY))
-            await asyncio.to_thread(
-                wait_for, lambda: running.source.demand.get("alpha") == (1, 0), 10, "held"
-            )
+            held = await post_and_wait_until_held(running, session)
             held.cancel()  # closes the connection
         await asyncio.to_thread(
             wait_for, lambda: running.source.demand.get("alpha") == (0, 0), 10, "dropped"
         )
-        assert running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="cancelled") == 1
+        assert (
+            running.metric("shoal_router_hold_seconds_count", model="alpha", outcome="cancelled")
+            == 1
+        )
 
 
 def test_unknown_model_on_a_replica_holds_the_request_until_placement_changes(
@@ -210,10 +230,29 @@ def test_unknown_model_on_a_replica_holds_the_request_until_placement_changes(
         x = grpcclient.InferInput("X", [1, 2], "FP32")
         x.set_data_from_numpy(np.ones((1, 2), np.float32))
         answers: list = []
-        client.async_infer("beta", [x], callback=lambda result, error: answers.append((result, error)))
+        client.async_infer(
+            "beta", [x], callback=lambda result, error: answers.append((result, error))
+        )
         wait_for(lambda: running.source.demand.get("beta") == (1, 0), 10, "held again")
         assert running.source.placement_requests == ["beta"]
         running.in_loop(running.source.set_ready, "beta", [b])
         result, error = wait_for(lambda: answers and answers[0], 10, "answer")
         assert error is None and result.as_numpy("Y").tolist() == [[2.0, 2.0]]
-        assert running.metric("shoal_router_retries_total", model="beta", reason="model_missing") == 1
+        assert (
+            running.metric("shoal_router_retries_total", model="beta", reason="model_missing") == 1
+        )
+
+
+def test_a_stream_request_for_a_cold_model_is_held_then_answered(triton_a) -> None:
+    with _held_router(triton_a) as running:
+        client = grpcclient.InferenceServerClient(running.grpc_address)
+        answers: list = []
+        client.start_stream(callback=lambda result, error: answers.append((result, error)))
+        x = grpcclient.InferInput("X", [1, 2], "FP32")
+        x.set_data_from_numpy(np.ones((1, 2), np.float32))
+        client.async_stream_infer("alpha", [x])
+        wait_for(lambda: running.source.demand.get("alpha") == (1, 0), 10, "held")
+        running.in_loop(running.source.set_ready, "alpha", running.routes[0].replicas)
+        result, error = wait_for(lambda: answers and answers[0], 10, "the streamed answer")
+        client.stop_stream()
+        assert error is None and result.as_numpy("Y").tolist() == [[2.0, 2.0]]

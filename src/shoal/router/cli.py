@@ -66,8 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hold a request this long for its model when the client sends no timeout",
     )  # fmt: skip
     run.add_argument(
-        "--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
-        help="auto: uvloop where installed (the `router` extra installs it)",
+        "--event-loop", default="asyncio", choices=["asyncio", "uvloop", "auto"],
+        help="uvloop (if installed) measured no faster per core here "
+        "(benchmarks/router_overhead.py); auto: uvloop where installed",
     )  # fmt: skip
     run.add_argument("--probe-interval", type=float, default=2.0, help="readiness probe, seconds")
     run.add_argument(

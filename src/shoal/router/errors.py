@@ -102,3 +102,8 @@ class ReplicaRefused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def replica_failure(exc: ReplicaUnreachable | ModelMissingOnReplica) -> RouterError:
+    """A call that goes to one replica without the core's retries (statistics) and fails."""
+    return RouterError(ErrorKind.REPLICA_UNREACHABLE, f"the replica failed: {exc}")

@@ -20,7 +20,13 @@ from tritonclient.grpc import service_pb2
 from shoal import __version__ as shoal_version
 from shoal.fleet.replica import Replica
 from shoal.router.core import Router
-from shoal.router.errors import ErrorKind, RouterError
+from shoal.router.errors import (
+    ErrorKind,
+    ModelMissingOnReplica,
+    ReplicaUnreachable,
+    RouterError,
+    replica_failure,
+)
 from shoal.router.grpc_wire import read_model_fields
 from shoal.router.http_server import EXTENSIONS
 from shoal.router.settings import RouterSettings
@@ -84,6 +90,8 @@ class GrpcFrontDoor(grpc.GenericRpcHandler):
                 return await behavior(request, context)
             except RouterError as exc:
                 await abort(context, exc, self.settings.retry_after_s)
+            except (ReplicaUnreachable, ModelMissingOnReplica) as exc:
+                await abort(context, replica_failure(exc), self.settings.retry_after_s)
             except UpstreamRpcError as exc:
                 await context.abort(exc.code, exc.details)
             raise AssertionError("unreachable: abort raises")

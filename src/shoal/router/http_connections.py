@@ -73,12 +73,14 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def _parse(self) -> None:
-        if self._head is None:
-            end = self.buffer.find(b"\r\n\r\n")
+        while self._head is None:
+            end = self.buffer.find(b"\r\n\r\n", self._body_start)
             if end < 0:
                 return
-            self._head = _parse_head(bytes(self.buffer[:end]))
+            status, headers = _parse_head(bytes(self.buffer[self._body_start : end]))
             self._body_start = end + 4
+            if not 100 <= status < 200:  # 1xx answers (100 Continue) are interim: skip them
+                self._head = status, headers
         headers = self._head[1]
         length = headers.get("content-length")
         if length is not None:
@@ -101,6 +103,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.buffer.clear()
         self._head = None
+        self._body_start = 0
         self.waiter = asyncio.get_running_loop().create_future()
         if body:
             self.transport.writelines((head, body))

@@ -21,7 +21,14 @@ from aiohttp import web
 from shoal import __version__ as shoal_version
 from shoal.fleet.replica import Replica
 from shoal.router.core import Router
-from shoal.router.errors import ErrorKind, ReplicaRefused, RouterError
+from shoal.router.errors import (
+    ErrorKind,
+    ModelMissingOnReplica,
+    ReplicaRefused,
+    ReplicaUnreachable,
+    RouterError,
+    replica_failure,
+)
 from shoal.router.kserve_json import (
     HEADER_LENGTH,
     BadInferResponse,
@@ -47,7 +54,7 @@ EXTENSIONS = [
 ]
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "content-length",
+    "transfer-encoding", "upgrade", "host", "content-length", "expect",
 }  # fmt: skip
 NOT_SERVED_PREFIXES = (
     "/v2/repository", "/v2/systemsharedmemory", "/v2/cudasharedmemory", "/v2/trace", "/v2/logging",
@@ -104,7 +111,11 @@ class HttpFrontDoor:
         app = web.Application(
             client_max_size=self.settings.max_body_bytes, middlewares=[self._errors]
         )
-        get, post = web.get, web.post
+        post = web.post
+
+        def get(path: str, handler):  # no HEAD: the upstream client reads a body after a status
+            return web.get(path, handler, allow_head=False)
+
         app.add_routes([
             get("/v2/health/live", self.live),
             get("/v2/health/ready", self.live),
@@ -126,7 +137,6 @@ class HttpFrontDoor:
         return app
 
     async def _start(self, _app: web.Application) -> None:
-        await self.upstream.start()
         await self.router.start()
 
     async def _close(self, _app: web.Application) -> None:
@@ -140,6 +150,8 @@ class HttpFrontDoor:
             return await handler(request)
         except RouterError as exc:
             return error_response(exc, request.path, self.settings.retry_after_s)
+        except (ReplicaUnreachable, ModelMissingOnReplica) as exc:
+            return error_response(replica_failure(exc), request.path, self.settings.retry_after_s)
         except ReplicaRefused as exc:  # Triton's own status, for a request the router built
             kind = "invalid_request_error" if exc.status < 500 else "server_error"
             error = {"message": exc.message, "type": kind, "param": None, "code": "replica_error"}

@@ -123,7 +123,9 @@ def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | N
 
 
 def run_worker(
-    make_source: Callable[[], PlacementSource], settings: RouterSettings, event_loop: str = "auto"
+    make_source: Callable[[], PlacementSource],
+    settings: RouterSettings,
+    event_loop: str = "asyncio",
 ) -> None:
     with (
         contextlib.suppress(KeyboardInterrupt),
@@ -136,7 +138,7 @@ def run_workers(
     workers: int,
     make_source: Callable[[], PlacementSource],
     settings: RouterSettings,
-    event_loop: str = "auto",
+    event_loop: str = "asyncio",
 ) -> int:
     """Start `workers` router processes on the same ports (worker i serves metrics on
     metrics_port + i); returns when they have all stopped, non-zero if one failed."""

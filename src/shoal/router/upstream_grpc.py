@@ -67,7 +67,6 @@ class GrpcUpstream:
         self._channels.clear()
         self._unary.clear()
 
-
     def sorted_error(self, replica: Replica, exc: grpc.aio.AioRpcError) -> Exception:
         code, details = exc.code(), exc.details() or ""
         if code == grpc.StatusCode.NOT_FOUND:

@@ -30,9 +30,6 @@ class HttpUpstream:
     def __init__(self) -> None:
         self._pool = ConnectionPool()
 
-    async def start(self) -> None:
-        pass
-
     async def close(self) -> None:
         self._pool.close()
 
