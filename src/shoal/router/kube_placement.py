@@ -12,8 +12,9 @@ of one entry (on two pools) route to whichever has ready replicas (else the firs
   `Valid` condition is False: a person must change something).
 - `request_placement(entry)`: annotates the InferenceModel (`shoal.dev/placement-requested`,
   shoal.operator.demand_annotations); the operator then places it, evicting by policy. At most
-  one ask per model every REQUEST_INTERVAL_S, and asked again at once when a replica joins the
-  model's pool while requests are held (a pool waking from zero).
+  one ask per model every REQUEST_INTERVAL_S, repeated at that pace while requests are held and
+  the model is not ready, and asked again at once when a replica joins the model's pool while
+  requests are held (a pool waking from zero).
 - `report_demand`: while a model has held or in-flight requests, a lease annotation
   (`shoal.dev/router-in-use-until`) keeps the operator from evicting it; written when demand
   starts and refreshed before it runs out, never per request.
@@ -173,7 +174,7 @@ class KubePlacement:
         self._tasks = [
             asyncio.create_task(self.model_watch.run(), name="watch InferenceModels"),
             asyncio.create_task(self.endpoints_watch.run(), name="watch Endpoints"),
-            asyncio.create_task(self._refresh_leases(), name="refresh in-use leases"),
+            asyncio.create_task(self._keep_up(), name="leases and asks while requests wait"),
         ]
         try:
             async with asyncio.timeout(timeout_s):
@@ -320,12 +321,16 @@ class KubePlacement:
                 self._lease_until[name] = now + self._lease_s
                 self._annotate(name, ROUTER_IN_USE_UNTIL, now + self._lease_s)
 
-    async def _refresh_leases(self) -> None:
-        """Held requests may wait long without a new report: keep their leases alive."""
+    async def _keep_up(self) -> None:
+        """While requests wait without new reports: keep their leases alive, and ask again for
+        a model still not ready (the operator may have refused while memory was in use)."""
         while True:
-            await asyncio.sleep(self._lease_s / 4)
+            await asyncio.sleep(min(self._lease_s / 4, self._request_interval_s))
             for entry in list(self._demand):
                 self._extend_leases(entry)
+                route = self.route(entry)
+                if route is not None and not route.ready:
+                    self._ask(entry, force=False)
 
     def _annotate(self, name: str, key: str, epoch_s: float) -> None:
         task = asyncio.create_task(self._patch_annotation(name, key, format_time(epoch_s)))
