@@ -135,3 +135,23 @@ async def test_a_held_request_survives_triton_dying_mid_load(repository):
         finally:
             stop.set()
             await asyncio.wait_for(supervisor, 60)
+
+
+async def test_stopping_with_a_request_held_takes_seconds_not_its_hold_deadline(repository):
+    serving = LocalServing(repository, budget_bytes=budget_for_one(repository), router=SETTINGS)
+    await serving.start()
+    try:
+        await serving.controller.start(load=["ma"])
+        serving.controller.report_use("ma", 1)  # ma in use: mb cannot load, its request waits
+        request = asyncio.create_task(embed_http(serving.router.http_address, "mb", "x"))
+        router = serving.router.router
+        async with asyncio.timeout(30):
+            while router.demand_by_pool().get("local", (0, 0))[0] < 1:
+                await router.demand_changed().wait()
+    finally:
+        started = time.monotonic()
+        await serving.stop()
+        stopped_after = time.monotonic() - started
+    assert stopped_after < 20, f"stop took {stopped_after:.1f} s"  # the hold deadline is 60 s
+    with pytest.raises(Exception):  # noqa: B017  (the connection is closed under it)
+        await request
