@@ -12,8 +12,10 @@ from urllib.parse import urlparse
 
 import pytest
 
+from shoal.contract import Task
 from shoal.operator.demand_annotations import PLACEMENT_REQUESTED, ROUTER_IN_USE_UNTIL, parse_time
 from shoal.router.kube_placement import KubePlacement
+from tests.model_repository.sample_manifests import sample_manifest
 from tests.router.kube_support import TcpRelay, api_client, until
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(120)]
@@ -39,9 +41,14 @@ def annotations(kube, name: str) -> dict:
 
 
 @pytest.fixture
-async def source(kube, kube_cluster):
+async def source(kube, kube_cluster, tmp_path):
+    # A mounted copy of the model repository: the minilm entry's manifest only.
+    (tmp_path / "repository" / "minilm").mkdir(parents=True)
+    sample_manifest(Task.EMBED, name="minilm").write(tmp_path / "repository" / "minilm")
     api = await api_client(kube_cluster.kubeconfig)
-    placement = KubePlacement(api, kube.namespace, request_interval_s=2.0, lease_s=8.0)
+    placement = KubePlacement(
+        api, kube.namespace, request_interval_s=2.0, lease_s=8.0, repository=tmp_path / "repository"
+    )
     yield placement
     await placement.close()
     await api.close()
@@ -60,6 +67,8 @@ async def test_routes_follow_status_and_endpoints_within_a_second(kube, source):
     route = source.route("minilm")
     assert (route.pool, route.ready, route.max_hold_s) == (POOL, (), 20.0)
     assert source.route("bge").max_hold_s == 60.0  # the default
+    assert source.route("minilm").manifest.task == Task.EMBED  # for the /v1 endpoints
+    assert source.route("bge").manifest is None  # no entry in the mounted repository
 
     kube.write_endpoints(POOL, {"gpu-a-0": pod("198.18.0.2"), "gpu-a-1": pod("198.18.0.3")})
     started = time.monotonic()

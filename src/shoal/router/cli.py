@@ -168,9 +168,10 @@ def run_cluster_router(args: argparse.Namespace, settings: RouterSettings) -> in
     from shoal.cli import UserError
     from shoal.router.cluster import ClusterOptions, serve_cluster
 
-    if args.route or args.repository:
+    if args.route or args.replica:
         raise UserError(
-            "--namespace routes the namespace's InferenceModels: drop --route/--repository"
+            "--namespace routes the namespace's InferenceModels: drop --route/--replica "
+            "(--repository may name a mounted copy of the model repository, for /v1 endpoints)"
         )
     if args.workers != 1 and args.scaler_port >= 0:
         raise UserError(
@@ -182,6 +183,7 @@ def run_cluster_router(args: argparse.Namespace, settings: RouterSettings) -> in
         scaler_port=None if args.scaler_port < 0 else args.scaler_port,
         router_service=args.router_service,
         pod_name=os.environ.get("POD_NAME") or os.environ.get("HOSTNAME"),
+        repository=args.repository,
     )
     try:
         asyncio.run(serve_cluster(options, settings))

@@ -13,6 +13,7 @@ import functools
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 from shoal.router import kube_placement
 from shoal.router.keda_scaler import KedaScalerServer
@@ -31,11 +32,12 @@ class ClusterOptions:
     scaler_port: int | None = SCALER_PORT  # None: no KEDA scaler
     router_service: str | None = None  # the routers' Service: its other addresses are peers
     pod_name: str | None = None  # this router's pod (left out of the peers)
+    repository: Path | None = None  # the model repository, mounted: manifests for /v1 endpoints
 
 
 async def serve_cluster(options: ClusterOptions, settings: RouterSettings) -> None:
     """Run until SIGTERM or SIGINT."""
-    source = await kube_placement.connect(options.namespace)
+    source = await kube_placement.connect(options.namespace, repository=options.repository)
     server = scaler = None
     try:
         await source.start()

@@ -9,7 +9,8 @@ of one entry (on two pools) route to whichever has ready replicas (else the firs
 - `route(entry).ready`: the pool's ready endpoints (shoal.operator.replicas) whose pod names are
   in the model's `status.replicas` (the operator lists there the pods where it is READY);
   `max_hold_s` from `spec.maxHoldSeconds`; `permanent_error` while the spec is invalid (the
-  `Valid` condition is False: a person must change something).
+  `Valid` condition is False: a person must change something); `manifest` from a mounted copy of
+  the model repository, where given (the OpenAI endpoints need it).
 - `request_placement(entry)`: annotates the InferenceModel (`shoal.dev/placement-requested`,
   shoal.operator.demand_annotations); the operator then places it, evicting by policy. At most
   one ask per model every REQUEST_INTERVAL_S, repeated at that pace while requests are held and
@@ -29,12 +30,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from shoal.manifest import Manifest, ManifestError
 from shoal.operator.crds import GROUP, MODEL_PLURAL, VERSION
 from shoal.operator.demand_annotations import (
     IN_USE_LEASE_S,
@@ -134,8 +137,13 @@ class KubePlacement:
         request_interval_s: float = REQUEST_INTERVAL_S,
         lease_s: float = IN_USE_LEASE_S,
         watch_timeout_s: int = WATCH_TIMEOUT_S,
+        repository: Path | None = None,
     ) -> None:
         self.namespace = namespace
+        # A copy of the pools' model repository (mounted): entries' manifests, which the OpenAI
+        # endpoints need; None: only the KServe v2 endpoints serve the models.
+        self._repository = repository
+        self._manifests: dict[str, Manifest | None] = {}
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._request_interval_s = request_interval_s
@@ -265,7 +273,19 @@ class KubePlacement:
             ready=ready,
             max_hold_s=float(spec.get("maxHoldSeconds") or DEFAULT_MAX_HOLD_S),
             permanent_error=_permanent_error(body),
+            manifest=self._manifest_of(_entry(body)),
         )
+
+    def _manifest_of(self, entry: str) -> Manifest | None:
+        if self._repository is None:
+            return None
+        if entry not in self._manifests:
+            try:
+                self._manifests[entry] = Manifest.read(self._repository / entry)
+            except ManifestError as exc:
+                log.warning("no manifest for %s (/v1 endpoints off for it): %s", entry, exc)
+                self._manifests[entry] = None
+        return self._manifests[entry]
 
     # -- watch callbacks ------------------------------------------------------------------------
     def _reset(self, store: dict[str, dict[str, Any]], items: list[dict[str, Any]]) -> None:
