@@ -2,8 +2,8 @@
 model that was evicted, against Triton's own reload of it, measured in the same run?
 
 Two MiniLM entries (all-MiniLM-L6-v2, portable runtime), a memory budget for one of them, the
-router in front (as `shoal serve` runs it). Rounds alternate the two ways of bringing back the
-evicted entry, each evicting the other:
+router in front (as `shoal serve` runs it). Each step brings back the evicted entry (evicting the
+other), alternating the two ways (direct, router, router, direct, ...):
 - direct: `ensure_loaded` through the serve controller (Triton's reload: evict, wait until the
   memory is released, load the encode step), then one request straight to Triton (the first
   inference of a fresh load is Triton's cost too);
@@ -72,18 +72,20 @@ async def measure(repository: Path, rounds: int) -> dict[str, list[float]]:
         controller, triton, router = serving.controller, serving.server, serving.router
         await controller.start(load=[NAMES[0]])
         await controller.ensure_loaded(NAMES[1])  # both loaded once: later loads are hot swaps
-        for _ in range(rounds):
-            # direct: NAMES[0] is evicted now
+        # Each step brings back the entry evicted by the step before; the way alternates
+        # direct, router, router, direct, ... so neither way always goes first.
+        for step in range(2 * rounds):
+            name, other = NAMES[step % 2], NAMES[1 - step % 2]
             started = time.monotonic()
-            await controller.ensure_loaded(NAMES[0])
-            figures["reload"].append(time.monotonic() - started)
-            await embed(triton.http_address, NAMES[0])
-            figures["direct"].append(time.monotonic() - started)
-            # router: NAMES[1] is evicted now
-            started = time.monotonic()
-            await embed(router.http_address, NAMES[1])
-            figures["router"].append(time.monotonic() - started)
-            assert controller.entries[NAMES[1]].ready and not controller.entries[NAMES[0]].ready
+            if step % 4 in (1, 2):
+                await embed(router.http_address, name)
+                figures["router"].append(time.monotonic() - started)
+            else:
+                await controller.ensure_loaded(name)
+                figures["reload"].append(time.monotonic() - started)
+                await embed(triton.http_address, name)
+                figures["direct"].append(time.monotonic() - started)
+            assert controller.entries[name].ready and not controller.entries[other].ready
     return figures
 
 
@@ -109,8 +111,12 @@ def main() -> None:
         f"router - reload: {added_reload * 1000:+.0f} ms; router - (reload + first answer): "
         f"{added_direct * 1000:+.0f} ms; router / direct: {median['router'] / median['direct']:.3f}"
     )
-    met = added_reload <= 0.050 and median["router"] <= 2.0
-    print(f"goal reload + 50 ms and <= 2 s: {'met' if met else 'not met'}")
+    print(
+        f"goal reload + 50 ms: {'met' if added_reload <= 0.050 else 'not met'} against the reload "
+        f"alone, {'met' if added_direct <= 0.050 else 'not met'} against reload + Triton's own "
+        f"first answer; goal <= 2 s: {'met' if median['router'] <= 2.0 else 'not met'} "
+        f"(Triton's reload alone: {median['reload']:.2f} s)"
+    )
 
 
 if __name__ == "__main__":
