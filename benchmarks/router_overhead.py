@@ -224,7 +224,7 @@ async def part_a(args: argparse.Namespace) -> None:
           f"{'router req/s':>13} {'router CPU':>11} {'router req/core-s':>18} {'vs backend':>11} "
           f"{'goal':>6}")  # fmt: skip
     try:
-        for event_loop in ("asyncio", "uvloop"):
+        for event_loop in ("asyncio", "uvloop") if uvloop_installed() else ("asyncio",):
             router = start_router("bench", backend_http, backend_grpc, args.router_core, event_loop)
             try:
                 await wait_ready(f"http://127.0.0.1:{router.http_port}/v2/models/bench/ready")
@@ -301,6 +301,12 @@ async def part_b(args: argparse.Namespace) -> None:
                           f"{via.rate:>12.0f} {via.rate / direct.rate:>5.2f}x {cpu / via.seconds:>9.0%}")  # fmt: skip
         finally:
             router.stop()
+
+
+def uvloop_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def pin_all_threads(pid: int, cores: set[int]) -> None:

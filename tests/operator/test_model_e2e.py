@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.operator.entries import EMBEDDING_DIMS, write_entry
-from tests.operator.helpers import infer, loaded_entries, pool_spec
+from tests.operator.helpers import create_pool, infer, loaded_entries, pool_spec
 from tests.support.kube import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.triton, pytest.mark.slow]
@@ -177,10 +177,7 @@ def test_a_broken_entry_is_never_handed_to_triton_and_blocks_no_other_model(
     write_entry(repository, "whole", 50 * MiB)
     replica = start_replica(repository)
     with run_operator():
-        kube.create(
-            "inferencepools", "InferencePool", POOL, pool_spec(repository, "250Mi")
-        ).raise_for_status()
-        kube.write_endpoints(POOL, {"gpu-a-0": replica})
+        create_pool(kube, repository, {"gpu-a-0": replica})
         _model(kube, "torn")
         _model(kube, "whole")
         status = _wait_phase(kube, "torn", "Failed")

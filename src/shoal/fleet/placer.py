@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shoal.fleet.driver import DriverEvent, ReplicaDriver, Resident
+from shoal.fleet.driver import DriverEvent, ReplicaDriver, Resident, default_load_deadline
 from shoal.fleet.errors import EntryInvalid, LoadFailed, LoadTimedOut, ReplicaUnreachable
 from shoal.fleet.hot_swap import models_to_remove
 from shoal.fleet.placement import DEFAULT_POLICY, EvictionPolicy, make_policy
@@ -99,15 +99,22 @@ class Placer:
         *,
         policy: EvictionPolicy | None = None,
         on_event: Callable[[DriverEvent], None] | None = None,
+        load_deadline: Callable[[int], float] = default_load_deadline,
     ) -> None:
         self.policy = policy or make_policy(DEFAULT_POLICY)
         self._on_event = on_event
+        self._load_deadline = load_deadline
         self._driver_factory = driver_factory or self._default_driver
         self._drivers: dict[str, ReplicaDriver] = {}
         self._entry_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def _default_driver(self, replica: Replica) -> ReplicaDriver:
-        return ReplicaDriver(replica, policy=self.policy, on_event=self._on_event)
+        return ReplicaDriver(
+            replica,
+            policy=self.policy,
+            on_event=self._on_event,
+            load_deadline=self._load_deadline,
+        )
 
     def driver(self, replica: Replica, repository: Path | None = None) -> ReplicaDriver:
         """The replica's driver; a replica that came back at another address gets a new one.

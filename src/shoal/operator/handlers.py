@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 
+from shoal.fleet.driver import default_load_deadline
 from shoal.fleet.placer import Placer
 from shoal.operator import (  # noqa: F401  (registers handlers)
     demand_handlers,
@@ -22,7 +23,7 @@ from shoal.operator import (  # noqa: F401  (registers handlers)
     pool_handlers,
 )
 from shoal.operator.kube import KubeApi
-from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER
+from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER, load_timeout_s
 
 
 @kopf.on.startup()
@@ -42,7 +43,11 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     # deleted InferenceModels for up to a minute after their unload had finished.
     settings.background.cancellation_polling = 1.0
     memo.kube = await KubeApi.connect()
-    memo.placer = Placer(on_event=metrics.record_driver_event)
+    fixed_deadline = load_timeout_s()
+    memo.placer = Placer(
+        on_event=metrics.record_driver_event,
+        load_deadline=(lambda memory: fixed_deadline) if fixed_deadline else default_load_deadline,
+    )
 
 
 @kopf.on.login()

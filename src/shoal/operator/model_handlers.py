@@ -220,6 +220,13 @@ async def _reconcile(
         if previous.get("reason") != "EntryInvalid":  # warn once, not at every retry
             kopf.warn(body, reason="EntryInvalid", message=result.invalid_entry)
         retry_message = result.invalid_entry
+    elif result.timed_out:
+        desired["phase"] = "Failed" if loaded == 0 else "Ready"
+        message = "; ".join(sorted(result.timed_out.values()))
+        desired["lastError"] = message
+        conditions = set_condition(conditions, "Loaded", False, "LoadTimeout", message, generation)
+        metrics.RECONCILE_ERRORS.labels(kind=MODEL_KIND, reason="LoadTimeout").inc()
+        retry_message = message
     elif result.load_errors:
         triton_error = "; ".join(f"{r}: {e}" for r, e in sorted(result.load_errors.items()))
         desired["phase"] = "Failed" if loaded == 0 else "Ready"

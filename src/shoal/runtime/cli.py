@@ -26,7 +26,7 @@ def _quiet_http_logs() -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this component's subcommands to `shoal`."""
     serve = subparsers.add_parser(
-        "serve", help="serve a model repository on a local Triton (explicit mode, LRU budget)"
+        "serve", help="serve a model repository on a local Triton (explicit mode, memory budget)"
     )
     serve.add_argument("repository", help="model repository folder (made by `shoal export`)")
     serve.add_argument("--http-port", type=int, help="the router's HTTP port; default: a free port")
@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--policy", default=DEFAULT_POLICY, choices=list(POLICIES), help="eviction policy"
+    )
+    serve.add_argument(
+        "--load-timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="deadline of one model load (default: 60 s plus 60 s per GiB of the entry)",
     )
     serve.add_argument("--log-file", help="Triton's log (default: a temporary file)")
     serve.set_defaults(func=run_serve)
@@ -82,6 +88,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--load-timeout", type=float, default=120.0, help="seconds to wait for a cold model"
         )
         parser.set_defaults(func=run_embed if name == "embed" else run_rerank)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return value
 
 
 # -- serve ----------------------------------------------------------------------------------------
@@ -119,6 +135,7 @@ def run_serve(args: argparse.Namespace) -> int:
             pinned=frozenset(args.pin),
             metrics_port=None if router else args.metrics_port,
             log_path=args.log_file,
+            load_timeout_s=args.load_timeout,
             router=router,
             **ports,
         )

@@ -25,6 +25,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shoal.fleet.driver import default_load_deadline
 from shoal.fleet.errors import FleetError, ReplicaUnreachable
 from shoal.fleet.placement import EvictionPolicy
 from shoal.fleet.replica import Replica
@@ -87,6 +88,7 @@ class LocalServing:
         grpc_port: int | None = None,
         metrics_port: int | None = None,
         log_path: Path | None = None,
+        load_timeout_s: float | None = None,
         router: RouterSettings | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
@@ -96,6 +98,7 @@ class LocalServing:
         self._pinned = pinned
         self._ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
         self._log_path = log_path
+        self._load_timeout_s = load_timeout_s
         self.view: ServingView | None = None
         self.server: TritonServer | None = None
         self.controller: LocalController | None = None
@@ -134,6 +137,11 @@ class LocalServing:
                 pinned=self._pinned,
                 metrics_url=self.server.metrics_url,
                 entry_check=self._entry_problems,
+                load_deadline=(
+                    (lambda memory: self._load_timeout_s)
+                    if self._load_timeout_s
+                    else default_load_deadline
+                ),
             )
             if self._router_settings is not None:
                 await self._start_router(self._router_settings)
