@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcaio
@@ -18,6 +21,7 @@ import tritonclient.http.aio as httpaio
 from shoal.manifest import Manifest
 from shoal.router.settings import RouterSettings
 from shoal.runtime.serve import LocalServing
+from shoal.runtime.triton import free_port
 from tests.runtime.entries import export_tiny_embedders
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -155,3 +159,26 @@ async def test_stopping_with_a_request_held_takes_seconds_not_its_hold_deadline(
     assert stopped_after < 20, f"stop took {stopped_after:.1f} s"  # the hold deadline is 60 s
     with pytest.raises(Exception):  # noqa: B017  (the connection is closed under it)
         await request
+
+
+def test_serve_without_the_router_puts_triton_on_the_given_port(repository, tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli", "serve", str(repository), "--no-router",
+         "--http-port", str(port), "--load", "ma", "--log-file", str(tmp_path / "triton.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        banner = ""
+        while "Ctrl-C" not in banner:
+            line = process.stdout.readline()
+            assert line, banner
+            banner += line
+        assert f"Triton on HTTP http://127.0.0.1:{port}" in banner
+        assert "router on HTTP" not in banner
+        # Triton's own repository API answers there (it is not reachable through a router).
+        index = httpx.post(f"http://127.0.0.1:{port}/v2/repository/index", json={}, timeout=10)
+        assert {m["name"] for m in index.json() if m.get("state") == "READY"} >= {"ma"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
