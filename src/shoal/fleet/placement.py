@@ -17,10 +17,11 @@ Rules (DESIGN.md, "Placement and eviction"):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from shoal.sizes import format_size
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class ModelState:
     in_flight: int = 0
     last_used: float = 0.0  # any monotonic clock (Triton's last_inference ms works); 0 = never
     load_cost_s: float = 1.0  # how long a (re)load takes: cost-aware policies weigh it
+    # Why it may not be evicted besides being pinned, in words for the blocker message:
+    # e.g. "higher priority", "no InferenceModel". "" = no such reason.
+    protected: str = ""
 
     @property
     def holds_memory(self) -> bool:
@@ -42,7 +46,13 @@ class ModelState:
 
     @property
     def evictable(self) -> bool:
-        return self.loaded and not self.loading and not self.pinned and self.in_flight == 0
+        return (
+            self.loaded
+            and not self.loading
+            and not self.pinned
+            and not self.protected
+            and self.in_flight == 0
+        )
 
 
 class EvictionPolicy(Protocol):
@@ -229,11 +239,17 @@ def plan_load(
 
 
 def _blockers(models: Sequence[ModelState]) -> str:
+    held = [m for m in models if m.holds_memory]
+    kept = [m for m in held if not m.pinned and not m.protected]
     groups = {
-        "pinned": [m.name for m in models if m.holds_memory and m.pinned],
-        "loading": [m.name for m in models if m.loading and not m.pinned],
+        "pinned": [m.name for m in held if m.pinned],
+        **{
+            reason: [m.name for m in held if m.protected == reason and not m.pinned]
+            for reason in sorted({m.protected for m in held if m.protected})
+        },
+        "loading": [m.name for m in kept if m.loading],
         "serving in-flight requests": [
-            m.name for m in models if m.loaded and m.in_flight and not m.pinned and not m.loading
+            m.name for m in kept if m.loaded and m.in_flight and not m.loading
         ],
     }
     parts = [f"{label}: {', '.join(sorted(names))}" for label, names in groups.items() if names]
@@ -258,47 +274,3 @@ def initial_loads(
                 f"{format_size(budget_bytes - used)} of the budget left"
             )
     return chosen, skipped
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
-}
-
-
-def parse_size(text: str) -> int:
-    """'2GiB', '512Mi', '1.5GB', '1000000' -> bytes (Kubernetes-style Mi/Gi accepted)."""
-    match = _SIZE.match(text)
-    unit = (match.group(2) or "").lower() if match else None
-    if not match or unit not in _UNITS:
-        raise ValueError(
-            f"cannot read memory size {text!r}: write a number with an optional unit, "
-            "e.g. 2GiB, 512MiB, 1.5GB, 800Mi"
-        )
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def format_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

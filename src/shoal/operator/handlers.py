@@ -22,12 +22,24 @@ from shoal.operator import (  # noqa: F401  (registers handlers)
     model_handlers,
     pool_handlers,
 )
+from shoal.operator import settings as shoal_settings
 from shoal.operator.kube import KubeApi
-from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER, load_timeout_s
+from shoal.operator.settings import (
+    ANNOTATION_PREFIX,
+    FINALIZER,
+    PEERING_LIFETIME_S,
+    load_timeout_s,
+)
 
 
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    shoal_settings.check()
+    if memo.get("peering") and not settings.peering.standalone:
+        # `shoal operator run` created the peering objects: without them kopf would fall back
+        # to standalone and two operators would both act. The earliest started one acts.
+        settings.peering.mandatory = True
+        settings.peering.lifetime = PEERING_LIFETIME_S
     settings.persistence.finalizer = FINALIZER
     # Progress and the last handled spec in annotations: status stays what a person reads.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -42,6 +54,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     # that was mid-run only every `cancellation_polling` seconds (60 by default), which held
     # deleted InferenceModels for up to a minute after their unload had finished.
     settings.background.cancellation_polling = 1.0
+    memo.lifecycle = {"exiting": False}
     memo.kube = await KubeApi.connect()
     fixed_deadline = load_timeout_s()
     memo.placer = Placer(
@@ -59,6 +72,9 @@ def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    # A timer still running finds its API client closed: not an error. (Shared through a dict:
+    # each object's handlers see a shallow copy of the memo.)
+    memo.lifecycle["exiting"] = True
     kube = getattr(memo, "kube", None)
     if kube is not None:
         await kube.close()

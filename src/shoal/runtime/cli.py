@@ -102,9 +102,9 @@ def _positive_seconds(text: str) -> float:
 
 # -- serve ----------------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.fleet.errors import FleetError  # noqa: PLC0415
-    from shoal.fleet.placement import make_policy, parse_size  # noqa: PLC0415
+    from shoal.fleet.placement import make_policy  # noqa: PLC0415
     from shoal.fleet.triton_control import TritonControlError  # noqa: PLC0415
     from shoal.router.settings import RouterSettings  # noqa: PLC0415
     from shoal.runtime.controller import PlacementRefused, UnknownModel  # noqa: PLC0415
@@ -114,6 +114,7 @@ def run_serve(args: argparse.Namespace) -> int:
         TritonCrashLoop,
     )
     from shoal.runtime.triton import TritonStartError  # noqa: PLC0415
+    from shoal.sizes import parse_size  # noqa: PLC0415
 
     _quiet_http_logs()
     try:
@@ -198,7 +199,7 @@ def _banner(serving) -> str:  # noqa: ANN001
 def run_quickstart_command(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime.installation import TritonNotInstalled  # noqa: PLC0415
     from shoal.runtime.quickstart import QuickstartError, run_quickstart  # noqa: PLC0415
 
@@ -217,7 +218,7 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
     serve --no-router` control loop then keeps the budget)."""
     from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime import client as triton_client  # noqa: PLC0415
 
     client = triton_client.connect(args.url, args.protocol)
@@ -261,7 +262,7 @@ def _index(client) -> list[dict]:  # noqa: ANN001
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime import client as triton_client  # noqa: PLC0415
 
     client = _ready_client(args)
@@ -280,7 +281,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_rerank(args: argparse.Namespace) -> int:
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime import client as triton_client  # noqa: PLC0415
 
     client = _ready_client(args)
