@@ -48,6 +48,10 @@ UNLOAD_DEADLINE_S = _seconds("SHOAL_OPERATOR_UNLOAD_DEADLINE_S", defaults.UNLOAD
 # waiting operator takes over.
 PEERING_LIFETIME_S = int(_seconds("SHOAL_OPERATOR_PEERING_LIFETIME_S", defaults.PEERING_LIFETIME_S))
 
+# The shoal router's KEDA external scaler (host:port, e.g. shoal-router.shoal-system:8003): every
+# pool that scales gets an `external-push` trigger to it (a pool's
+# spec.autoscaling.routerScalerAddress overrides it). Unset: no router trigger by default.
+ROUTER_SCALER_ADDRESS = os.environ.get("SHOAL_OPERATOR_ROUTER_SCALER") or None
 
 
 def load_timeout_s() -> float | None:
