@@ -131,11 +131,18 @@ def run_worker(
     settings: RouterSettings,
     event_loop: str = "asyncio",
 ) -> None:
+    # A stop that arrives while the worker is still starting (before its event loop installs its
+    # handlers) ends it cleanly, not with -SIGTERM.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     with (
-        contextlib.suppress(KeyboardInterrupt),
+        contextlib.suppress(KeyboardInterrupt, SystemExit),
         asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner,
     ):
         runner.run(serve_until_stopped(make_source, settings))
+
+
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def run_workers(
