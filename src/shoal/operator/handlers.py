@@ -1,9 +1,10 @@
 """The operator as kopf sees it: `kopf run -m shoal.operator.handlers` (or `shoal operator run`).
 
 Importing this module registers every handler: startup/cleanup here, the InferencePool handlers
-(pool_handlers.py) and the InferenceModel handlers (model_handlers.py). Per-run state (the
-Kubernetes client, the placer with its per-replica locks) lives in kopf's memo, created at startup,
-so that several runs in one process (tests) never share asyncio objects across event loops.
+(pool_handlers.py), the InferenceModel handlers (model_handlers.py) and a router's asks
+(demand_handlers.py). Per-run state (the Kubernetes client, the placer with its per-replica locks)
+lives in kopf's memo, created at startup, so that several runs in one process (tests) never share
+asyncio objects across event loops.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import kopf
 
 from shoal.fleet.driver import default_load_deadline
 from shoal.fleet.placer import Placer
-from shoal.operator import metrics, model_handlers, pool_handlers  # noqa: F401  (registers)
+from shoal.operator import (  # noqa: F401  (registers handlers)
+    demand_handlers,
+    metrics,
+    model_handlers,
+    pool_handlers,
+)
 from shoal.operator.kube import KubeApi
 from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER, load_timeout_s
 

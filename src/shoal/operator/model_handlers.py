@@ -26,6 +26,7 @@ from shoal.manifest import Manifest, ManifestError
 from shoal.operator import metrics
 from shoal.operator.conditions import get_condition, set_condition, status_changes
 from shoal.operator.crds import API_VERSION, GROUP, MODEL_KIND, MODEL_PLURAL, VERSION
+from shoal.operator.demand_annotations import with_router_use
 from shoal.operator.replicas import replicas_from_endpoints
 from shoal.operator.settings import DRIFT_INTERVAL_S, retry_delay
 from shoal.operator.specs import ModelSpec, PoolSpec, SpecError, model_spec, pool_spec
@@ -134,6 +135,7 @@ async def _reconcile(
     patch: kopf.Patch,
     memo: kopf.Memo,
     inferencemodel_by_pool: kopf.Index,
+    inferencemodel_router_use: kopf.Index | None = None,
     retry: int = 0,
     stopped: kopf.DaemonStopped | None = None,
     **_: Any,
@@ -169,6 +171,7 @@ async def _reconcile(
     known = _with_memory(
         {k.entry: k for k in inferencemodel_by_pool.get((namespace, pool.name), [])}, pool
     )
+    known = with_router_use(known, namespace, inferencemodel_router_use)
     me = _known(model, memory, meta.get("uid"))
     known[model.entry] = me
     wanted = min(model.min_replicas, len(replicas))

@@ -25,7 +25,7 @@ from shoal.operator.resources import (
     desired_replicas,
     wants_scaled_object,
 )
-from shoal.operator.settings import POOL_STATUS_INTERVAL_S, retry_delay
+from shoal.operator.settings import POOL_STATUS_INTERVAL_S, ROUTER_SCALER_ADDRESS, retry_delay
 from shoal.operator.specs import PoolSpec, SpecError, pool_spec
 
 POOL = (GROUP, VERSION, POOL_PLURAL)
@@ -183,7 +183,7 @@ async def _apply_autoscaling(
     removed (if it is ours) where the pool no longer asks for one. Without KEDA the Deployment
     keeps the replicas it has (min at creation): the operator never scales in KEDA's place."""
     uid = owner["metadata"]["uid"]
-    if not wants_scaled_object(pool):
+    if not wants_scaled_object(pool, ROUTER_SCALER_ADDRESS):
         deleted = await kube.delete_scaled_object(pool.namespace, pool.name, uid)
         if pool.fixed_size:
             reason = "FixedSize"
@@ -192,8 +192,9 @@ async def _apply_autoscaling(
             reason = "NotConfigured"
             message = (
                 f"no spec.autoscaling: replicas stay where they are (min {pool.min_replicas} at "
-                "creation); set spec.autoscaling.prometheusAddress and threshold to scale "
-                f"between {pool.min_replicas} and {pool.max_replicas} with KEDA"
+                "creation); set spec.autoscaling (threshold, and prometheusAddress or "
+                "routerScalerAddress) to scale between "
+                f"{pool.min_replicas} and {pool.max_replicas} with KEDA"
             )
         return AutoscalingOutcome(False, reason, message, "deleted" if deleted else "")
     if not await kube.serves_scaled_objects():
@@ -204,7 +205,9 @@ async def _apply_autoscaling(
             f"stay at {pool.min_replicas} (replicas.min); install KEDA (https://keda.sh) and the "
             "operator creates the ScaledObject",
         )
-    outcome = await kube.apply_scaled_object(build_scaled_object(pool, owner))
+    outcome = await kube.apply_scaled_object(
+        build_scaled_object(pool, owner, ROUTER_SCALER_ADDRESS)
+    )
     if outcome == "conflict":
         return AutoscalingOutcome(
             False,

@@ -31,13 +31,16 @@ RETRY_BASE_S = _seconds("SHOAL_OPERATOR_RETRY_BASE_S", 5.0)
 RETRY_MAX_S = _seconds("SHOAL_OPERATOR_RETRY_MAX_S", 300.0)
 
 
-
 def load_timeout_s() -> float | None:
     """SHOAL_LOAD_TIMEOUT_S: one deadline for every load; unset, each entry's deadline derives
     from its size (shoal.fleet.driver.default_load_deadline). Read at operator start-up."""
     raw = os.environ.get("SHOAL_LOAD_TIMEOUT_S")
     return _seconds("SHOAL_LOAD_TIMEOUT_S", 0.0) if raw else None
 
+# The shoal router's KEDA external scaler (host:port, e.g. shoal-router.shoal-system:8003): every
+# pool that scales gets an `external-push` trigger to it (a pool's
+# spec.autoscaling.routerScalerAddress overrides it). Unset: no router trigger by default.
+ROUTER_SCALER_ADDRESS = os.environ.get("SHOAL_OPERATOR_ROUTER_SCALER") or None
 
 FINALIZER = "shoal.dev/unload-models"
 ANNOTATION_PREFIX = "shoal.dev"

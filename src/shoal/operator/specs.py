@@ -62,11 +62,14 @@ def parse_quantity(value: int | str, what: str) -> int:
 
 @dataclass(frozen=True)
 class Autoscaling:
-    """spec.autoscaling: what the pool's KEDA ScaledObject asks Prometheus."""
+    """spec.autoscaling: where the pool's KEDA ScaledObject reads demand (Prometheus, the
+    router's KEDA scaler, or both) and the demand per replica it aims at."""
 
-    prometheus_address: str
+    prometheus_address: str | None
     threshold: float
     query: str | None = None  # None: the default demand query (resources.demand_query)
+    # The router's KEDA scaler (host:port); None: the operator's setting, if any.
+    router_scaler_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,11 +163,12 @@ def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
 def _autoscaling(raw: dict[str, Any] | None) -> Autoscaling | None:
     if not raw:
         return None
-    address = raw.get("prometheusAddress")
-    if not address:
+    address = raw.get("prometheusAddress") or None
+    router = raw.get("routerScalerAddress") or None
+    if raw.get("query") and not address:
         raise SpecError(
-            "spec.autoscaling.prometheusAddress is missing: set the Prometheus server KEDA "
-            "should query, e.g. http://prometheus-operated.monitoring:9090"
+            "spec.autoscaling.prometheusAddress is missing: spec.autoscaling.query needs the "
+            "Prometheus server KEDA should query, e.g. http://prometheus-operated.monitoring:9090"
         )
     threshold = float(raw.get("threshold") or 0)
     if threshold <= 0:
@@ -172,7 +176,7 @@ def _autoscaling(raw: dict[str, Any] | None) -> Autoscaling | None:
             "spec.autoscaling.threshold must be positive: the queued requests per replica "
             "to scale at, e.g. 4"
         )
-    return Autoscaling(address, threshold, raw.get("query") or None)
+    return Autoscaling(address, threshold, raw.get("query") or None, router)
 
 
 @dataclass(frozen=True)
