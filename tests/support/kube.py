@@ -24,7 +24,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,8 +168,13 @@ def _wait_ready(
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[KubeCluster]:
-    """Start etcd and kube-apiserver, yield the cluster, stop both and delete their files."""
+def running_cluster(
+    extra_args: Sequence[str] = (), extra_tokens: Sequence[str] = ()
+) -> Iterator[KubeCluster]:
+    """Start etcd and kube-apiserver, yield the cluster, stop both and delete their files.
+    `extra_args` come last (a repeated flag overrides the default, e.g.
+    `--authorization-mode=RBAC`); `extra_tokens` are more lines of the token file
+    (`token,user,uid,"group1,group2"`), e.g. service-account identities (tests/support/helm.py)."""
     apiserver = find_kube_apiserver()
     etcd = find_etcd()
     workdir = Path(tempfile.mkdtemp(prefix="shoal-kube-"))
@@ -177,7 +182,8 @@ def running_cluster() -> Iterator[KubeCluster]:
     logs.mkdir()
     _make_certificates(workdir)
     token = secrets.token_hex(16)
-    (workdir / "tokens.csv").write_text(f"{token},admin,admin,system:masters\n")
+    tokens = [f"{token},admin,admin,system:masters", *extra_tokens]
+    (workdir / "tokens.csv").write_text("\n".join(tokens) + "\n")
     etcd_client, etcd_peer, secure_port = free_port(), free_port(), free_port()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -218,6 +224,7 @@ def running_cluster() -> Iterator[KubeCluster]:
                     "--disable-admission-plugins=ServiceAccount",
                     "--enable-priority-and-fairness=false",
                     "--v=1",
+                    *extra_args,
                 ],
                 stdout=api_log,
                 stderr=subprocess.STDOUT,
@@ -274,10 +281,19 @@ def _established(http: httpx.Client, name: str) -> bool:
     )
 
 
+# A test that records the API calls of other tests under the chart's RBAC (tests/helm/
+# test_rbac.py) runs them in a pytest subprocess on its own API server: this names a JSON file
+# with that server (KubeCluster's fields) and the kubeconfig the operator is to use.
+EXISTING_CLUSTER_ENV = "SHOAL_TEST_EXISTING_CLUSTER"
+
+
 @pytest.fixture(scope="session")
 def kube_cluster() -> Iterator[KubeCluster]:
     """One real API server per test session with the operator's CRDs; $KUBECONFIG points at it
     while it runs. A missing kube-apiserver or etcd fails (not skips) with how to get it."""
+    if os.environ.get(EXISTING_CLUSTER_ENV):
+        yield from _existing_cluster(Path(os.environ[EXISTING_CLUSTER_ENV]))
+        return
     try:
         context = running_cluster()
         cluster = context.__enter__()
@@ -294,3 +310,26 @@ def kube_cluster() -> Iterator[KubeCluster]:
         else:
             os.environ["KUBECONFIG"] = previous
         context.__exit__(None, None, None)
+
+
+def _existing_cluster(description: Path) -> Iterator[KubeCluster]:
+    """The API server another test started (EXISTING_CLUSTER_ENV), its CRDs installed; the
+    operator runs with the identity of `operator_kubeconfig`."""
+    import json
+
+    fields = json.loads(description.read_text())
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = fields["operator_kubeconfig"]
+    try:
+        yield KubeCluster(
+            server=fields["server"],
+            token=fields["token"],
+            ca_path=Path(fields["ca_path"]),
+            kubeconfig=Path(fields["kubeconfig"]),
+            workdir=Path(fields["workdir"]),
+        )
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
