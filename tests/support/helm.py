@@ -153,13 +153,12 @@ def rbac_cluster(
         policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         audit_log = workdir / "audit.log"
         args = [
-            "--authorization-mode=RBAC",
             f"--audit-policy-file={policy}",
             f"--audit-log-path={audit_log}",
             "--audit-log-format=json",
             "--audit-log-mode=blocking",  # each event is written before the response goes out
         ]
-        with running_cluster(extra_args=args, extra_tokens=lines) as cluster:
+        with running_cluster("RBAC", extra_args=args, extra_tokens=lines) as cluster:
             kubeconfigs = {}
             for sa, token in tokens.items():
                 path = workdir / f"{sa}.kubeconfig"

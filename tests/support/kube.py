@@ -169,11 +169,13 @@ def _wait_ready(
 
 @contextlib.contextmanager
 def running_cluster(
-    extra_args: Sequence[str] = (), extra_tokens: Sequence[str] = ()
+    authorization: str = "AlwaysAllow",
+    extra_args: Sequence[str] = (),
+    extra_tokens: Sequence[str] = (),
 ) -> Iterator[KubeCluster]:
     """Start etcd and kube-apiserver, yield the cluster, stop both and delete their files.
-    `extra_args` come last (a repeated flag overrides the default, e.g.
-    `--authorization-mode=RBAC`); `extra_tokens` are more lines of the token file
+    `authorization`: the --authorization-mode (a list flag: repeating it would add a mode, not
+    replace one); `extra_args` come last; `extra_tokens` are more lines of the token file
     (`token,user,uid,"group1,group2"`), e.g. service-account identities (tests/support/helm.py)."""
     apiserver = find_kube_apiserver()
     etcd = find_etcd()
@@ -215,7 +217,7 @@ def running_cluster(
                     f"--tls-cert-file={workdir / 'serving.crt'}",
                     f"--tls-private-key-file={workdir / 'serving.key'}",
                     f"--token-auth-file={workdir / 'tokens.csv'}",
-                    "--authorization-mode=AlwaysAllow",
+                    f"--authorization-mode={authorization}",
                     f"--service-account-key-file={workdir / 'sa.key'}",
                     f"--service-account-signing-key-file={workdir / 'sa.key'}",
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
