@@ -1,18 +1,21 @@
 """What the images run, without a registry or a Docker engine: the operator+router image's
 extras (read from images/shoal/Dockerfile) installed into a clean venv from this checkout have no
 torch or transformers, and `shoal operator run --help` / `shoal router run --help` work from it.
-The venv is cached outside the checkout (shoal's cache directory), keyed by pyproject.toml and the
-extras, so reruns take seconds. The Triton image installs what the python steps import."""
+The venv is cached outside the checkout (shoal's cache directory), keyed by the requirements of
+those extras in pyproject.toml, so reruns take seconds. The Triton image installs what the
+python steps import."""
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -33,8 +36,14 @@ def image_extras() -> str:
 
 
 def image_venv(extras: str) -> Path:
-    """A venv with `.[extras]` installed from this checkout, built once per pyproject."""
-    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    """A venv with `.[extras]` installed from this checkout, built again only when those
+    requirements in pyproject.toml change."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [
+        project["dependencies"],
+        *(project["optional-dependencies"][e] for e in extras.split(",")),
+    ]
+    key = hashlib.sha256(json.dumps([extras, wanted]).encode()).hexdigest()
     venv = cache_dir() / "image-venvs" / key[:16]
     if (venv / "installed").is_file():
         return venv
