@@ -44,6 +44,14 @@ OPERATOR_TESTS = [
 
 Triple = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
+# Granted for a code path the e2e tests do not reach, with the call that needs it (checked to be
+# in the code, so the entry goes when the call does).
+UNEXERCISED: dict[Triple, tuple[str, str]] = {
+    # A pool's Service is replaced only when shoal's own Service shape (ports, selector) changes:
+    # after an operator upgrade that changes it.
+    ("", "services", "update"): ("src/shoal/operator/kube.py", "replace_namespaced_service"),
+}
+
 
 def granted(rules: list[dict[str, Any]]) -> set[Triple]:
     return {
@@ -99,7 +107,8 @@ def test_operator_calls_are_exactly_the_charts_rules(helm_cluster, chart_release
     )
     environment = {**os.environ, EXISTING_CLUSTER_ENV: str(description)}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *OPERATOR_TESTS],
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--tb=short",
+         "--show-capture=no", *OPERATOR_TESTS],
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=840,
     )  # fmt: skip
     assert run.returncode == 0, f"operator e2e under the chart's RBAC failed:\n{run.stdout[-6000:]}"
@@ -111,7 +120,10 @@ def test_operator_calls_are_exactly_the_charts_rules(helm_cluster, chart_release
         rules = read_back(http, role)["rules"]
     used, allowed = called(events), granted(rules)
     assert not used - allowed, f"called without a rule: {_format(used - allowed)}"
-    assert not allowed - used, f"granted, never called: {_format(allowed - used)}"
+    unexercised = allowed - used
+    assert unexercised == set(UNEXERCISED), f"granted, never called: {_format(unexercised)}"
+    for path, call in UNEXERCISED.values():
+        assert call in (ROOT / path).read_text(), f"{call} is no longer in {path}: drop its rule"
 
 
 def test_router_calls_are_exactly_the_charts_rules(helm_cluster, chart_release):
