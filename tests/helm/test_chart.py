@@ -108,6 +108,8 @@ def test_defaults_install_established_crds_locked_down_pods_and_least_rbac(helm_
     assert f"--namespace={namespace}" in router_args
     assert "--restricted-api-header=shoal-admin-key" in router_args
     assert "--scaler-port=8003" in router_args
+    # Numbers reach the flags as integers (Helm reads YAML numbers as floats).
+    assert {"--max-body-bytes=536870912", "--max-hold-seconds=60"} <= set(router_args)
     assert "replicas" not in router["spec"] or router["spec"]["replicas"] >= 1  # the HPA's
     router_env = {e["name"] for e in _container(router)["env"]}
     assert not any("ADMIN" in name for name in router_env)  # the router never holds the key
