@@ -49,6 +49,10 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    # No scanning for namespaces and CRDs: the operator serves the namespaces it is given (or
+    # all) and the CRDs present at start-up, so it needs no cluster-wide list/watch of either
+    # (the chart grants neither: tests/helm/test_rbac.py records every call).
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     # A deleted object keeps its finalizer until its timers have exited; kopf re-checks a timer
     # that was mid-run only every `cancellation_polling` seconds (60 by default), which held

@@ -30,6 +30,7 @@ from shoal.operator.resources import (
     build_scaled_object,
     build_service,
     desired_replicas,
+    triton_admin_from_settings,
     wants_scaled_object,
 )
 from shoal.operator.settings import POOL_STATUS_INTERVAL_S, ROUTER_SCALER_ADDRESS, retry_delay
@@ -67,7 +68,8 @@ async def inferencepool_apply(
     try:
         pdb_version = await kube.pdb_api_version()
         deployment = await kube.apply_deployment(
-            build_deployment(pool, owner), lambda current: desired_replicas(pool, current)
+            build_deployment(pool, owner, admin=triton_admin_from_settings()),
+            lambda current: desired_replicas(pool, current),
         )
         service = await kube.apply_service(build_service(pool, owner))
         pdb = await kube.apply_pdb(build_pdb(pool, owner, api_version=pdb_version))

@@ -12,8 +12,10 @@ found, only clamping a value outside [min, max].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from shoal.operator.settings import TRITON_ADMIN_HEADER, TRITON_ADMIN_SECRET
 from shoal.operator.specs import PoolSpec
 
 KEDA_GROUP, KEDA_VERSION, SCALED_OBJECT_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
@@ -25,6 +27,26 @@ TRITON_CONTAINER = "triton"
 POOL_LABEL = "shoal.dev/pool"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "shoal-operator"}
 SHM_SIZE = "1Gi"  # python-backend steps exchange tensors through /dev/shm
+ADMIN_KEY_VAR = "SHOAL_TRITON_ADMIN_KEY"
+# NVIDIA's tritonserver images run as `triton-server` (uid 1000); a non-root user is required.
+TRITON_UID = 1000
+
+
+@dataclass(frozen=True)
+class TritonAdmin:
+    """Triton's repository API (load, unload, file uploads that run as python-backend code) is
+    restricted to requests carrying `header`, whose value is key `key` of Secret `secret` in the
+    pool's namespace. Only the operator holds that value; the router drops the header."""
+
+    header: str
+    secret: str
+    key: str = "key"
+
+
+def triton_admin_from_settings() -> TritonAdmin | None:
+    if TRITON_ADMIN_SECRET is None:
+        return None
+    return TritonAdmin(header=TRITON_ADMIN_HEADER, secret=TRITON_ADMIN_SECRET)
 
 
 def selector_labels(pool: PoolSpec) -> dict[str, str]:
@@ -58,7 +80,15 @@ def _metadata(pool: PoolSpec, owner: dict[str, Any] | None) -> dict[str, Any]:
     return metadata
 
 
-def triton_args(pool: PoolSpec) -> list[str]:
+def restricted_api_args(admin: TritonAdmin) -> list[str]:
+    """Kubernetes expands `$(VAR)` in args from the container's env (the Secret's value), so the
+    key is in no manifest."""
+    restriction = f"model-repository:{admin.header}=$({ADMIN_KEY_VAR})"
+    return [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
+
+
+def triton_args(pool: PoolSpec, admin: TritonAdmin | None = None) -> list[str]:
+    restricted = restricted_api_args(admin) if admin is not None else []
     return [
         f"--model-repository={pool.triton_repository}",
         "--model-control-mode=explicit",  # the operator loads and unloads every model
@@ -69,6 +99,7 @@ def triton_args(pool: PoolSpec) -> list[str]:
         # Ready means "answers": a model that failed to load must not pull the replica out of
         # the Service (the operator reports it on the InferenceModel instead).
         "--strict-readiness=false",
+        *restricted,
         *pool.args,
     ]
 
@@ -96,12 +127,40 @@ def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     }
 
 
-def build_pod_template(pool: PoolSpec) -> dict[str, Any]:
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": TRITON_UID,
+        "runAsGroup": TRITON_UID,
+        "fsGroup": TRITON_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _env(pool: PoolSpec, admin: TritonAdmin | None) -> list[dict[str, Any]]:
+    env = [dict(e) for e in pool.env]
+    if admin is not None:
+        secret_ref = {"name": admin.secret, "key": admin.key}
+        env.append({"name": ADMIN_KEY_VAR, "valueFrom": {"secretKeyRef": secret_ref}})
+    return env
+
+
+def build_pod_template(pool: PoolSpec, admin: TritonAdmin | None = None) -> dict[str, Any]:
+    """The Triton pod: non-root, read-only root filesystem (emptyDirs for /tmp and /dev/shm), no
+    capabilities, no service-account token (Triton never calls the Kubernetes API)."""
     container: dict[str, Any] = {
         "name": TRITON_CONTAINER,
         "image": pool.image,
         "command": ["tritonserver"],
-        "args": triton_args(pool),
+        "args": triton_args(pool, admin),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -111,17 +170,23 @@ def build_pod_template(pool: PoolSpec) -> dict[str, Any]:
         "livenessProbe": _probe("/v2/health/live", period_s=10, failures=3),
         # Triton reads the repository index before it answers; give a slow volume time.
         "startupProbe": _probe("/v2/health/live", period_s=5, failures=60),
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": _container_security(),
     }
     if pool.image_pull_policy:
         container["imagePullPolicy"] = pool.image_pull_policy
-    if pool.env:
-        container["env"] = [dict(e) for e in pool.env]
+    env = _env(pool, admin)
+    if env:
+        container["env"] = env
     resources = _resources(pool)
     if resources:
         container["resources"] = resources
     volumes: list[dict[str, Any]] = [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+        {"name": "tmp", "emptyDir": {}},
     ]
     if pool.pvc_claim:
         mount: dict[str, Any] = {"name": "models", "mountPath": pool.mount_path, "readOnly": True}
@@ -134,7 +199,12 @@ def build_pod_template(pool: PoolSpec) -> dict[str, Any]:
                 "persistentVolumeClaim": {"claimName": pool.pvc_claim, "readOnly": True},
             }
         )
-    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+    }
     if pool.node_selector:
         pod_spec["nodeSelector"] = dict(pool.node_selector)
     if pool.tolerations:
@@ -152,8 +222,12 @@ def desired_replicas(pool: PoolSpec, current: int | None) -> int:
 
 
 def build_deployment(
-    pool: PoolSpec, owner: dict[str, Any] | None = None, current_replicas: int | None = None
+    pool: PoolSpec,
+    owner: dict[str, Any] | None = None,
+    current_replicas: int | None = None,
+    admin: TritonAdmin | None = None,
 ) -> dict[str, Any]:
+    """`admin`: the restricted repository API; the handlers pass triton_admin_from_settings()."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -167,7 +241,7 @@ def build_deployment(
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
-            "template": build_pod_template(pool),
+            "template": build_pod_template(pool, admin),
         },
     }
 

@@ -11,7 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.operator.settings import ALLOWED_IMAGES_ENV, allowed_images
 from shoal.sizes import SizeError, parse_size
+
+DEFAULT_MOUNT_PATH = "/models"
 
 DEFAULT_MOUNT_PATH = "/models"
 
@@ -99,6 +102,19 @@ def _suggest_name(name: str) -> str:
     return cleaned[:MAX_NAME_LENGTH].rstrip("-") or "pool"
 
 
+def _check_image_allowed(image: str) -> None:
+    allowed = allowed_images()
+    if not allowed or any(
+        image.startswith(item[:-1]) if item.endswith("*") else image == item for item in allowed
+    ):
+        return
+    raise SpecError(
+        f"spec.triton.image {image!r} is not an allowed image ({', '.join(allowed)}); use one "
+        f"of them, or have the cluster admin add it (Helm value operator.allowedImages, "
+        f"{ALLOWED_IMAGES_ENV} of the operator)"
+    )
+
+
 def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
     """Read an InferencePool spec (already defaulted and validated by the CRD schema)."""
     check_pool_name(name)
@@ -115,6 +131,7 @@ def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
         )
     if not triton.get("image"):
         raise SpecError("spec.triton.image is empty; set a Triton Inference Server image")
+    _check_image_allowed(triton["image"])
     pvc = storage.get("pvc") or {}
     if bool(pvc) == bool(storage.get("uri")):
         raise SpecError("spec.storage needs exactly one of pvc (a PersistentVolumeClaim) or uri")
