@@ -5,6 +5,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup-env.sh" dev
+# Real Helm for the chart's tests (tests/helm): helm-sdkpy bundles the Helm v4 library. Its
+# metadata asks for Python 3.12, so it cannot be in the dev extra; it runs on 3.11.
+"$ROOT/.venv/bin/python" -c "import helm_sdkpy" 2>/dev/null \
+  || "$ROOT/.venv/bin/pip" install -q --ignore-requires-python "helm-sdkpy==0.1.32" "cffi>=1.16"
 if ! command -v ip >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null

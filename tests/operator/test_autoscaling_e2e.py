@@ -169,7 +169,12 @@ def test_without_keda_the_pool_says_so_and_keeps_min_until_keda_arrives(
         assert "KEDA is not installed" in condition["message"]
         assert "stay at 1" in condition["message"]
         assert kube.get_core(DEPLOYMENT)["spec"]["replicas"] == 1
-        assert any(e["reason"] == "KedaNotInstalled" for e in kube.events("gpu-a"))
+        # kopf posts Events from a background queue: the condition may be written first.
+        wait_for(
+            lambda: any(e["reason"] == "KedaNotInstalled" for e in kube.events("gpu-a")),
+            10,
+            what="KedaNotInstalled Event",
+        )
 
         # KEDA installed later: the status timer notices and creates the ScaledObject.
         install_keda_crd()

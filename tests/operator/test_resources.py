@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shoal.operator.resources import (
+    TritonAdmin,
     build_deployment,
     build_pdb,
     build_service,
     desired_replicas,
 )
-from shoal.operator.specs import pool_spec
+from shoal.operator.specs import SpecError, pool_spec
 
 OWNER = {
     "apiVersion": "shoal.dev/v1alpha1",
@@ -76,7 +79,7 @@ def test_cpu_pool_on_object_store_has_no_gpu_and_no_volume():
     assert "resources" not in container
     assert "--model-repository=gs://bucket/repo" in container["args"]
     names = [v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]]
-    assert names == ["dshm"]
+    assert names == ["dshm", "tmp"]  # shared memory and a writable /tmp, no model volume
 
 
 def test_replicas_set_at_creation_and_left_to_the_scaler_afterwards():
@@ -105,3 +108,54 @@ def test_pdb_limits_disruption_of_the_pool_pods():
     assert pdb["apiVersion"] == "policy/v1beta1"
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"]["shoal.dev/pool"] == "gpu-a"
+
+
+def test_triton_pod_runs_locked_down_non_root_read_only_without_a_token():
+    pod = build_deployment(pool_spec("gpu-a", "team", SPEC))["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = _container({"spec": {"template": {"spec": pod}}})["securityContext"]
+    assert security == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/tmp", "/dev/shm"} <= mounts  # the writable places on a read-only root
+
+
+def test_restricted_repository_api_takes_its_key_from_the_secret_not_the_manifest():
+    admin = TritonAdmin(header="shoal-admin-key", secret="shoal-triton-admin")
+    container = _container(build_deployment(pool_spec("gpu-a", "team", SPEC), admin=admin))
+    restriction = "model-repository:shoal-admin-key=$(SHOAL_TRITON_ADMIN_KEY)"
+    assert f"--http-restricted-api={restriction}" in container["args"]
+    assert f"--grpc-restricted-protocol={restriction}" in container["args"]
+    assert container["args"][-1] == "--log-verbose=1"  # the pool's own args still come last
+    assert container["env"][-1] == {
+        "name": "SHOAL_TRITON_ADMIN_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "shoal-triton-admin", "key": "key"}},
+    }
+    unrestricted = _container(build_deployment(pool_spec("gpu-a", "team", SPEC)))
+    assert not any("restricted" in arg for arg in unrestricted["args"])
+
+
+@pytest.mark.parametrize(
+    ("allowed", "image", "ok"),
+    [
+        ("", "anything:1", True),  # no list: any image
+        ("tritonserver:24.10", "tritonserver:24.10", True),
+        ("nvcr.io/nvidia/tritonserver:24.10-py3", "tritonserver:24.10", False),
+        ("ghcr.io/shoal/triton:*, tritonserver:24.09", "ghcr.io/shoal/triton:1.2", True),
+        ("ghcr.io/shoal/triton:*", "ghcr.io/other/triton:1.2", False),
+    ],
+)
+def test_pool_image_must_be_on_the_allow_list(monkeypatch, allowed, image, ok):
+    monkeypatch.setenv("SHOAL_OPERATOR_ALLOWED_IMAGES", allowed)
+    spec = {**SPEC, "triton": {"image": image}}
+    if ok:
+        assert pool_spec("p", "ns", spec).image == image
+        return
+    with pytest.raises(SpecError, match="operator.allowedImages") as refused:
+        pool_spec("p", "ns", spec)
+    assert repr(image) in str(refused.value)

@@ -24,7 +24,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,8 +205,15 @@ def _wait_ready(
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[KubeCluster]:
-    """Start etcd and kube-apiserver, yield the cluster, stop both and delete their files."""
+def running_cluster(
+    authorization: str = "AlwaysAllow",
+    extra_args: Sequence[str] = (),
+    extra_tokens: Sequence[str] = (),
+) -> Iterator[KubeCluster]:
+    """Start etcd and kube-apiserver, yield the cluster, stop both and delete their files.
+    `authorization`: the --authorization-mode (a list flag: repeating it would add a mode, not
+    replace one); `extra_args` come last; `extra_tokens` are more lines of the token file
+    (`token,user,uid,"group1,group2"`), e.g. service-account identities (tests/support/helm.py)."""
     apiserver = find_kube_apiserver()
     etcd = find_etcd()
     workdir = Path(tempfile.mkdtemp(prefix="shoal-kube-"))
@@ -214,7 +221,8 @@ def running_cluster() -> Iterator[KubeCluster]:
     logs.mkdir()
     _make_certificates(workdir)
     token = secrets.token_hex(16)
-    (workdir / "tokens.csv").write_text(f"{token},admin,admin,system:masters\n")
+    tokens = [f"{token},admin,admin,system:masters", *extra_tokens]
+    (workdir / "tokens.csv").write_text("\n".join(tokens) + "\n")
     etcd_client, etcd_peer, secure_port = free_port(), free_port(), free_port()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -245,7 +253,7 @@ def running_cluster() -> Iterator[KubeCluster]:
                 f"--tls-cert-file={workdir / 'serving.crt'}",
                 f"--tls-private-key-file={workdir / 'serving.key'}",
                 f"--token-auth-file={workdir / 'tokens.csv'}",
-                "--authorization-mode=AlwaysAllow",
+                f"--authorization-mode={authorization}",
                 f"--service-account-key-file={workdir / 'sa.key'}",
                 f"--service-account-signing-key-file={workdir / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -254,6 +262,7 @@ def running_cluster() -> Iterator[KubeCluster]:
                 "--disable-admission-plugins=ServiceAccount",
                 "--enable-priority-and-fairness=false",
                 "--v=1",
+                *extra_args,
             ],
             logs / "kube-apiserver.log",
         )
@@ -312,10 +321,19 @@ def _established(http: httpx.Client, name: str) -> bool:
     )
 
 
+# A test that records the API calls of other tests under the chart's RBAC (tests/helm/
+# test_rbac.py) runs them in a pytest subprocess on its own API server: this names a JSON file
+# with that server (KubeCluster's fields) and the kubeconfig the operator is to use.
+EXISTING_CLUSTER_ENV = "SHOAL_TEST_EXISTING_CLUSTER"
+
+
 @pytest.fixture(scope="session")
 def kube_cluster() -> Iterator[KubeCluster]:
     """One real API server per test session with the operator's CRDs; $KUBECONFIG points at it
     while it runs. A missing kube-apiserver or etcd fails (not skips) with how to get it."""
+    if os.environ.get(EXISTING_CLUSTER_ENV):
+        yield from _existing_cluster(Path(os.environ[EXISTING_CLUSTER_ENV]))
+        return
     try:
         context = running_cluster()
         cluster = context.__enter__()
@@ -332,3 +350,26 @@ def kube_cluster() -> Iterator[KubeCluster]:
         else:
             os.environ["KUBECONFIG"] = previous
         context.__exit__(None, None, None)
+
+
+def _existing_cluster(description: Path) -> Iterator[KubeCluster]:
+    """The API server another test started (EXISTING_CLUSTER_ENV), its CRDs installed; the
+    operator runs with the identity of `operator_kubeconfig`."""
+    import json
+
+    fields = json.loads(description.read_text())
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = fields["operator_kubeconfig"]
+    try:
+        yield KubeCluster(
+            server=fields["server"],
+            token=fields["token"],
+            ca_path=Path(fields["ca_path"]),
+            kubeconfig=Path(fields["kubeconfig"]),
+            workdir=Path(fields["workdir"]),
+        )
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,21 @@ log = logging.getLogger(__name__)
 # large encoders on GPU tens of seconds.
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 DEFAULT_TIMEOUT_S = 10.0
+
+# Triton's restricted repository API (`--http-restricted-api=model-repository:<header>=<key>`):
+# where pools run Triton that way (the Helm chart), the operator's environment names the header
+# and holds the key, and every repository call (index, load, unload) carries it. Unset: no header.
+ADMIN_HEADER_ENV, ADMIN_KEY_ENV = "SHOAL_TRITON_ADMIN_HEADER", "SHOAL_TRITON_ADMIN_KEY"
+DEFAULT_ADMIN_HEADER = "shoal-admin-key"
+REPOSITORY_PATH = "/v2/repository"
+
+
+def admin_header_from_env() -> dict[str, str]:
+    key = os.environ.get(ADMIN_KEY_ENV)
+    if not key:
+        return {}
+    return {os.environ.get(ADMIN_HEADER_ENV) or DEFAULT_ADMIN_HEADER: key}
+
 
 # Reasons that mean "not now" rather than "never": resources that may free up.
 _RETRYABLE_REASONS = re.compile(
@@ -139,13 +155,17 @@ class TritonControl:
         load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
         log_reader: Callable[[], str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        admin_header: Mapping[str, str] | None = None,
     ) -> None:
+        """`admin_header`: sent on repository calls (default: from the environment, see
+        admin_header_from_env)."""
         if "://" not in base_url:
             base_url = f"http://{base_url}"
         self.base_url = base_url.rstrip("/")
         self.load_timeout_s = load_timeout_s
         self._timeout_s = timeout_s
         self._log_reader = log_reader
+        self._admin_header = dict(admin_header_from_env() if admin_header is None else admin_header)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout_s, transport=transport
         )
@@ -299,6 +319,8 @@ class TritonControl:
             kwargs["json"] = json
         if timeout is not None:
             kwargs["timeout"] = timeout
+        if self._admin_header and path.startswith(REPOSITORY_PATH):
+            kwargs["headers"] = self._admin_header
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:

@@ -212,14 +212,23 @@ def _pool_spec_schema() -> dict[str, Any]:
             "autoscaling": {
                 "type": "object",
                 "description": "KEDA scaling between replicas.min and replicas.max on pending "
-                "demand (a pool with min < max; needs KEDA and Prometheus in the cluster).",
-                "required": ["prometheusAddress", "threshold"],
+                "demand (a pool with min < max; needs KEDA in the cluster, and Prometheus or "
+                "the shoal router as the demand source).",
+                "required": ["threshold"],
                 "properties": {
+                    "routerScalerAddress": {
+                        "type": "string",
+                        "pattern": r"^[^/\s]+:[0-9]+$",
+                        "description": "The shoal router's KEDA external scaler (host:port), "
+                        "e.g. shoal-router.shoal-system:8003: requests held at the router wake "
+                        "the pool from zero (default: the operator's "
+                        "SHOAL_OPERATOR_ROUTER_SCALER setting).",
+                    },
                     "prometheusAddress": {
                         "type": "string",
                         "pattern": r"^https?://.+",
                         "description": "The Prometheus server KEDA queries, e.g. "
-                        "http://prometheus-operated.monitoring:9090.",
+                        "http://prometheus-operated.monitoring:9090 (optional with a router).",
                     },
                     "query": {
                         "type": "string",
@@ -232,7 +241,8 @@ def _pool_spec_schema() -> dict[str, Any]:
                         "minimum": 0,
                         "exclusiveMinimum": True,
                         "maximum": 1_000_000,
-                        "description": "Target demand per replica (queued requests).",
+                        "description": "Target demand per replica (queued requests; at the "
+                        "router: held and in-flight requests).",
                     },
                 },
             },
@@ -275,6 +285,12 @@ def _model_spec_schema() -> dict[str, Any]:
                 0,
             ),  # fmt: skip
             "minReplicas": _count("Replicas that keep the model loaded.", 0, MAX_REPLICAS, 1),
+            "maxHoldSeconds": _count(
+                "How long the router holds a request while the model is not ready (loading, "
+                "or its pool at zero replicas) when the client sends no timeout (default 60).",
+                1,
+                3600,
+            ),
         },
     }
 

@@ -1,9 +1,10 @@
 """The operator as kopf sees it: `kopf run -m shoal.operator.handlers` (or `shoal operator run`).
 
 Importing this module registers every handler: startup/cleanup here, the InferencePool handlers
-(pool_handlers.py) and the InferenceModel handlers (model_handlers.py). Per-run state (the
-Kubernetes client, the placer with its per-replica locks) lives in kopf's memo, created at startup,
-so that several runs in one process (tests) never share asyncio objects across event loops.
+(pool_handlers.py), the InferenceModel handlers (model_handlers.py) and a router's asks
+(demand_handlers.py). Per-run state (the Kubernetes client, the placer with its per-replica locks)
+lives in kopf's memo, created at startup, so that several runs in one process (tests) never share
+asyncio objects across event loops.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import kopf
 
 from shoal.fleet.driver import default_load_deadline
 from shoal.fleet.placer import Placer
-from shoal.operator import metrics, model_handlers, pool_handlers  # noqa: F401  (registers)
+from shoal.operator import (  # noqa: F401  (registers handlers)
+    demand_handlers,
+    metrics,
+    model_handlers,
+    pool_handlers,
+)
 from shoal.operator import settings as shoal_settings
 from shoal.operator.kube import REQUEST_TIMEOUT_S, KubeApi
 from shoal.operator.settings import (
@@ -43,6 +49,10 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    # No scanning for namespaces and CRDs: the operator serves the namespaces it is given (or
+    # all) and the CRDs present at start-up, so it needs no cluster-wide list/watch of either
+    # (the chart grants neither: tests/helm/test_rbac.py records every call).
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     # kopf's own API calls: a bounded wait for a restarted API server (its default is 5 min).
     settings.networking.request_timeout = REQUEST_TIMEOUT_S

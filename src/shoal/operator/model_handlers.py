@@ -30,6 +30,7 @@ from shoal.manifest import Manifest, ManifestError
 from shoal.operator import metrics
 from shoal.operator.conditions import set_condition, status_changes
 from shoal.operator.crds import API_VERSION, GROUP, MODEL_KIND, MODEL_PLURAL, POOL_PLURAL, VERSION
+from shoal.operator.demand_annotations import with_router_use
 from shoal.operator.evicted_status import withdraw_evicted
 from shoal.operator.known_models import index_entries, known, known_on_pool, users_of
 from shoal.operator.model_status import (
@@ -192,6 +193,7 @@ async def _reconcile(
     patch: kopf.Patch,
     memo: kopf.Memo,
     inferencemodel_by_pool: kopf.Index,
+    inferencemodel_router_use: kopf.Index | None = None,
     retry: int = 0,
     stopped: kopf.DaemonStopped | None = None,
     **_: Any,
@@ -214,6 +216,7 @@ async def _reconcile(
         # handler runs): a drift run that was in flight must then neither load nor write status.
         is_stopped = (lambda: stopped.is_set()) if stopped is not None else None
         attempt = _Attempt(memo, body, model, pool, memory, meta.get("uid"), allow_evict)
+        attempt.router_use = inferencemodel_router_use
         decision = await attempt.run(previous, generation, inferencemodel_by_pool, is_stopped)
         if decision is None:
             return
@@ -240,6 +243,7 @@ class _Attempt:
         self.kube, self.placer, self.body = memo.kube, memo.placer, body
         self.model, self.pool, self.memory, self.allow_evict = model, pool, memory, allow_evict
         self.me = known(model, memory, uid)
+        self.router_use: kopf.Index | None = None  # leases of routers (demand_handlers.py)
 
     async def run(
         self,
@@ -253,7 +257,9 @@ class _Attempt:
             await self.kube.get_endpoints(model.namespace, pool.name)
         )
         on_pool = [k for k in index.get((model.namespace, pool.name), []) if k.name != model.name]
-        known_models = known_on_pool([*on_pool, self.me], pool)
+        known_models = with_router_use(
+            known_on_pool([*on_pool, self.me], pool), model.namespace, self.router_use
+        )
         duplicates = users_of(on_pool, model.entry, model.name)
         if self.allow_evict and shows_loading(
             previous, generation, min(model.min_replicas, len(replicas))

@@ -170,11 +170,11 @@ def _loaded(
     if not attempt.ready_replicas:
         reason = "NoReplicas"
     elif previous.get("phase") == "Evicted" or (
+        # Was serving (its phase is this function's; the evicting handler has already emptied
+        # its replica list, shoal.operator.evicted_status) and lost its place.
         previous.get("phase") == "Ready" and not loaded and not attempt.allow_evict
     ):
-        # Lost its place to another model or to a lowered budget; drift does not evict back.
-        # (Read from the phase: whoever evicted it has already emptied its replica list.)
-        reason = "Evicted"
+        reason = "Evicted"  # lost its place to another model; drift does not evict back
     else:
         reason = "NoCapacity"
     message = (

@@ -17,6 +17,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from shoal.operator import metrics
 from shoal.operator.conditions import get_condition, set_condition
 from shoal.operator.crds import GROUP, POOL_PLURAL, VERSION
+from shoal.operator.demand_annotations import with_router_use
 from shoal.operator.evicted_status import withdraw_evicted
 from shoal.operator.known_models import known_on_pool
 from shoal.operator.kube import api_error, is_retriable
@@ -29,9 +30,10 @@ from shoal.operator.resources import (
     build_scaled_object,
     build_service,
     desired_replicas,
+    triton_admin_from_settings,
     wants_scaled_object,
 )
-from shoal.operator.settings import POOL_STATUS_INTERVAL_S, retry_delay
+from shoal.operator.settings import POOL_STATUS_INTERVAL_S, ROUTER_SCALER_ADDRESS, retry_delay
 from shoal.operator.specs import PoolSpec, SpecError, pool_spec
 
 POOL = (GROUP, VERSION, POOL_PLURAL)
@@ -66,7 +68,8 @@ async def inferencepool_apply(
     try:
         pdb_version = await kube.pdb_api_version()
         deployment = await kube.apply_deployment(
-            build_deployment(pool, owner), lambda current: desired_replicas(pool, current)
+            build_deployment(pool, owner, admin=triton_admin_from_settings()),
+            lambda current: desired_replicas(pool, current),
         )
         service = await kube.apply_service(build_service(pool, owner))
         pdb = await kube.apply_pdb(build_pdb(pool, owner, api_version=pdb_version))
@@ -148,6 +151,7 @@ async def inferencepool_status(
     status: kopf.Status,
     memo: kopf.Memo,
     inferencemodel_by_pool: kopf.Index,
+    inferencemodel_router_use: kopf.Index | None = None,
     **_: Any,
 ) -> None:
     """Ready replicas (from the Service's Endpoints) and the phase they give the pool; the
@@ -167,7 +171,10 @@ async def inferencepool_status(
         lambda conditions: set_condition(conditions, "Ready", ok, reason, message),
     )  # fmt: skip
     if replicas:
-        await _enforce_budget(memo.kube, memo.placer, pool, replicas, inferencemodel_by_pool)
+        await _enforce_budget(
+            memo.kube, memo.placer, pool, replicas, inferencemodel_by_pool,
+            inferencemodel_router_use,
+        )  # fmt: skip
     try:
         counts = await memo.placer.models_per_replica(replicas)
     except Exception as exc:  # metrics are best effort; never fail the status timer for them
@@ -188,10 +195,17 @@ def _phase(ready: int, min_replicas: int) -> tuple[str, bool, str]:
 
 
 async def _enforce_budget(
-    kube: Any, placer: Any, pool: PoolSpec, replicas: list[Any], index: kopf.Index
+    kube: Any,
+    placer: Any,
+    pool: PoolSpec,
+    replicas: list[Any],
+    index: kopf.Index,
+    router_use: kopf.Index | None = None,
 ) -> None:
-    """A lowered memoryPerReplica is enforced: models beyond it are evicted by policy."""
+    """A lowered memoryPerReplica is enforced: models beyond it are evicted by policy (never
+    one a router holds requests for)."""
     known = known_on_pool(index.get((pool.namespace, pool.name), []), pool)
+    known = with_router_use(known, pool.namespace, router_use)
     repository = Path(pool.local_repository) if pool.local_repository else None
     evictions = await placer.enforce_budget(replicas, pool.memory_per_replica, known, repository)
     announce_evictions(None, evictions, known)
@@ -236,7 +250,7 @@ async def _apply_autoscaling(
     removed (if it is ours) where the pool no longer asks for one. Without KEDA the Deployment
     keeps the replicas it has (min at creation): the operator never scales in KEDA's place."""
     uid = owner["metadata"]["uid"]
-    if not wants_scaled_object(pool):
+    if not wants_scaled_object(pool, ROUTER_SCALER_ADDRESS):
         deleted = await kube.delete_scaled_object(pool.namespace, pool.name, uid)
         if pool.fixed_size:
             reason = "FixedSize"
@@ -245,8 +259,9 @@ async def _apply_autoscaling(
             reason = "NotConfigured"
             message = (
                 f"no spec.autoscaling: replicas stay where they are (min {pool.min_replicas} at "
-                "creation); set spec.autoscaling.prometheusAddress and threshold to scale "
-                f"between {pool.min_replicas} and {pool.max_replicas} with KEDA"
+                "creation); set spec.autoscaling (threshold, and prometheusAddress or "
+                "routerScalerAddress) to scale between "
+                f"{pool.min_replicas} and {pool.max_replicas} with KEDA"
             )
         return AutoscalingOutcome(False, reason, message, "deleted" if deleted else "")
     if not await kube.serves_scaled_objects():
@@ -257,7 +272,9 @@ async def _apply_autoscaling(
             f"stay at {pool.min_replicas} (replicas.min); install KEDA (https://keda.sh) and the "
             "operator creates the ScaledObject",
         )
-    outcome = await kube.apply_scaled_object(build_scaled_object(pool, owner))
+    outcome = await kube.apply_scaled_object(
+        build_scaled_object(pool, owner, ROUTER_SCALER_ADDRESS)
+    )
     if outcome == "conflict":
         return AutoscalingOutcome(
             False,

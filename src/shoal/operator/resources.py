@@ -12,8 +12,10 @@ found, only clamping a value outside [min, max].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from shoal.operator.settings import TRITON_ADMIN_HEADER, TRITON_ADMIN_SECRET
 from shoal.operator.specs import PoolSpec
 
 KEDA_GROUP, KEDA_VERSION, SCALED_OBJECT_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
@@ -25,6 +27,26 @@ TRITON_CONTAINER = "triton"
 POOL_LABEL = "shoal.dev/pool"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "shoal-operator"}
 SHM_SIZE = "1Gi"  # python-backend steps exchange tensors through /dev/shm
+ADMIN_KEY_VAR = "SHOAL_TRITON_ADMIN_KEY"
+# NVIDIA's tritonserver images run as `triton-server` (uid 1000); a non-root user is required.
+TRITON_UID = 1000
+
+
+@dataclass(frozen=True)
+class TritonAdmin:
+    """Triton's repository API (load, unload, file uploads that run as python-backend code) is
+    restricted to requests carrying `header`, whose value is key `key` of Secret `secret` in the
+    pool's namespace. Only the operator holds that value; the router drops the header."""
+
+    header: str
+    secret: str
+    key: str = "key"
+
+
+def triton_admin_from_settings() -> TritonAdmin | None:
+    if TRITON_ADMIN_SECRET is None:
+        return None
+    return TritonAdmin(header=TRITON_ADMIN_HEADER, secret=TRITON_ADMIN_SECRET)
 
 
 def selector_labels(pool: PoolSpec) -> dict[str, str]:
@@ -58,7 +80,15 @@ def _metadata(pool: PoolSpec, owner: dict[str, Any] | None) -> dict[str, Any]:
     return metadata
 
 
-def triton_args(pool: PoolSpec) -> list[str]:
+def restricted_api_args(admin: TritonAdmin) -> list[str]:
+    """Kubernetes expands `$(VAR)` in args from the container's env (the Secret's value), so the
+    key is in no manifest."""
+    restriction = f"model-repository:{admin.header}=$({ADMIN_KEY_VAR})"
+    return [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
+
+
+def triton_args(pool: PoolSpec, admin: TritonAdmin | None = None) -> list[str]:
+    restricted = restricted_api_args(admin) if admin is not None else []
     return [
         f"--model-repository={pool.triton_repository}",
         "--model-control-mode=explicit",  # the operator loads and unloads every model
@@ -69,6 +99,7 @@ def triton_args(pool: PoolSpec) -> list[str]:
         # Ready means "answers": a model that failed to load must not pull the replica out of
         # the Service (the operator reports it on the InferenceModel instead).
         "--strict-readiness=false",
+        *restricted,
         *pool.args,
     ]
 
@@ -96,12 +127,40 @@ def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     }
 
 
-def build_pod_template(pool: PoolSpec) -> dict[str, Any]:
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": TRITON_UID,
+        "runAsGroup": TRITON_UID,
+        "fsGroup": TRITON_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _env(pool: PoolSpec, admin: TritonAdmin | None) -> list[dict[str, Any]]:
+    env = [dict(e) for e in pool.env]
+    if admin is not None:
+        secret_ref = {"name": admin.secret, "key": admin.key}
+        env.append({"name": ADMIN_KEY_VAR, "valueFrom": {"secretKeyRef": secret_ref}})
+    return env
+
+
+def build_pod_template(pool: PoolSpec, admin: TritonAdmin | None = None) -> dict[str, Any]:
+    """The Triton pod: non-root, read-only root filesystem (emptyDirs for /tmp and /dev/shm), no
+    capabilities, no service-account token (Triton never calls the Kubernetes API)."""
     container: dict[str, Any] = {
         "name": TRITON_CONTAINER,
         "image": pool.image,
         "command": ["tritonserver"],
-        "args": triton_args(pool),
+        "args": triton_args(pool, admin),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -111,17 +170,23 @@ def build_pod_template(pool: PoolSpec) -> dict[str, Any]:
         "livenessProbe": _probe("/v2/health/live", period_s=10, failures=3),
         # Triton reads the repository index before it answers; give a slow volume time.
         "startupProbe": _probe("/v2/health/live", period_s=5, failures=60),
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": _container_security(),
     }
     if pool.image_pull_policy:
         container["imagePullPolicy"] = pool.image_pull_policy
-    if pool.env:
-        container["env"] = [dict(e) for e in pool.env]
+    env = _env(pool, admin)
+    if env:
+        container["env"] = env
     resources = _resources(pool)
     if resources:
         container["resources"] = resources
     volumes: list[dict[str, Any]] = [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+        {"name": "tmp", "emptyDir": {}},
     ]
     if pool.pvc_claim:
         mount: dict[str, Any] = {"name": "models", "mountPath": pool.mount_path, "readOnly": True}
@@ -134,7 +199,12 @@ def build_pod_template(pool: PoolSpec) -> dict[str, Any]:
                 "persistentVolumeClaim": {"claimName": pool.pvc_claim, "readOnly": True},
             }
         )
-    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+    }
     if pool.node_selector:
         pod_spec["nodeSelector"] = dict(pool.node_selector)
     if pool.tolerations:
@@ -152,8 +222,12 @@ def desired_replicas(pool: PoolSpec, current: int | None) -> int:
 
 
 def build_deployment(
-    pool: PoolSpec, owner: dict[str, Any] | None = None, current_replicas: int | None = None
+    pool: PoolSpec,
+    owner: dict[str, Any] | None = None,
+    current_replicas: int | None = None,
+    admin: TritonAdmin | None = None,
 ) -> dict[str, Any]:
+    """`admin`: the restricted repository API; the handlers pass triton_admin_from_settings()."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -167,7 +241,7 @@ def build_deployment(
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
-            "template": build_pod_template(pool),
+            "template": build_pod_template(pool, admin),
         },
     }
 
@@ -226,22 +300,73 @@ def demand_query(pool: PoolSpec) -> str:
     )
 
 
-def wants_scaled_object(pool: PoolSpec) -> bool:
-    """A pool that scales (min < max) and says how (spec.autoscaling)."""
-    return not pool.fixed_size and pool.autoscaling is not None
+# The router's demand per replica a pool aims at when its spec gives no threshold.
+DEFAULT_ROUTER_TARGET = 4.0
 
 
-def build_scaled_object(pool: PoolSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+def router_scaler_address(pool: PoolSpec, default: str | None) -> str | None:
+    """The router's KEDA scaler for this pool: the pool's own, else the operator's setting."""
+    own = pool.autoscaling.router_scaler_address if pool.autoscaling else None
+    return own or default
+
+
+def scaled_object_triggers(
+    pool: PoolSpec, router_scaler: str | None = None
+) -> list[dict[str, Any]]:
+    """KEDA triggers of the pool: `external-push` to the router's scaler (requests held at the
+    router wake a pool at zero within a second; shoal.router.keda_scaler) and/or `prometheus`
+    (Triton's queues). KEDA activates on either and the HPA follows the larger."""
+    autoscaling = pool.autoscaling
+    threshold = autoscaling.threshold if autoscaling else DEFAULT_ROUTER_TARGET
+    triggers: list[dict[str, Any]] = []
+    address = router_scaler_address(pool, router_scaler)
+    if address:
+        triggers.append(
+            {
+                "type": "external-push",
+                # KEDA reads trigger metadata as strings; the scaler reads pool and targetSize.
+                "metadata": {
+                    "scalerAddress": address,
+                    "pool": pool.name,
+                    "targetSize": f"{threshold:g}",
+                },
+            }
+        )
+    if autoscaling and autoscaling.prometheus_address:
+        triggers.append(
+            {
+                "type": "prometheus",
+                "metadata": {
+                    "serverAddress": autoscaling.prometheus_address,
+                    "query": autoscaling.query or demand_query(pool),
+                    "threshold": f"{threshold:g}",
+                },
+            }
+        )
+    return triggers
+
+
+def wants_scaled_object(pool: PoolSpec, router_scaler: str | None = None) -> bool:
+    """A pool that scales (min < max) and has a demand source (spec.autoscaling, or a router)."""
+    return not pool.fixed_size and bool(scaled_object_triggers(pool, router_scaler))
+
+
+def build_scaled_object(
+    pool: PoolSpec, owner: dict[str, Any] | None = None, router_scaler: str | None = None
+) -> dict[str, Any]:
     """The KEDA ScaledObject that scales the pool's Deployment between replicas.min and max.
 
     minReplicaCount may be 0: KEDA then scales to zero after `cooldownPeriod` without demand and
-    back to one when the query reports some (KEDA's activation; idleReplicaCount must be below
-    minReplicaCount, so it has no use here). Between 1 and max, KEDA's HPA scales on the query's
-    value per replica against `threshold`; the HPA's scale-down window takes the same delay, so
-    `scaleDownDelaySeconds` governs every step down."""
-    if pool.autoscaling is None:
-        raise ValueError(f"pool {pool.name} has no spec.autoscaling")
-    autoscaling = pool.autoscaling
+    back to one when a trigger reports some (KEDA's activation; idleReplicaCount must be below
+    minReplicaCount, so it has no use here). Between 1 and max, KEDA's HPA scales on the
+    triggers' value per replica against the threshold; the HPA's scale-down window takes the
+    same delay, so `scaleDownDelaySeconds` governs every step down. `router_scaler` is the
+    operator's default router scaler address (a pool's spec.autoscaling may name its own)."""
+    triggers = scaled_object_triggers(pool, router_scaler)
+    if not triggers:
+        raise ValueError(
+            f"pool {pool.name} has no spec.autoscaling with a demand source and no router scaler"
+        )
     window = min(pool.scale_down_delay_s, MAX_HPA_WINDOW_S)
     return {
         "apiVersion": f"{KEDA_GROUP}/{KEDA_VERSION}",
@@ -257,16 +382,6 @@ def build_scaled_object(pool: PoolSpec, owner: dict[str, Any] | None = None) -> 
                     "behavior": {"scaleDown": {"stabilizationWindowSeconds": window}}
                 }
             },
-            "triggers": [
-                {
-                    "type": "prometheus",
-                    "metadata": {
-                        "serverAddress": autoscaling.prometheus_address,
-                        "query": autoscaling.query or demand_query(pool),
-                        # KEDA reads trigger metadata as strings.
-                        "threshold": f"{autoscaling.threshold:g}",
-                    },
-                }
-            ],
+            "triggers": triggers,
         },
     }

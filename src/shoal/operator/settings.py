@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from shoal.errors import UserError
+from shoal.fleet.triton_control import ADMIN_HEADER_ENV, DEFAULT_ADMIN_HEADER
 from shoal.operator import defaults
 from shoal.operator.defaults import parse_seconds
 
@@ -48,6 +49,10 @@ UNLOAD_DEADLINE_S = _seconds("SHOAL_OPERATOR_UNLOAD_DEADLINE_S", defaults.UNLOAD
 # waiting operator takes over.
 PEERING_LIFETIME_S = int(_seconds("SHOAL_OPERATOR_PEERING_LIFETIME_S", defaults.PEERING_LIFETIME_S))
 
+# The shoal router's KEDA external scaler (host:port, e.g. shoal-router.shoal-system:8003): every
+# pool that scales gets an `external-push` trigger to it (a pool's
+# spec.autoscaling.routerScalerAddress overrides it). Unset: no router trigger by default.
+ROUTER_SCALER_ADDRESS = os.environ.get("SHOAL_OPERATOR_ROUTER_SCALER") or None
 
 
 def load_timeout_s() -> float | None:
@@ -56,6 +61,24 @@ def load_timeout_s() -> float | None:
     raw = os.environ.get("SHOAL_LOAD_TIMEOUT_S")
     return _seconds("SHOAL_LOAD_TIMEOUT_S", 0.0) if raw else None
 
+
+# Images an InferencePool may run (spec.triton.image), comma-separated; an entry ending in `*` is
+# a prefix. Unset or empty: any image. The Helm chart sets it from operator.allowedImages.
+ALLOWED_IMAGES_ENV = "SHOAL_OPERATOR_ALLOWED_IMAGES"
+
+
+def allowed_images() -> tuple[str, ...]:
+    """The image allow-list, read when a pool is applied (so tests can set it per run)."""
+    raw = os.environ.get(ALLOWED_IMAGES_ENV) or ""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+# The Secret (in each pool's namespace, key `key`) that holds the value of Triton's
+# restricted-API header; pool pods get it as an environment variable. Unset: pools run Triton
+# with an unrestricted repository API (as before the chart). The header's name and the operator's
+# own copy of the value are read by shoal.fleet.triton_control (SHOAL_TRITON_ADMIN_HEADER/_KEY).
+TRITON_ADMIN_SECRET = os.environ.get("SHOAL_TRITON_ADMIN_SECRET") or None
+TRITON_ADMIN_HEADER = os.environ.get(ADMIN_HEADER_ENV) or DEFAULT_ADMIN_HEADER
 
 FINALIZER = "shoal.dev/unload-models"
 ANNOTATION_PREFIX = "shoal.dev"

@@ -11,7 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.operator.settings import ALLOWED_IMAGES_ENV, allowed_images
 from shoal.sizes import SizeError, parse_size
+
+DEFAULT_MOUNT_PATH = "/models"
 
 DEFAULT_MOUNT_PATH = "/models"
 
@@ -29,11 +32,14 @@ def _bytes(value: int | str, what: str) -> int:
 
 @dataclass(frozen=True)
 class Autoscaling:
-    """spec.autoscaling: what the pool's KEDA ScaledObject asks Prometheus."""
+    """spec.autoscaling: where the pool's KEDA ScaledObject reads demand (Prometheus, the
+    router's KEDA scaler, or both) and the demand per replica it aims at."""
 
-    prometheus_address: str
+    prometheus_address: str | None
     threshold: float
     query: str | None = None  # None: the default demand query (resources.demand_query)
+    # The router's KEDA scaler (host:port); None: the operator's setting, if any.
+    router_scaler_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,19 @@ def _suggest_name(name: str) -> str:
     return cleaned[:MAX_NAME_LENGTH].rstrip("-") or "pool"
 
 
+def _check_image_allowed(image: str) -> None:
+    allowed = allowed_images()
+    if not allowed or any(
+        image.startswith(item[:-1]) if item.endswith("*") else image == item for item in allowed
+    ):
+        return
+    raise SpecError(
+        f"spec.triton.image {image!r} is not an allowed image ({', '.join(allowed)}); use one "
+        f"of them, or have the cluster admin add it (Helm value operator.allowedImages, "
+        f"{ALLOWED_IMAGES_ENV} of the operator)"
+    )
+
+
 def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
     """Read an InferencePool spec (already defaulted and validated by the CRD schema)."""
     check_pool_name(name)
@@ -112,6 +131,7 @@ def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
         )
     if not triton.get("image"):
         raise SpecError("spec.triton.image is empty; set a Triton Inference Server image")
+    _check_image_allowed(triton["image"])
     pvc = storage.get("pvc") or {}
     if bool(pvc) == bool(storage.get("uri")):
         raise SpecError("spec.storage needs exactly one of pvc (a PersistentVolumeClaim) or uri")
@@ -150,11 +170,12 @@ def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
 def _autoscaling(raw: dict[str, Any] | None) -> Autoscaling | None:
     if not raw:
         return None
-    address = raw.get("prometheusAddress")
-    if not address:
+    address = raw.get("prometheusAddress") or None
+    router = raw.get("routerScalerAddress") or None
+    if raw.get("query") and not address:
         raise SpecError(
-            "spec.autoscaling.prometheusAddress is missing: set the Prometheus server KEDA "
-            "should query, e.g. http://prometheus-operated.monitoring:9090"
+            "spec.autoscaling.prometheusAddress is missing: spec.autoscaling.query needs the "
+            "Prometheus server KEDA should query, e.g. http://prometheus-operated.monitoring:9090"
         )
     threshold = float(raw.get("threshold") or 0)
     if threshold <= 0:
@@ -162,7 +183,7 @@ def _autoscaling(raw: dict[str, Any] | None) -> Autoscaling | None:
             "spec.autoscaling.threshold must be positive: the queued requests per replica "
             "to scale at, e.g. 4"
         )
-    return Autoscaling(address, threshold, raw.get("query") or None)
+    return Autoscaling(address, threshold, raw.get("query") or None, router)
 
 
 @dataclass(frozen=True)
