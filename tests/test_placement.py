@@ -12,10 +12,8 @@ from shoal.fleet.placement import (
     GreedyDualSizeFrequency,
     LeastRecentlyUsed,
     ModelState,
-    format_size,
     initial_loads,
     make_policy,
-    parse_size,
     plan_load,
 )
 
@@ -240,29 +238,3 @@ def test_initial_loads_take_pinned_first_then_the_given_order_while_they_fit():
     chosen, skipped = initial_loads(models, 260 * MiB)
     assert chosen == ["p", "a", "c"]
     assert list(skipped) == ["b"] and "200.0 MiB" in skipped["b"]
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("2GiB", 2 * 2**30),
-        ("512Mi", 512 * MiB),
-        ("1.5GB", 1_500_000_000),
-        ("1000", 1000),
-        (" 64 mib ", 64 * MiB),
-    ],
-)
-def test_sizes_parse_with_binary_and_decimal_units(text, expected):
-    assert parse_size(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "lots", "2 parsecs", "-1GiB", "GiB"])
-def test_unreadable_sizes_say_how_to_write_one(text):
-    with pytest.raises(ValueError, match="e.g. 2GiB"):
-        parse_size(text)
-
-
-def test_format_size_is_readable():
-    assert format_size(512) == "512 B"
-    assert format_size(3 * MiB // 2) == "1.5 MiB"
-    assert format_size(5 * 2**40) == "5120.0 GiB"

@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from shoal.errors import UserError
+
 # Each module exposes `register(subparsers)`; its subcommands set `func(args) -> int`.
 # Imports happen inside the subcommands so that `shoal --help` stays fast and the operator image
 # does not need torch.
@@ -18,10 +20,6 @@ COMMAND_MODULES = (
     "shoal.catalog.cli",
     "shoal.router.cli",
 )
-
-
-class UserError(Exception):
-    """An error caused by input a person gave: printed without a traceback, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.operator.specs import SpecError, model_spec, parse_quantity, pool_spec
+from shoal.operator.specs import SpecError, model_spec, pool_spec
 
 POOL = {
     "triton": {"image": "nvcr.io/nvidia/tritonserver:24.10-py3"},
@@ -13,25 +13,11 @@ POOL = {
 }
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (1024, 1024),
-        ("1024", 1024),
-        ("512Mi", 512 * 2**20),
-        ("16Gi", 16 * 2**30),
-        ("1.5G", 1_500_000_000),
-        ("2e9", 2_000_000_000),
-        ("100k", 100_000),
-    ],
-)
-def test_quantities_become_bytes(value, expected):
-    assert parse_quantity(value, "x") == expected
-
-
-def test_unknown_quantity_suffix_names_the_field_and_the_fix():
+def test_a_size_the_grammar_refuses_is_a_spec_error_naming_the_field():
     with pytest.raises(SpecError, match=r"spec.memory='3Qi'.*Mi"):
-        parse_quantity("3Qi", "spec.memory")
+        model_spec("m", "ns", {"pool": "p", "memory": "3Qi"})
+    with pytest.raises(SpecError, match=r"spec.memoryPerReplica=.*64-bit"):
+        pool_spec("p", "ns", {**POOL, "memoryPerReplica": "99999999999999999999Ei"})
 
 
 def test_pool_defaults():

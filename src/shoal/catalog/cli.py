@@ -63,7 +63,7 @@ def _storage_options(pairs: list[str]) -> dict[str, object]:
     """KEY=VALUE pairs; values read as YAML scalars, so `use_ssl=false` is a boolean."""
     import yaml
 
-    from shoal.cli import UserError
+    from shoal.errors import UserError
 
     options: dict[str, object] = {}
     for pair in pairs:
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from shoal.catalog.display import choose_progress, render_markdown_summary
     from shoal.catalog.publishing import DestinationError
     from shoal.catalog.schema import CatalogError
-    from shoal.cli import UserError
-    from shoal.fleet.placement import parse_size
+    from shoal.errors import UserError
+    from shoal.sizes import parse_size
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")

@@ -33,7 +33,7 @@ from shoal.contract import Dtype, Pooling, Runtime, Task
 from shoal.exporter.options import ExportOptions
 from shoal.model_repository.entry import EntryOptions, GpuAccelerator, InstanceKind
 from shoal.operator import crds
-from shoal.operator.specs import SpecError, parse_quantity
+from shoal.sizes import SizeError, parse_size
 
 # A model's name is both a Kubernetes resource name (InferenceModel metadata.name) and a Triton
 # model name (the ensemble); this is what both accept. "_" is out: Kubernetes refuses it, and
@@ -410,8 +410,8 @@ def _crd_problem(key: str, schema: dict[str, Any], value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int | str):
             return f"{value!r} is not a quantity (bytes, or e.g. '512Mi', '2Gi')"
         try:
-            size = parse_quantity(value, key)
-        except SpecError as exc:
+            size = parse_size(value, key)
+        except SizeError as exc:
             return str(exc).removeprefix(f"{key}=")
         return None if size > 0 else f"{value!r} must be positive"
     expected = schema.get("type")

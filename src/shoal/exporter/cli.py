@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shoal.cli import UserError
+    from shoal.errors import UserError
     from shoal.exporter import ExportError, ExportOptions, export_model
     from shoal.exporter.parity import format_table
 
@@ -109,7 +109,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shoal.cli import UserError
+    from shoal.errors import UserError
     from shoal.exporter import ExportError, verify_entry
     from shoal.exporter.parity import format_table
 

@@ -17,10 +17,11 @@ Rules (DESIGN.md, "Placement and eviction"):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from shoal.sizes import format_size
 
 
 @dataclass(frozen=True)
@@ -258,47 +259,3 @@ def initial_loads(
                 f"{format_size(budget_bytes - used)} of the budget left"
             )
     return chosen, skipped
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
-}
-
-
-def parse_size(text: str) -> int:
-    """'2GiB', '512Mi', '1.5GB', '1000000' -> bytes (Kubernetes-style Mi/Gi accepted)."""
-    match = _SIZE.match(text)
-    unit = (match.group(2) or "").lower() if match else None
-    if not match or unit not in _UNITS:
-        raise ValueError(
-            f"cannot read memory size {text!r}: write a number with an optional unit, "
-            "e.g. 2GiB, 512MiB, 1.5GB, 800Mi"
-        )
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def format_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

@@ -60,7 +60,7 @@ def _rows(repository: Path) -> list[list[str]]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from shoal.cli import UserError
+    from shoal.errors import UserError
     from shoal.model_repository.repository import RepositoryError
 
     try:
@@ -80,7 +80,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from shoal.cli import UserError
+    from shoal.errors import UserError
     from shoal.model_repository.repository import RepositoryError, check_repository
 
     try:

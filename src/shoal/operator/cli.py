@@ -47,7 +47,7 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shoal.cli import UserError
+    from shoal.errors import UserError
     from shoal.operator.main import run_operator
 
     if not args.namespace and not args.all_namespaces:

@@ -7,57 +7,23 @@ condition.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-DEFAULT_MOUNT_PATH = "/models"
+from shoal.sizes import SizeError, parse_size
 
-_SUFFIXES = {
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "m": Decimal("0.001"),
-}
-_QUANTITY = re.compile(r"^([+]?[0-9.]+)(?:([eE][-+]?[0-9]+)|([a-zA-Z]*))$")
+DEFAULT_MOUNT_PATH = "/models"
 
 
 class SpecError(ValueError):
     """A spec the operator can never act on as written (a person must change it)."""
 
 
-def parse_quantity(value: int | str, what: str) -> int:
-    """A Kubernetes quantity ("16Gi", "1500M", 2000000000) as a whole number of bytes."""
-    if isinstance(value, int):
-        return value
-    match = _QUANTITY.match(str(value).strip())
-    if not match:
-        raise SpecError(f"{what}={value!r} is not a quantity; write bytes or e.g. '512Mi', '16Gi'")
-    number, exponent, suffix = match.groups()
+def _bytes(value: int | str, what: str) -> int:
     try:
-        amount = Decimal(number)
-    except InvalidOperation as exc:
-        raise SpecError(f"{what}={value!r} is not a number") from exc
-    if exponent:
-        amount *= Decimal(10) ** int(exponent[1:])
-    elif suffix:
-        if suffix not in _SUFFIXES:
-            raise SpecError(
-                f"{what}={value!r}: unknown suffix {suffix!r}; use one of Ki Mi Gi Ti k M G T"
-            )
-        amount *= _SUFFIXES[suffix]
-    return int(amount)
+        return parse_size(value, what)
+    except SizeError as exc:
+        raise SpecError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -125,7 +91,7 @@ def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
     pvc = storage.get("pvc") or {}
     if bool(pvc) == bool(storage.get("uri")):
         raise SpecError("spec.storage needs exactly one of pvc (a PersistentVolumeClaim) or uri")
-    memory = parse_quantity(spec.get("memoryPerReplica", 0), "spec.memoryPerReplica")
+    memory = _bytes(spec.get("memoryPerReplica", 0), "spec.memoryPerReplica")
     if memory <= 0:
         raise SpecError("spec.memoryPerReplica must be positive, e.g. '16Gi'")
     autoscaling = _autoscaling(spec.get("autoscaling"))
@@ -193,7 +159,7 @@ def model_spec(name: str, namespace: str, spec: dict[str, Any]) -> ModelSpec:
     if not pool and not gpu_class:
         raise SpecError("set spec.pool (an InferencePool name) or spec.gpuClass")
     memory = spec.get("memory")
-    memory_bytes = parse_quantity(memory, "spec.memory") if memory is not None else None
+    memory_bytes = _bytes(memory, "spec.memory") if memory is not None else None
     if memory_bytes is not None and memory_bytes <= 0:
         raise SpecError("spec.memory must be positive, e.g. '512Mi'")
     return ModelSpec(

@@ -78,9 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # -- serve ----------------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.fleet.errors import FleetError  # noqa: PLC0415
-    from shoal.fleet.placement import make_policy, parse_size  # noqa: PLC0415
+    from shoal.fleet.placement import make_policy  # noqa: PLC0415
     from shoal.fleet.triton_control import TritonControlError  # noqa: PLC0415
     from shoal.runtime.controller import PlacementRefused, UnknownModel  # noqa: PLC0415
     from shoal.runtime.serve import (  # noqa: PLC0415
@@ -89,6 +89,7 @@ def run_serve(args: argparse.Namespace) -> int:
         TritonCrashLoop,
     )
     from shoal.runtime.triton import TritonStartError  # noqa: PLC0415
+    from shoal.sizes import parse_size  # noqa: PLC0415
 
     _quiet_http_logs()
     try:
@@ -149,7 +150,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_quickstart_command(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime.installation import TritonNotInstalled  # noqa: PLC0415
     from shoal.runtime.quickstart import QuickstartError, run_quickstart  # noqa: PLC0415
 
@@ -167,7 +168,7 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
     `shoal serve` control loop then keeps the budget)."""
     from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime import client as triton_client  # noqa: PLC0415
 
     client = triton_client.connect(args.url, args.protocol)
@@ -206,7 +207,7 @@ def _index(client) -> list[dict]:  # noqa: ANN001
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime import client as triton_client  # noqa: PLC0415
 
     client = _ready_client(args)
@@ -225,7 +226,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_rerank(args: argparse.Namespace) -> int:
-    from shoal.cli import UserError  # noqa: PLC0415
+    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime import client as triton_client  # noqa: PLC0415
 
     client = _ready_client(args)
