@@ -16,7 +16,6 @@ Called by `shoal build` (planning reads manifests here; execution exports into
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -25,11 +24,10 @@ from typing import Any, Protocol
 
 from shoal.contract import MANIFEST_FILENAME
 from shoal.manifest import Manifest, ManifestError
-from shoal.model_repository.layout import EntryLayout
+from shoal.model_repository.layout import KEEP_FILENAME, EntryLayout
 
 log = logging.getLogger(__name__)
 
-KEEP_FILENAME = ".shoal-keep"  # stands for an empty folder in an object store
 CONFIG_FILENAME = "config.pbtxt"
 
 
@@ -153,15 +151,13 @@ class RemoteRepository:
     def read_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
         path = self._path(name, MANIFEST_FILENAME)
         try:
-            data = json.loads(self.fs.cat_file(path))
+            raw = self.fs.cat_file(path)
         except FileNotFoundError:
             if self._files_under(name):
                 return None, f"{self.uri}/{name} has no {MANIFEST_FILENAME} (an incomplete upload)"
             return None, None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return None, f"{self.uri}/{name}/{MANIFEST_FILENAME} is not valid JSON: {exc}"
         try:
-            return Manifest.from_dict(data), None
+            return Manifest.parse(raw, f"{self.uri}/{name}/{MANIFEST_FILENAME}"), None
         except ManifestError as exc:
             return None, str(exc)
 

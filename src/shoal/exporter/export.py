@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,6 +29,7 @@ from shoal.contract import (
     OUTPUT_SPARSE_VALUES,
     Dtype,
     Task,
+    model_name_problem,
 )
 from shoal.exporter.adapters import Adapter, detect_adapter
 from shoal.exporter.checkpoint import TOKENIZER_FILES, inspect_checkpoint
@@ -44,20 +44,13 @@ from shoal.tokenization import TextEncoder
 
 log = logging.getLogger(__name__)
 
-# Triton model names: shoal adds `__<step>` to the entry name, so the name itself may not hold `__`.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
 # ------------------------------------------------------------------ checks before work
 
 
 def check_name(name: str) -> None:
-    if not NAME_PATTERN.match(name) or "__" in name:
-        raise ExportError(
-            f"model name {name!r} is not allowed: use letters, digits, '.', '-', '_' (start with a "
-            "letter or digit, at most 100 characters), without '__' (shoal names steps "
-            "<name>__tokenize etc.)"
-        )
+    problem = model_name_problem(name)
+    if problem:
+        raise ExportError(problem)
 
 
 def check_destination(layout: EntryLayout, overwrite: bool) -> None:
