@@ -54,14 +54,18 @@ class Dtype(StrEnum):
 class Runtime(StrEnum):
     """How the encode step runs inside Triton."""
 
-    ONNXRUNTIME = "onnxruntime"  # Triton's onnxruntime backend (NVIDIA images; CUDA/TensorRT on GPU)
+    ONNXRUNTIME = (
+        "onnxruntime"  # Triton's onnxruntime backend (NVIDIA images; CUDA/TensorRT on GPU)
+    )
     PORTABLE = "portable"  # the same ONNX on onnxruntime inside a python-backend model
 
 
 # Tensor names an application uses with plain tritonclient (ensemble inputs/outputs).
 INPUT_TEXT = "TEXT"  # BYTES [batch, 1]: UTF-8 texts (documents, or the texts to embed)
 INPUT_QUERY = "QUERY"  # BYTES [batch, 1]: rerankers pair QUERY[i] with TEXT[i]
-INPUT_TEXT_TYPE = "TEXT_TYPE"  # optional BYTES [batch, 1]: "query" or "document" (prefixes, markers)
+INPUT_TEXT_TYPE = (
+    "TEXT_TYPE"  # optional BYTES [batch, 1]: "query" or "document" (prefixes, markers)
+)
 
 OUTPUT_EMBEDDING = "EMBEDDING"  # FP32 [batch, dims]
 OUTPUT_SCORE = "SCORE"  # FP32 [batch, 1]

@@ -258,7 +258,10 @@ def hashed_path_problem(model: str, version: int, relative: str) -> str | None:
     parts = relative.split("/")
     if relative.startswith("/") or "\\" in relative or any(p in ("", ".", "..") for p in parts):
         return f"{relative!r} is not a plain relative path inside the entry"
-    folders = {model, *(step_name(model, s) for s in (STEP_TOKENIZE, STEP_ENCODE, STEP_POSTPROCESS))}
+    folders = {
+        model,
+        *(step_name(model, s) for s in (STEP_TOKENIZE, STEP_ENCODE, STEP_POSTPROCESS)),
+    }
     if len(parts) < 2 or parts[0] not in folders:
         return f"{relative!r} is outside the entry's folders ({', '.join(sorted(folders))})"
     if parts[1:] != ["config.pbtxt"] and parts[1] != str(version):

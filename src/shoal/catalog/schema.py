@@ -50,6 +50,7 @@ def is_valid_name(name: object) -> bool:
         and model_name_problem(name) is None
     )
 
+
 NAMESPACE_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # DNS-1123 label
 NAMESPACE_MAX_LENGTH = 63
 
