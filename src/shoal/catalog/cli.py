@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.manifests.exists() and not args.manifests.is_dir():
+        raise UserError(f"--manifests {args.manifests} is a file; give a folder")
     try:
         budget = parse_size(args.memory_budget) if args.memory_budget else None
     except ValueError as exc:

@@ -53,11 +53,25 @@ class Destination(Protocol):
     def close(self) -> None: ...
 
 
+REMOTE_SCHEMES = ("s3", "gs", "gcs")  # the object stores Triton itself reads
+
+
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def check_scheme(uri: str, what: str = "--repository") -> None:
+    """A URL's scheme must be one shoal publishes to (a folder has none, or file://)."""
+    scheme = uri.split("://", 1)[0] if is_remote(uri) else ""
+    if scheme and scheme not in REMOTE_SCHEMES:
+        raise DestinationError(
+            f"{what} {uri}: scheme {scheme}:// is not supported; give a folder, or "
+            + ", ".join(f"{s}://bucket/prefix" for s in REMOTE_SCHEMES)
+        )
+
+
 def open_destination(uri: str, storage_options: dict[str, Any] | None = None) -> Destination:
+    check_scheme(uri)
     if is_remote(uri):
         return RemoteRepository(uri, storage_options or {})
     if storage_options:
@@ -111,7 +125,7 @@ class RemoteRepository:
             self.fs, root = fsspec.core.url_to_fs(
                 self.uri, skip_instance_cache=True, **storage_options
             )
-        except (ImportError, ValueError) as exc:
+        except (ImportError, ValueError, OSError) as exc:
             raise DestinationError(
                 f"cannot open {self.uri}: {exc} (for s3:// and gs:// install the `publish` extra: "
                 "pip install 'shoal[publish]')"

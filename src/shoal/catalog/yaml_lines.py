@@ -43,7 +43,9 @@ class YamlSyntaxError(ValueError):
 
 
 def load_located(text: str) -> LocatedDocument:
-    """Parse one YAML document. An empty document gives `value=None`."""
+    """Parse one YAML document. An empty document gives `value=None`. Aliases (`*name`, and merge
+    keys `<<: *name`) are refused: a few lines of them expand to billions of nodes."""
+    _refuse_aliases(text)
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -61,6 +63,19 @@ def load_located(text: str) -> LocatedDocument:
         raise YamlSyntaxError(f"not valid YAML: {exc}", None) from exc
     finally:
         loader.dispose()
+
+
+def _refuse_aliases(text: str) -> None:
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.AliasToken):
+                raise YamlSyntaxError(
+                    f"YAML aliases (*{token.value}) are not allowed in a catalog: write the value "
+                    "out, or put shared keys under `defaults:`",
+                    token.start_mark.line + 1,
+                )
+    except yaml.MarkedYAMLError:
+        return  # a syntax error: the parse below reports it with its line
 
 
 def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, doc: LocatedDocument) -> Any:

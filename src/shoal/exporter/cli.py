@@ -74,10 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shoal.errors import UserError
+    from shoal.errors import UserError, local_folder_problem
     from shoal.exporter import ExportError, ExportOptions, export_model
     from shoal.exporter.parity import format_table
 
+    problem = local_folder_problem(args.repository, "--repository", must_exist=False)
+    if problem:
+        raise UserError(problem)
     try:
         options = ExportOptions(
             task=args.task,
@@ -109,10 +112,13 @@ def run_export(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shoal.errors import UserError
+    from shoal.errors import UserError, local_folder_problem
     from shoal.exporter import ExportError, verify_entry
     from shoal.exporter.parity import format_table
 
+    problem = local_folder_problem(args.entry, "entry", must_exist=True)
+    if problem:
+        raise UserError(problem)
     try:
         results = verify_entry(Path(args.entry))
     except ExportError as exc:

@@ -84,6 +84,8 @@ def export_model(
     options = options or ExportOptions()
     check_name(name)
     repository = Path(repository)
+    if repository.exists() and not repository.is_dir():
+        raise ExportError(f"--repository {repository} is a file; give a folder")
     layout = EntryLayout(repository, name)
     check_destination(layout, options.overwrite)
     checkpoint = inspect_checkpoint(source)

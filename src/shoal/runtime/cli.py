@@ -91,7 +91,17 @@ def run_serve(args: argparse.Namespace) -> int:
     from shoal.runtime.triton import TritonStartError  # noqa: PLC0415
     from shoal.sizes import parse_size  # noqa: PLC0415
 
+    from shoal.errors import local_folder_problem  # noqa: PLC0415
+    from shoal.runtime.installation import TritonNotInstalled, locate_triton  # noqa: PLC0415
+
     _quiet_http_logs()
+    problem = local_folder_problem(args.repository, "repository", must_exist=True)
+    if problem:
+        raise UserError(problem)
+    try:
+        locate_triton()  # before anything starts: a missing Triton is one line, not a traceback
+    except TritonNotInstalled as exc:
+        raise UserError(str(exc)) from exc
     try:
         budget = parse_size(args.memory_budget) if args.memory_budget else None
         serving = LocalServing(
@@ -141,7 +151,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except TritonCrashLoop as exc:
         print(f"shoal serve: error: {exc}", file=sys.stderr)
         return 1
-    except (TritonStartError, TritonControlError) as exc:
+    except (TritonStartError, TritonControlError, TritonNotInstalled) as exc:
         raise UserError(f"{exc}") from exc
     return 0
 
@@ -154,7 +164,13 @@ def run_quickstart_command(args: argparse.Namespace) -> int:
     from shoal.runtime.installation import TritonNotInstalled  # noqa: PLC0415
     from shoal.runtime.quickstart import QuickstartError, run_quickstart  # noqa: PLC0415
 
+    from shoal.errors import local_folder_problem  # noqa: PLC0415
+
     _quiet_http_logs()
+    if args.repository:
+        problem = local_folder_problem(args.repository, "--repository", must_exist=False)
+        if problem:
+            raise UserError(problem)
     try:
         run_quickstart(Path(args.repository) if args.repository else None)
     except (QuickstartError, TritonNotInstalled) as exc:
