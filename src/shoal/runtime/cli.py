@@ -78,11 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # -- serve ----------------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
-    from shoal.errors import UserError  # noqa: PLC0415
+    from shoal.errors import UserError, local_folder_problem  # noqa: PLC0415
     from shoal.fleet.errors import FleetError  # noqa: PLC0415
     from shoal.fleet.placement import make_policy  # noqa: PLC0415
     from shoal.fleet.triton_control import TritonControlError  # noqa: PLC0415
     from shoal.runtime.controller import PlacementRefused, UnknownModel  # noqa: PLC0415
+    from shoal.runtime.installation import TritonNotInstalled, locate_triton  # noqa: PLC0415
     from shoal.runtime.serve import (  # noqa: PLC0415
         LocalServing,
         RepositoryProblem,
@@ -90,9 +91,6 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     from shoal.runtime.triton import TritonStartError  # noqa: PLC0415
     from shoal.sizes import parse_size  # noqa: PLC0415
-
-    from shoal.errors import local_folder_problem  # noqa: PLC0415
-    from shoal.runtime.installation import TritonNotInstalled, locate_triton  # noqa: PLC0415
 
     _quiet_http_logs()
     problem = local_folder_problem(args.repository, "repository", must_exist=True)
@@ -160,11 +158,9 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_quickstart_command(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from shoal.errors import UserError  # noqa: PLC0415
+    from shoal.errors import UserError, local_folder_problem  # noqa: PLC0415
     from shoal.runtime.installation import TritonNotInstalled  # noqa: PLC0415
     from shoal.runtime.quickstart import QuickstartError, run_quickstart  # noqa: PLC0415
-
-    from shoal.errors import local_folder_problem  # noqa: PLC0415
 
     _quiet_http_logs()
     if args.repository:
