@@ -14,6 +14,10 @@ from typing import Any
 
 import yaml
 
+# A catalog of a thousand models with every key set is ~30,000 values; nested aliases can make a
+# few lines expand to billions, which would take the whole machine's memory.
+MAX_NODES = 100_000
+
 Path_ = tuple[str | int, ...]  # ("models", 2, "task")
 
 
@@ -24,6 +28,7 @@ class LocatedDocument:
     value: Any
     lines: dict[Path_, int] = field(default_factory=dict)
     duplicate_keys: list[tuple[Path_, int, int]] = field(default_factory=list)  # path, first, again
+    nodes: int = 0  # values converted so far (aliases count each time they expand)
 
     def line_of(self, path: Path_) -> int | None:
         """The line of `path`, or of its closest located ancestor."""
@@ -43,9 +48,9 @@ class YamlSyntaxError(ValueError):
 
 
 def load_located(text: str) -> LocatedDocument:
-    """Parse one YAML document. An empty document gives `value=None`. Aliases (`*name`, and merge
-    keys `<<: *name`) are refused: a few lines of them expand to billions of nodes."""
-    _refuse_aliases(text)
+    """Parse one YAML document. An empty document gives `value=None`. Aliases and merge keys
+    work, but the expanded document is bounded (MAX_NODES): a few lines of nested aliases would
+    otherwise expand to billions of values."""
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -65,20 +70,14 @@ def load_located(text: str) -> LocatedDocument:
         loader.dispose()
 
 
-def _refuse_aliases(text: str) -> None:
-    try:
-        for token in yaml.scan(text, Loader=yaml.SafeLoader):
-            if isinstance(token, yaml.AliasToken):
-                raise YamlSyntaxError(
-                    f"YAML aliases (*{token.value}) are not allowed in a catalog: write the value "
-                    "out, or put shared keys under `defaults:`",
-                    token.start_mark.line + 1,
-                )
-    except yaml.MarkedYAMLError:
-        return  # a syntax error: the parse below reports it with its line
-
-
 def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, doc: LocatedDocument) -> Any:
+    doc.nodes += 1
+    if doc.nodes > MAX_NODES:
+        raise YamlSyntaxError(
+            f"the document expands to more than {MAX_NODES} values (nested aliases?): write the "
+            "values out, or put shared keys under `defaults:`",
+            node.start_mark.line + 1,
+        )
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves `<<` merge keys in place
         result: dict[Any, Any] = {}
