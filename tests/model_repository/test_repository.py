@@ -230,7 +230,7 @@ def test_shoal_repo_check_on_a_folder_that_does_not_exist(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["repo", "check", str(tmp_path / "nope")]) == 2
-    assert "is not a folder: give the model repository's path" in capsys.readouterr().err
+    assert "nope does not exist; give the model repository's folder" in capsys.readouterr().err
 
 
 def test_repo_list_shows_a_failure_first_else_the_served_dtype_closest_to_its_threshold() -> None:
