@@ -77,6 +77,7 @@ def run_export(args: argparse.Namespace) -> int:
     from shoal.errors import UserError, local_folder_problem
     from shoal.exporter import ExportError, ExportOptions, export_model
     from shoal.exporter.parity import format_table
+    from shoal.model_repository.install import sigterm_as_interrupt
 
     problem = local_folder_problem(args.repository, "--repository", must_exist=False)
     if problem:
@@ -98,7 +99,8 @@ def run_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             optimize=args.optimize,
         )
-        manifest = export_model(args.source, args.name, Path(args.repository), options)
+        with sigterm_as_interrupt():  # SIGTERM cleans up as Ctrl-C does
+            manifest = export_model(args.source, args.name, Path(args.repository), options)
     except (ExportError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     print(

@@ -25,7 +25,6 @@ from shoal.contract import (
 # An empty file in the ensemble's version folder: object stores have no empty folders, and Triton
 # needs that folder; written by every export, so it is hashed like every other file.
 KEEP_FILENAME = ".shoal-keep"
-VERSION = "1"  # the version folder of a first export; a re-export writes the next number
 
 
 @dataclass(frozen=True)
