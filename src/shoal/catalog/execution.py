@@ -239,7 +239,11 @@ class _Scheduler:
         return worker
 
     def _start(self, plan: PlannedModel, estimate: int) -> None:
-        options = replace(plan.model.export, overwrite=self.overwrite)
+        options = replace(
+            plan.model.export,
+            overwrite=self.overwrite,
+            version=self.destination.next_version(plan.model.name),
+        )
         worker = self._idle_worker()
         worker.connection.send(
             ExportJob(plan.model.name, plan.model.source, self.repository, options)

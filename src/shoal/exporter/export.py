@@ -109,7 +109,7 @@ def export_model(
     plan = adapter.plan(options)
     log.info("exporting %s as %r (family %s, task %s)", source, name, plan.family, plan.task)
 
-    version = next_version(layout)
+    version = options.version or next_version(layout)
     repository.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(repository, name)
     try:
