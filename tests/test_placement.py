@@ -238,3 +238,17 @@ def test_initial_loads_take_pinned_first_then_the_given_order_while_they_fit():
     chosen, skipped = initial_loads(models, 260 * MiB)
     assert chosen == ["p", "a", "c"]
     assert list(skipped) == ["b"] and "200.0 MiB" in skipped["b"]
+
+
+def test_blockers_name_why_each_model_stays_and_pinned_only_for_pinned_ones():
+    others = [
+        loaded("pinned", 100, 1, pinned=True),
+        loaded("important", 100, 2, protected="higher priority"),
+        loaded("busy", 100, 3, in_flight=2),
+    ]
+    plan = plan_load(ModelState("new", 200 * MiB), others, 300 * MiB)
+    assert not plan.admit
+    assert "pinned: pinned;" in plan.reason
+    assert "higher priority: important" in plan.reason
+    assert "serving in-flight requests: busy" in plan.reason
+    assert "pinned: important" not in plan.reason

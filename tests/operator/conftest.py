@@ -21,6 +21,7 @@ os.environ.setdefault("SHOAL_OPERATOR_DRIFT_INTERVAL_S", "2")
 os.environ.setdefault("SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", "1")
 os.environ.setdefault("SHOAL_OPERATOR_RETRY_BASE_S", "1")
 os.environ.setdefault("SHOAL_OPERATOR_RETRY_MAX_S", "4")
+os.environ.setdefault("SHOAL_OPERATOR_UNLOAD_DEADLINE_S", "5")
 
 from shoal.runtime.triton import TritonServer  # noqa: E402
 from tests.operator.helpers import Kube  # noqa: E402

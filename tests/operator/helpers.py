@@ -117,3 +117,32 @@ def infer(server: TritonServer, model: str, text: str = "hello") -> list[float]:
 def loaded_entries(server: TritonServer) -> set[str]:
     index = httpx.post(f"{server.http_url}/v2/repository/index", json={}, timeout=10).json()
     return {m["name"] for m in index if m.get("state") == "READY"}
+
+
+def model_status(kube: Kube, name: str) -> dict[str, Any]:
+    return (kube.get("inferencemodels", name) or {}).get("status") or {}
+
+
+def wait_phase(kube: Kube, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
+    from tests.support.kube import wait_for  # noqa: PLC0415
+
+    return wait_for(
+        lambda: (s := model_status(kube, name)).get("phase") == phase and s,
+        timeout,
+        what=f"{name} phase {phase} (status: {model_status(kube, name)})",
+    )
+
+
+def create_pool(
+    kube: Kube,
+    repository: Path,
+    replicas: dict[str, TritonServer],
+    memory: str = "250Mi",
+    name: str = "gpu-a",
+) -> None:
+    """An InferencePool over `repository` whose Endpoints list `replicas` (pod name -> server),
+    as the endpoints controller would once the pods are ready."""
+    kube.create(
+        "inferencepools", "InferencePool", name, pool_spec(repository, memory)
+    ).raise_for_status()
+    kube.write_endpoints(name, replicas)

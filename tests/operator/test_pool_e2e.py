@@ -110,6 +110,11 @@ def test_operator_leaves_replicas_to_the_scaler_of_a_scaling_pool(kube, run_oper
         ({"storage": {"uri": "http://bucket/repo"}}, "storage.uri"),
         ({"storage": {}}, "storage"),
         ({"triton": {}}, "triton.image"),
+        ({"memoryPerReplica": "99999999999999999999Ei"}, "memoryPerReplica"),
+        ({"memoryPerReplica": "500m"}, "memoryPerReplica"),
+        ({"replicas": {"min": 1, "max": 1000000000}}, "replicas.max"),
+        ({"gpus": 100000}, "gpus"),
+        ({"gpuClass": "a" * 64}, "gpuClass"),
     ],
 )
 def test_schema_rejects_invalid_pools_naming_the_field(kube, repository, change, expected):
@@ -140,3 +145,69 @@ def test_pool_with_min_above_max_is_reported_in_status(kube, run_operator, repos
         assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
         assert "min (3)" in valid["message"] and "max (2)" in valid["message"]
         assert kube.get_core(DEPLOYMENT) is None
+
+
+def test_a_pool_name_kubernetes_cannot_use_is_one_short_condition_and_event_without_retries(
+    kube, run_operator, repository
+):
+    with run_operator():
+        kube.create(
+            "inferencepools", "InferencePool", "pool.v2", pool_spec(repository, "1Gi")
+        ).raise_for_status()
+        status = wait_for(
+            lambda: (
+                (s := (kube.get("inferencepools", "pool.v2") or {}).get("status") or {}).get(
+                    "phase"
+                )
+                == "Failed"
+                and s
+            ),
+            30,
+            what="Failed phase",
+        )
+        valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+        assert valid["reason"] == "InvalidSpec" and "DNS-1035" in valid["message"]
+        assert "pool-v2" in valid["message"] and len(valid["message"]) < 400
+        # A valid pool created after it gets its status: the operator has moved on, and the
+        # invalid one was told once (no retries, no raw API error).
+        kube.create(
+            "inferencepools", "InferencePool", "gpu-a", pool_spec(repository, "1Gi")
+        ).raise_for_status()
+        wait_for(
+            lambda: (
+                (kube.get("inferencepools", "gpu-a").get("status") or {}).get("replicas")
+                is not None
+            ),
+            30,
+            what="the next pool's status",
+        )
+        events = [e for e in kube.events("pool.v2") if e["type"] == "Warning"]
+        assert len(events) == 1 and events[0].get("count", 1) == 1, events
+        assert "DNS-1035" in events[0]["message"]
+
+
+def test_the_pool_timer_and_the_apply_handler_keep_each_others_conditions(
+    kube, run_operator, repository
+):
+    with run_operator():
+        kube.create(
+            "inferencepools", "InferencePool", "gpu-a", pool_spec(repository, "1Gi")
+        ).raise_for_status()
+        types = lambda: {  # noqa: E731
+            c["type"]
+            for c in (kube.get("inferencepools", "gpu-a").get("status") or {}).get("conditions")
+            or []
+        }
+        wait_for(lambda: {"Valid", "Applied", "Autoscaling", "Ready"} <= types(), 30, what="all")
+        # A spec change re-runs the apply handler while the timer keeps ticking (1 s).
+        for image in ("tritonserver:25.01", "tritonserver:25.02", "tritonserver:25.03"):
+            kube.patch_spec("inferencepools", "gpu-a", {"triton": {"image": image}})
+            generation = kube.get("inferencepools", "gpu-a")["metadata"]["generation"]
+            wait_for(
+                lambda g=generation: (
+                    (kube.get("inferencepools", "gpu-a")["status"]).get("observedGeneration") == g
+                ),
+                30,
+                what=f"generation {generation} applied",
+            )
+            assert {"Valid", "Applied", "Autoscaling", "Ready"} <= types()

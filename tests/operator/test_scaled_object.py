@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from shoal.operator.resources import build_scaled_object, demand_query, wants_scaled_object
+from shoal.operator.resources import (
+    build_scaled_object,
+    demand_query,
+    scaled_object_triggers,
+    wants_scaled_object,
+)
 from shoal.operator.specs import SpecError, pool_spec
 
 OWNER = {
@@ -84,7 +91,7 @@ def test_only_a_scaling_pool_with_autoscaling_wants_a_scaled_object():
 @pytest.mark.parametrize(
     ("autoscaling", "field"),
     [
-        ({"threshold": 4}, "prometheusAddress"),
+        ({"query": "sum(q)", "threshold": 4}, "prometheusAddress"),
         ({"prometheusAddress": "http://p:9090", "threshold": 0}, "threshold"),
     ],
 )
@@ -96,3 +103,46 @@ def test_incomplete_autoscaling_is_a_spec_error_naming_the_field(autoscaling, fi
 def test_builder_refuses_a_pool_without_autoscaling():
     with pytest.raises(ValueError, match="no spec.autoscaling"):
         build_scaled_object(_pool(autoscaling=None))
+
+
+ROUTER = "shoal-router.shoal-system:8003"
+
+
+def test_a_pool_with_a_router_gets_an_external_push_trigger_to_its_scaler():
+    pool = _pool(autoscaling={"routerScalerAddress": ROUTER, "threshold": 2})
+    (trigger,) = build_scaled_object(pool, OWNER)["spec"]["triggers"]
+    assert trigger == {
+        "type": "external-push",
+        "metadata": {"scalerAddress": ROUTER, "pool": "gpu-a", "targetSize": "2"},
+    }
+
+
+def test_router_and_prometheus_triggers_together_router_first():
+    pool = _pool(autoscaling={**AUTOSCALING, "routerScalerAddress": ROUTER})
+    kinds = [t["type"] for t in build_scaled_object(pool)["spec"]["triggers"]]
+    assert kinds == ["external-push", "prometheus"]
+
+
+def test_the_operators_router_setting_applies_to_every_scaling_pool_unless_the_pool_names_its_own():
+    # No spec.autoscaling at all: the router's demand scales the pool, 4 requests per replica.
+    bare = _pool(autoscaling=None)
+    assert not wants_scaled_object(bare)
+    assert wants_scaled_object(bare, router_scaler=ROUTER)
+    (trigger,) = build_scaled_object(bare, router_scaler=ROUTER)["spec"]["triggers"]
+    assert trigger["metadata"] == {"scalerAddress": ROUTER, "pool": "gpu-a", "targetSize": "4"}
+    own = _pool(autoscaling={"routerScalerAddress": "router.team-a:8003", "threshold": 1})
+    (trigger,) = scaled_object_triggers(own, router_scaler=ROUTER)
+    assert trigger["metadata"]["scalerAddress"] == "router.team-a:8003"
+    # A fixed-size pool never gets one, router or not.
+    assert not wants_scaled_object(_pool(replicas={"min": 2, "max": 2}), router_scaler=ROUTER)
+
+
+def test_the_crd_accepts_a_router_scaler_address_and_refuses_a_url():
+    from shoal.operator.crds import pool_crd
+
+    schema = pool_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    autoscaling = schema["properties"]["spec"]["properties"]["autoscaling"]
+    assert autoscaling["required"] == ["threshold"]
+    pattern = re.compile(autoscaling["properties"]["routerScalerAddress"]["pattern"])
+    assert pattern.match(ROUTER) and pattern.match("10.0.0.7:8003")
+    assert not pattern.match("http://router:8003") and not pattern.match("router")

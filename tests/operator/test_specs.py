@@ -53,3 +53,15 @@ def test_model_entry_defaults_to_its_name_and_memory_override_parses():
 def test_model_without_pool_or_gpu_class_is_rejected():
     with pytest.raises(SpecError, match="spec.pool"):
         model_spec("m", "ns", {})
+
+
+@pytest.mark.parametrize("name", ["pool.v2", "Pool", "9lives", "p" * 64, "gpu_a", "ends-"])
+def test_a_pool_name_kubernetes_cannot_use_for_its_children_is_a_short_spec_error(name):
+    with pytest.raises(SpecError, match="DNS-1035 label") as raised:
+        pool_spec(name, "ns", POOL)
+    assert len(str(raised.value)) < 400
+    assert "pool-v2" in str(raised.value) or name != "pool.v2"
+
+
+def test_a_63_character_pool_name_is_accepted():
+    assert pool_spec("p" * 63, "ns", POOL).name == "p" * 63

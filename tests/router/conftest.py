@@ -1,5 +1,7 @@
 """Real Triton servers for the router's tests, started once per session: `triton_a` serves the
-doubler model `alpha`, `triton_b` serves `beta` (two models on two different replicas)."""
+doubler model `alpha`, `triton_b` serves `beta` (two models on two different replicas). The
+cluster tests use the operator's e2e fixtures (a namespace on the real kube-apiserver, the
+operator under KopfRunner, Triton replicas in network namespaces: tests/operator/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.operator import conftest as operator_fixtures
 from tests.support.triton import start_triton, triton_server, write_doubler  # noqa: F401
+
+kube = operator_fixtures.kube
+run_operator = operator_fixtures.run_operator
+start_replica = operator_fixtures.start_replica
 
 
 @pytest.fixture(scope="session")

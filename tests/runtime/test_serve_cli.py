@@ -70,7 +70,8 @@ def test_serve_embed_and_sigterm(tmp_path, tiny_model):
 
         missing = shoal("embed", "nope", "x", "--url", url)
         assert missing.returncode == 2, missing.stderr
-        assert "no model named 'nope'" in missing.stderr and "tiny" in missing.stderr
+        # The router in front names the unknown model and what it serves.
+        assert "'nope' is not served here" in missing.stderr and "tiny" in missing.stderr
         assert shoal("embed", "tiny", "still serving", "--url", url).returncode == 0
     finally:
         server.send_signal(signal.SIGTERM)

@@ -43,6 +43,30 @@ class KubeUnavailable(RuntimeError):
     """A tool the real API server needs is missing; the message says how to get it."""
 
 
+class ApiServerProcess:
+    """The kube-apiserver process, which fault tests stop and start again (same port, same
+    etcd: the cluster's objects survive, as in a control-plane restart)."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.argv, self.log_path = argv, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with open(self.log_path, "ab") as api_log:
+            self.process = subprocess.Popen(self.argv, stdout=api_log, stderr=subprocess.STDOUT)
+        return self.process
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process, "kube-apiserver")
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no graceful shutdown (which takes kube-apiserver over 10 s)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
 @dataclass(frozen=True)
 class KubeCluster:
     """Where the running API server is and how to talk to it."""
@@ -52,6 +76,19 @@ class KubeCluster:
     ca_path: Path
     kubeconfig: Path
     workdir: Path
+    apiserver: ApiServerProcess | None = None
+
+    def restart_apiserver_after(self, down_s: float) -> None:
+        """Kill the API server, keep it down `down_s` seconds (the outage under test), start it
+        again and wait until it is ready."""
+        assert self.apiserver is not None
+        self.apiserver.kill()
+        time.sleep(down_s)
+        process = self.apiserver.start()
+        _wait_ready(
+            self.server, self.ca_path, self.token, {"kube-apiserver": process},
+            self.workdir / "logs",
+        )  # fmt: skip
 
     def http(self) -> httpx.Client:
         """A synchronous client with the admin token, for test setup and assertions."""
@@ -197,31 +234,30 @@ def running_cluster() -> Iterator[KubeCluster]:
                 stdout=etcd_log,
                 stderr=subprocess.STDOUT,
             )
-        with open(logs / "kube-apiserver.log", "wb") as api_log:
-            processes["kube-apiserver"] = subprocess.Popen(
-                [
-                    str(apiserver),
-                    f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
-                    f"--secure-port={secure_port}",
-                    f"--cert-dir={workdir / 'certs'}",
-                    f"--tls-cert-file={workdir / 'serving.crt'}",
-                    f"--tls-private-key-file={workdir / 'serving.key'}",
-                    f"--token-auth-file={workdir / 'tokens.csv'}",
-                    "--authorization-mode=AlwaysAllow",
-                    f"--service-account-key-file={workdir / 'sa.key'}",
-                    f"--service-account-signing-key-file={workdir / 'sa.key'}",
-                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                    "--service-cluster-ip-range=10.96.0.0/24",
-                    # No pods here: the ServiceAccount admission plugin would only add latency.
-                    "--disable-admission-plugins=ServiceAccount",
-                    "--enable-priority-and-fairness=false",
-                    "--v=1",
-                ],
-                stdout=api_log,
-                stderr=subprocess.STDOUT,
-            )
+        apiserver_process = ApiServerProcess(
+            [
+                str(apiserver),
+                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={secure_port}",
+                f"--cert-dir={workdir / 'certs'}",
+                f"--tls-cert-file={workdir / 'serving.crt'}",
+                f"--tls-private-key-file={workdir / 'serving.key'}",
+                f"--token-auth-file={workdir / 'tokens.csv'}",
+                "--authorization-mode=AlwaysAllow",
+                f"--service-account-key-file={workdir / 'sa.key'}",
+                f"--service-account-signing-key-file={workdir / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.96.0.0/24",
+                # No pods here: the ServiceAccount admission plugin would only add latency.
+                "--disable-admission-plugins=ServiceAccount",
+                "--enable-priority-and-fairness=false",
+                "--v=1",
+            ],
+            logs / "kube-apiserver.log",
+        )
+        processes["kube-apiserver"] = apiserver_process.start()
         server = f"https://127.0.0.1:{secure_port}"
         ca = workdir / "serving.crt"
         _wait_ready(server, ca, token, processes, logs)
@@ -229,12 +265,14 @@ def running_cluster() -> Iterator[KubeCluster]:
         _write_kubeconfig(kubeconfig, server, ca, token)
         log.info("kube-apiserver ready at %s (files in %s)", server, workdir)
         yield KubeCluster(
-            server=server, token=token, ca_path=ca, kubeconfig=kubeconfig, workdir=workdir
-        )
+            server=server, token=token, ca_path=ca, kubeconfig=kubeconfig, workdir=workdir,
+            apiserver=apiserver_process,
+        )  # fmt: skip
     finally:
-        for name in ("kube-apiserver", "etcd"):
-            if name in processes:
-                _stop(processes[name], name)
+        if "kube-apiserver" in processes:
+            apiserver_process.stop()  # the process running now (a fault test may restart it)
+        if "etcd" in processes:
+            _stop(processes["etcd"], "etcd")
         shutil.rmtree(workdir, ignore_errors=True)
 
 

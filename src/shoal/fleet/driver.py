@@ -278,9 +278,13 @@ class ReplicaDriver:
             ):
                 return LoadOutcome(True, reason="already loaded")
             if _loading(target.entry, observation) and target.entry not in self._loading:
-                # An earlier load that outlived its deadline is still running in Triton.
+                # An earlier load (one that outlived its deadline, or a previous operator's) is
+                # still running in Triton: wait for it, keep reporting why.
+                earlier = self.failure(target.entry)
                 return LoadOutcome(
-                    False, reason=f"{target.entry} is still loading from an earlier attempt"
+                    False,
+                    reason=f"{earlier or 'an earlier load'}; still loading in Triton",
+                    error=earlier,
                 )
             if _releasing(target.entry, observation):
                 # Asked for while it is being evicted: load it again as soon as Triton has

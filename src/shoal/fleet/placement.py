@@ -36,6 +36,9 @@ class ModelState:
     in_flight: int = 0
     last_used: float = 0.0  # any monotonic clock (Triton's last_inference ms works); 0 = never
     load_cost_s: float = 1.0  # how long a (re)load takes: cost-aware policies weigh it
+    # Why it may not be evicted besides being pinned, in words for the blocker message:
+    # e.g. "higher priority", "no InferenceModel". "" = no such reason.
+    protected: str = ""
 
     @property
     def holds_memory(self) -> bool:
@@ -43,7 +46,13 @@ class ModelState:
 
     @property
     def evictable(self) -> bool:
-        return self.loaded and not self.loading and not self.pinned and self.in_flight == 0
+        return (
+            self.loaded
+            and not self.loading
+            and not self.pinned
+            and not self.protected
+            and self.in_flight == 0
+        )
 
 
 class EvictionPolicy(Protocol):
@@ -230,11 +239,17 @@ def plan_load(
 
 
 def _blockers(models: Sequence[ModelState]) -> str:
+    held = [m for m in models if m.holds_memory]
+    kept = [m for m in held if not m.pinned and not m.protected]
     groups = {
-        "pinned": [m.name for m in models if m.holds_memory and m.pinned],
-        "loading": [m.name for m in models if m.loading and not m.pinned],
+        "pinned": [m.name for m in held if m.pinned],
+        **{
+            reason: [m.name for m in held if m.protected == reason and not m.pinned]
+            for reason in sorted({m.protected for m in held if m.protected})
+        },
+        "loading": [m.name for m in kept if m.loading],
         "serving in-flight requests": [
-            m.name for m in models if m.loaded and m.in_flight and not m.pinned and not m.loading
+            m.name for m in kept if m.loaded and m.in_flight and not m.loading
         ],
     }
     parts = [f"{label}: {', '.join(sorted(names))}" for label, names in groups.items() if names]

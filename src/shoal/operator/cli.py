@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from shoal.errors import UserError
+from shoal.operator import defaults
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this component's subcommands to `shoal`."""
@@ -18,13 +21,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     run.add_argument(
-        "--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)"
+        "--metrics-port",
+        type=_port,
+        default=defaults.METRICS_PORT,
+        help=f"Prometheus /metrics port (0: off; default {defaults.METRICS_PORT})",
     )
     run.add_argument(
-        "--drift-interval", type=float, default=None, help="seconds between drift checks"
+        "--drift-interval",
+        metavar="SECONDS",
+        default=None,
+        help=f"seconds between drift checks (default {defaults.DRIFT_INTERVAL_S:g})",
     )
     run.add_argument(
-        "--standalone", action="store_true", help="no peering (one operator instance at a time)"
+        "--standalone",
+        action="store_true",
+        help="no peering: do not wait for another running operator (only when none runs)",
     )
     run.set_defaults(func=_run)
 
@@ -33,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--write", action="store_true", help="regenerate the CRD files shipped in the package"
     )
     crds.set_defaults(func=_crds)
+
+
+def _port(raw: str) -> int:
+    if not raw.isdigit() or int(raw) > 65535:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number (0-65535)")
+    return int(raw)
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -47,7 +64,6 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shoal.errors import UserError
     from shoal.operator.main import run_operator
 
     if not args.namespace and not args.all_namespaces:
@@ -56,6 +72,6 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         all_namespaces=args.all_namespaces,
         metrics_port=args.metrics_port,
-        drift_interval_s=args.drift_interval,
+        drift_interval=args.drift_interval,
         standalone=args.standalone,
     )

@@ -25,6 +25,30 @@ CRD_DIR = Path(__file__).parent / "crds"
 
 # A Kubernetes quantity ("16Gi", "1500M", "2e9") or a plain integer number of bytes.
 QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# A memory size the status (a 64-bit integer) can hold: the integer digits allowed shrink as the
+# unit grows, so that the largest value stays below 2**63 bytes (999Pi is about 1.1e18).
+_FRACTION = r"(\.[0-9]{1,6})?"
+MEMORY_PATTERN = (
+    r"^\+?("
+    r"[0-9]{1,18}"
+    rf"|[0-9]{{1,15}}{_FRACTION}(k|Ki)"
+    rf"|[0-9]{{1,12}}{_FRACTION}(M|Mi)"
+    rf"|[0-9]{{1,9}}{_FRACTION}(G|Gi)"
+    rf"|[0-9]{{1,6}}{_FRACTION}(T|Ti)"
+    rf"|[0-9]{{1,3}}{_FRACTION}(P|Pi)"
+    rf"|[0-9]{{1,3}}{_FRACTION}[eE]\+?[0-9]{{1,2}}"
+    r")$"
+)
+MAX_MEMORY_BYTES = 2**63 - 1
+# Bounds that keep every count within what Deployments (int32 replicas), KEDA and the status
+# hold, and far above any real pool: a value beyond them is a typing mistake.
+MAX_REPLICAS = 1000
+MAX_GPUS = 64
+MAX_DELAY_SECONDS = 7 * 24 * 3600
+MAX_PRIORITY = 1_000_000
+MAX_ENTRY_LENGTH = 200
+LABEL_VALUE_LENGTH = 63
+DNS_1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 TRITON_MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 REPOSITORY_URI_PATTERN = r"^(s3|gs)://.+"
 
@@ -36,6 +60,33 @@ def _quantity(description: str) -> dict[str, Any]:
         "x-kubernetes-int-or-string": True,
         "pattern": QUANTITY_PATTERN,
     }
+
+
+def _memory(description: str) -> dict[str, Any]:
+    """A memory size, bounded so that its byte count fits the 64-bit status fields (the 1e18
+    exponent form aside, the pattern already bounds it; the operator checks the rest)."""
+    return {
+        "description": description + " At most about 1 EiB (999Pi).",
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-int-or-string": True,
+        "pattern": MEMORY_PATTERN,
+        "minimum": 1,
+        "maximum": MAX_MEMORY_BYTES,
+    }
+
+
+def _count(
+    description: str, minimum: int, maximum: int, default: int | None = None
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "integer",
+        "minimum": minimum,
+        "maximum": maximum,
+        "description": description,
+    }
+    if default is not None:
+        schema["default"] = default
+    return schema
 
 
 def _opaque(description: str, type_: str = "object") -> dict[str, Any]:
@@ -83,12 +134,9 @@ def _pool_spec_schema() -> dict[str, Any]:
                 "description": "Name of the GPU class this pool provides; models may select "
                 "a pool by it instead of by name.",
                 "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                "maxLength": LABEL_VALUE_LENGTH,
             },
-            "gpus": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "nvidia.com/gpu per replica (0 or absent: a CPU pool).",
-            },
+            "gpus": _count("nvidia.com/gpu per replica (0 or absent: a CPU pool).", 0, MAX_GPUS),
             "nodeSelector": {**string_map, "description": "Node labels of the GPU class."},
             "tolerations": {"type": "array", "items": _opaque("a core/v1 Toleration")},
             "affinity": _opaque("a core/v1 Affinity"),
@@ -146,32 +194,41 @@ def _pool_spec_schema() -> dict[str, Any]:
             "replicas": {
                 "type": "object",
                 "properties": {
-                    "min": {"type": "integer", "minimum": 0, "default": 1},
-                    "max": {"type": "integer", "minimum": 1, "default": 1},
+                    "min": _count("Replicas kept when idle.", 0, MAX_REPLICAS, 1),
+                    "max": _count("Replicas at most (KEDA scales up to it).", 1, MAX_REPLICAS, 1),
                 },
                 "default": {},
             },
-            "memoryPerReplica": _quantity(
+            "memoryPerReplica": _memory(
                 "Memory budget for models on one replica (GPU memory on GPU pools)."
             ),
-            "scaleDownDelaySeconds": {
-                "type": "integer",
-                "minimum": 0,
-                "default": 300,
-                "description": "Seconds of no demand before the scaler removes replicas "
-                "(KEDA cooldownPeriod for the last one, HPA scale-down window for the others).",
-            },
+            "scaleDownDelaySeconds": _count(
+                "Seconds of no demand before the scaler removes replicas (KEDA cooldownPeriod "
+                "for the last one, HPA scale-down window for the others).",
+                0,
+                MAX_DELAY_SECONDS,
+                300,
+            ),  # fmt: skip
             "autoscaling": {
                 "type": "object",
                 "description": "KEDA scaling between replicas.min and replicas.max on pending "
-                "demand (a pool with min < max; needs KEDA and Prometheus in the cluster).",
-                "required": ["prometheusAddress", "threshold"],
+                "demand (a pool with min < max; needs KEDA in the cluster, and Prometheus or "
+                "the shoal router as the demand source).",
+                "required": ["threshold"],
                 "properties": {
+                    "routerScalerAddress": {
+                        "type": "string",
+                        "pattern": r"^[^/\s]+:[0-9]+$",
+                        "description": "The shoal router's KEDA external scaler (host:port), "
+                        "e.g. shoal-router.shoal-system:8003: requests held at the router wake "
+                        "the pool from zero (default: the operator's "
+                        "SHOAL_OPERATOR_ROUTER_SCALER setting).",
+                    },
                     "prometheusAddress": {
                         "type": "string",
                         "pattern": r"^https?://.+",
                         "description": "The Prometheus server KEDA queries, e.g. "
-                        "http://prometheus-operated.monitoring:9090.",
+                        "http://prometheus-operated.monitoring:9090 (optional with a router).",
                     },
                     "query": {
                         "type": "string",
@@ -183,16 +240,15 @@ def _pool_spec_schema() -> dict[str, Any]:
                         "type": "number",
                         "minimum": 0,
                         "exclusiveMinimum": True,
-                        "description": "Target demand per replica (queued requests).",
+                        "maximum": 1_000_000,
+                        "description": "Target demand per replica (queued requests; at the "
+                        "router: held and in-flight requests).",
                     },
                 },
             },
-            "maxUnavailable": {
-                "type": "integer",
-                "minimum": 0,
-                "default": 1,
-                "description": "PodDisruptionBudget: replicas that may be down at once.",
-            },
+            "maxUnavailable": _count(
+                "PodDisruptionBudget: replicas that may be down at once.", 0, MAX_REPLICAS, 1
+            ),
         },
     }
 
@@ -202,30 +258,39 @@ def _model_spec_schema() -> dict[str, Any]:
         "type": "object",
         "oneOf": [{"required": ["pool"]}, {"required": ["gpuClass"]}],
         "properties": {
-            "pool": {"type": "string", "description": "InferencePool name (same namespace)."},
+            "pool": {
+                "type": "string",
+                "description": "InferencePool name (same namespace).",
+                "pattern": DNS_1035_LABEL_PATTERN,
+                "maxLength": LABEL_VALUE_LENGTH,
+            },
             "gpuClass": {
                 "type": "string",
                 "description": "Any pool of this GPU class (same namespace).",
+                "maxLength": LABEL_VALUE_LENGTH,
             },
             "entry": {
                 "type": "string",
                 "pattern": TRITON_MODEL_NAME_PATTERN,
+                "maxLength": MAX_ENTRY_LENGTH,
                 "description": "The repository entry (Triton ensemble name) in the pool's "
                 "model repository; default: metadata.name.",
             },
-            "memory": _quantity("Memory the model needs on a replica; default: its manifest."),
+            "memory": _memory("Memory the model needs on a replica; default: its manifest."),
             "pinned": {"type": "boolean", "default": False, "description": "Never evicted."},
-            "priority": {
-                "type": "integer",
-                "default": 0,
-                "description": "Eviction only removes models of this priority or lower.",
-            },
-            "minReplicas": {
-                "type": "integer",
-                "minimum": 0,
-                "default": 1,
-                "description": "Replicas that keep the model loaded.",
-            },
+            "priority": _count(
+                "Eviction only removes models of this priority or lower.",
+                -MAX_PRIORITY,
+                MAX_PRIORITY,
+                0,
+            ),  # fmt: skip
+            "minReplicas": _count("Replicas that keep the model loaded.", 0, MAX_REPLICAS, 1),
+            "maxHoldSeconds": _count(
+                "How long the router holds a request while the model is not ready (loading, "
+                "or its pool at zero replicas) when the client sends no timeout (default 60).",
+                1,
+                3600,
+            ),
         },
     }
 
@@ -303,6 +368,13 @@ def model_crd() -> dict[str, Any]:
         **_common_status(),
         "phase": {"type": "string", "enum": MODEL_PHASES},
         "pool": {"type": "string", "description": "The pool the model is placed on."},
+        "entry": {"type": "string", "description": "The entry loaded there."},
+        "movedFrom": {
+            "type": "object",
+            "nullable": True,
+            "description": "The pool and entry of a moved model's old copy, until it is unloaded.",
+            "properties": {"pool": {"type": "string"}, "entry": {"type": "string"}},
+        },
         "memoryBytes": {"type": "integer"},
         "loadedReplicas": {"type": "integer"},
         "replicas": {
@@ -331,8 +403,53 @@ def model_crd() -> dict[str, Any]:
     )
 
 
-def all_crds() -> list[dict[str, Any]]:
+def shoal_crds() -> list[dict[str, Any]]:
     return [pool_crd(), model_crd()]
+
+
+# kopf's peering resources: operators of one peering see each other, and only the one with the
+# highest priority acts (shoal.operator.main gives the earliest started the highest).
+PEERING_GROUP = "kopf.dev"
+PEERING_NAME = "shoal"
+
+
+def peering_crds() -> list[dict[str, Any]]:
+    """The ClusterKopfPeering and KopfPeering CRDs kopf expects (as kopf's docs ship them)."""
+    status = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return [
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{PEERING_GROUP}"},
+            "spec": {
+                "scope": scope,
+                "group": PEERING_GROUP,
+                "names": {"kind": kind, "plural": plural, "singular": plural[:-1]},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "properties": {"status": status},
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+        for kind, plural, scope in (
+            ("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+            ("KopfPeering", "kopfpeerings", "Namespaced"),
+        )
+    ]
+
+
+def all_crds() -> list[dict[str, Any]]:
+    """Every CRD the operator needs installed: shoal's resources and kopf's peering."""
+    return [*shoal_crds(), *peering_crds()]
 
 
 HEADER = (

@@ -1,9 +1,10 @@
 """The operator as kopf sees it: `kopf run -m shoal.operator.handlers` (or `shoal operator run`).
 
 Importing this module registers every handler: startup/cleanup here, the InferencePool handlers
-(pool_handlers.py) and the InferenceModel handlers (model_handlers.py). Per-run state (the
-Kubernetes client, the placer with its per-replica locks) lives in kopf's memo, created at startup,
-so that several runs in one process (tests) never share asyncio objects across event loops.
+(pool_handlers.py), the InferenceModel handlers (model_handlers.py) and a router's asks
+(demand_handlers.py). Per-run state (the Kubernetes client, the placer with its per-replica locks)
+lives in kopf's memo, created at startup, so that several runs in one process (tests) never share
+asyncio objects across event loops.
 """
 
 from __future__ import annotations
@@ -15,13 +16,30 @@ import kopf
 
 from shoal.fleet.driver import default_load_deadline
 from shoal.fleet.placer import Placer
-from shoal.operator import metrics, model_handlers, pool_handlers  # noqa: F401  (registers)
+from shoal.operator import (  # noqa: F401  (registers handlers)
+    demand_handlers,
+    metrics,
+    model_handlers,
+    pool_handlers,
+)
+from shoal.operator import settings as shoal_settings
 from shoal.operator.kube import KubeApi
-from shoal.operator.settings import ANNOTATION_PREFIX, FINALIZER, load_timeout_s
+from shoal.operator.settings import (
+    ANNOTATION_PREFIX,
+    FINALIZER,
+    PEERING_LIFETIME_S,
+    load_timeout_s,
+)
 
 
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    shoal_settings.check()
+    if memo.get("peering") and not settings.peering.standalone:
+        # `shoal operator run` created the peering objects: without them kopf would fall back
+        # to standalone and two operators would both act. The earliest started one acts.
+        settings.peering.mandatory = True
+        settings.peering.lifetime = PEERING_LIFETIME_S
     settings.persistence.finalizer = FINALIZER
     # Progress and the last handled spec in annotations: status stays what a person reads.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -36,6 +54,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     # that was mid-run only every `cancellation_polling` seconds (60 by default), which held
     # deleted InferenceModels for up to a minute after their unload had finished.
     settings.background.cancellation_polling = 1.0
+    memo.lifecycle = {"exiting": False}
     memo.kube = await KubeApi.connect()
     fixed_deadline = load_timeout_s()
     memo.placer = Placer(
@@ -53,6 +72,9 @@ def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    # A timer still running finds its API client closed: not an error. (Shared through a dict:
+    # each object's handlers see a shallow copy of the memo.)
+    memo.lifecycle["exiting"] = True
     kube = getattr(memo, "kube", None)
     if kube is not None:
         await kube.close()

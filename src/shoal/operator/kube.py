@@ -16,10 +16,12 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from shoal.operator.crds import GROUP, POOL_PLURAL, VERSION
+from shoal.operator.crds import GROUP, MODEL_PLURAL, PEERING_GROUP, POOL_PLURAL, VERSION
 from shoal.operator.resources import KEDA_GROUP, KEDA_VERSION, SCALED_OBJECT_PLURAL
 
 log = logging.getLogger(__name__)
+
+CONFLICT_RETRIES = 5  # read-modify-write attempts of one status update
 
 
 class KubeApi:
@@ -66,6 +68,113 @@ class KubeApi:
             GROUP, VERSION, namespace, POOL_PLURAL
         )
         return list(result.get("items", []))
+
+    async def update_pool_status(
+        self,
+        namespace: str,
+        name: str,
+        fields: dict[str, Any],
+        conditions: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    ) -> None:
+        """Write pool status `fields` and the conditions `conditions(current)` returns, read and
+        written under the object's resourceVersion (retried on a conflict): the apply handler
+        and the status timer each own their conditions and never overwrite the other's."""
+        await self._update_status(POOL_PLURAL, namespace, name, fields, conditions)
+
+    async def _update_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        fields: dict[str, Any],
+        conditions: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    ) -> None:
+        args = (GROUP, VERSION, namespace, plural, name)
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                current = await self.custom.get_namespaced_custom_object(*args)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return  # deleted meanwhile
+                raise
+            status = current.get("status") or {}
+            desired = {**fields, "conditions": conditions(list(status.get("conditions") or []))}
+            changes = {k: v for k, v in desired.items() if status.get(k) != v}
+            if not changes:
+                return
+            body = {
+                "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                "status": changes,
+            }
+            try:
+                await self.custom.patch_namespaced_custom_object_status(
+                    *args, body, _content_type="application/merge-patch+json"
+                )
+                return
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                if exc.status != 409:
+                    raise
+        raise RuntimeError(f"{plural}/{name}: status kept changing under {CONFLICT_RETRIES} writes")
+
+    # -- peering -------------------------------------------------------------------------------
+    async def ensure_peering(
+        self, name: str, namespaces: list[str] | None
+    ) -> dict[str, dict[str, Any]]:
+        """Create kopf's peering object `name` (cluster-wide when `namespaces` is None) where it
+        is absent (kopf only patches an existing one); the peers they list, by id."""
+        body = {"apiVersion": f"{PEERING_GROUP}/v1", "metadata": {"name": name}}
+        peers: dict[str, dict[str, Any]] = {}
+        try:
+            if namespaces is None:
+                args: tuple[Any, ...] = (PEERING_GROUP, "v1", "clusterkopfpeerings")
+                await _created_or_present(self.custom.create_cluster_custom_object(
+                    *args, {**body, "kind": "ClusterKopfPeering"}
+                ))  # fmt: skip
+                peers.update((await self.custom.get_cluster_custom_object(*args, name)).get(
+                    "status") or {})  # fmt: skip
+            for namespace in namespaces or []:
+                args = (PEERING_GROUP, "v1", namespace, "kopfpeerings")
+                await _created_or_present(self.custom.create_namespaced_custom_object(
+                    *args, {**body, "kind": "KopfPeering"}
+                ))  # fmt: skip
+                peers.update((await self.custom.get_namespaced_custom_object(*args, name)).get(
+                    "status") or {})  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                raise PeeringMissing(
+                    f"the cluster does not serve {PEERING_GROUP} peering (its CRDs are not "
+                    "installed): apply them with `shoal operator crds | kubectl apply -f -`, or "
+                    "run with --standalone when no other operator runs"
+                ) from None
+            raise
+        return peers
+
+    # -- models ------------------------------------------------------------------------------
+    async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, MODEL_PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch an InferenceModel's status (None removes a field); a model deleted
+        meanwhile is no error."""
+        if not status:
+            return
+        try:
+            await self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, MODEL_PLURAL, name, {"status": status},
+                _content_type="application/merge-patch+json",
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     # -- endpoints ----------------------------------------------------------------------------
     async def get_endpoints(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -219,6 +328,18 @@ class KubeApi:
         return True
 
 
+class PeeringMissing(RuntimeError):
+    """kopf's peering CRDs are not installed."""
+
+
+async def _created_or_present(create: Any) -> None:
+    try:
+        await create
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
 def _same_owner(current: dict[str, Any], desired: dict[str, Any]) -> bool:
     def uids(obj: dict[str, Any]) -> set[str]:
         return {o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
@@ -254,3 +375,23 @@ def _merge_metadata(current: dict[str, Any], desired: dict[str, Any]) -> dict[st
     }
     metadata["ownerReferences"] = desired["metadata"].get("ownerReferences", [])
     return metadata
+
+
+MAX_ERROR_CHARS = 300
+
+
+def api_error(exc: ApiException) -> str:
+    """An API refusal in one short line: status, reason and the server's own message (the raw
+    body is a 1.5 KB JSON Status a person does not need)."""
+    try:
+        message = json.loads(exc.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = str(exc.body or "")
+    text = f"{exc.status} {exc.reason}" + (f": {message}" if message else "")
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def is_retriable(exc: ApiException) -> bool:
+    """Whether the same request may succeed later (server trouble, conflict, throttling);
+    other 4xx answers refuse the request as written."""
+    return not exc.status or exc.status in (408, 409, 429) or exc.status >= 500

@@ -1,36 +1,54 @@
-"""InferenceModel handlers: placement on the pool's replicas, drift repair, unload on delete.
+"""InferenceModel handlers: placement on the pool's replicas, drift repair, moves, unload on delete.
 
 Registered with kopf by importing shoal.operator.handlers. The work is in shoal.fleet.placer
-(through one replica driver per replica); this module
-turns its results into status, conditions, Events and retries.
+(through one replica driver per replica); the status decision is model_status.py (pure); this
+module observes, acts and writes what they decide.
 
 When a model may evict others: on create and on a spec change (a person asked for it). The drift
 timer and a restarted operator (resume) only load where the model fits without evicting, so an
 evicted model does not evict back (no ping-pong); it stays `Evicted` until memory frees, its spec
 changes, or the router asks for it.
+
+A model that moves (spec.pool, spec.entry or the gpuClass's pool changes) is loaded on its new
+target first; its old copy is unloaded once the new one is Ready (`status.movedFrom` remembers it
+until then). Several InferenceModels may use one entry on one pool: the copy is unloaded only when
+the last of them goes, and each carries a `DuplicateEntry` condition naming the others.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import kopf
-from kubernetes_asyncio.client.exceptions import ApiException
 
-from shoal.fleet.placement import format_size
 from shoal.fleet.placer import KnownModel, PlacementResult
 from shoal.manifest import Manifest, ManifestError
 from shoal.operator import metrics
-from shoal.operator.conditions import get_condition, set_condition, status_changes
-from shoal.operator.crds import API_VERSION, GROUP, MODEL_KIND, MODEL_PLURAL, VERSION
+from shoal.operator.conditions import set_condition, status_changes
+from shoal.operator.crds import API_VERSION, GROUP, MODEL_KIND, MODEL_PLURAL, POOL_PLURAL, VERSION
+from shoal.operator.demand_annotations import with_router_use
+from shoal.operator.evicted_status import withdraw_evicted
+from shoal.operator.known_models import index_entries, known, known_on_pool, users_of
+from shoal.operator.model_status import (
+    Placed,
+    StatusDecision,
+    invalid,
+    placed,
+    shows_loading,
+)
+from shoal.operator.outages import tolerates_api_outage
 from shoal.operator.replicas import replicas_from_endpoints
-from shoal.operator.settings import DRIFT_INTERVAL_S, retry_delay
+from shoal.operator.settings import DRIFT_INTERVAL_S, UNLOAD_DEADLINE_S, retry_delay
 from shoal.operator.specs import ModelSpec, PoolSpec, SpecError, model_spec, pool_spec
+from shoal.sizes import format_size
 
 MODEL = (GROUP, VERSION, MODEL_PLURAL)
+BUDGET = "budget"  # Placer.enforce_budget's Eviction.for_entry: no model asked for the room
+POOL = (GROUP, VERSION, POOL_PLURAL)
 log = logging.getLogger(__name__)
 
 
@@ -48,77 +66,118 @@ def inferencemodel_by_pool(
     name: str, namespace: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str, str], KnownModel]:
     """Models by (namespace, pool): what placement knows of the others on the same replicas."""
-    try:
-        model = model_spec(name, namespace, dict(spec))
-    except SpecError:
-        return {}
-    pool = status.get("pool") or model.pool
-    if not pool:
-        return {}
-    memory = model.memory_override or status.get("memoryBytes")
-    return {(namespace, pool): _known(model, memory, meta.get("uid"))}
-
-
-def _known(model: ModelSpec, memory: int | None, uid: str | None) -> KnownModel:
-    return KnownModel(
-        entry=model.entry,
-        namespace=model.namespace,
-        name=model.name,
-        memory_bytes=memory,
-        pinned=model.pinned,
-        priority=model.priority,
-        uid=uid,
-    )
+    return index_entries(name, namespace, dict(spec), dict(status), meta.get("uid"))
 
 
 @kopf.on.create(*MODEL)
 @kopf.on.update(*MODEL, field="spec")
+@tolerates_api_outage
 async def inferencemodel_place(**kwargs: Any) -> None:
     """A new or changed model: place it, evicting by policy where memory is short."""
     await _reconcile(allow_evict=True, raise_for_retry=True, **kwargs)
 
 
 @kopf.on.resume(*MODEL)
+@tolerates_api_outage
 async def inferencemodel_resume(**kwargs: Any) -> None:
     """Operator restart: read the replicas, finish what is missing, evict nothing."""
     await _reconcile(allow_evict=False, raise_for_retry=True, **kwargs)
 
 
 @kopf.timer(*MODEL, interval=DRIFT_INTERVAL_S, initial_delay=DRIFT_INTERVAL_S)
+@tolerates_api_outage
 async def inferencemodel_drift(**kwargs: Any) -> None:
     """Compare the replicas with the desired placement and repair (a restarted Triton gets its
-    models back); refresh loaded replicas and last use."""
+    models back); refresh loaded replicas and last use; finish a move."""
     await _reconcile(allow_evict=False, raise_for_retry=False, **kwargs)
 
 
 @kopf.on.delete(*MODEL)
+@tolerates_api_outage
 async def inferencemodel_delete(
     body: kopf.Body,
     spec: kopf.Spec,
     name: str,
     namespace: str,
+    meta: kopf.Meta,
     status: kopf.Status,
+    patch: kopf.Patch,
     memo: kopf.Memo,
     retry: int,
+    inferencemodel_by_pool: kopf.Index,
     **_: Any,
 ) -> None:
-    """Unload the model from every replica of its pool before the object goes (finalizer)."""
+    """Unload the model from every replica of its pools before the object goes (finalizer),
+    unless another InferenceModel uses the same entry there. Gives up after
+    UNLOAD_DEADLINE_S from the deletion with the reason in an Event: a replica that does not
+    answer must not hold the object forever."""
     try:
         model = model_spec(name, namespace, dict(spec))
     except SpecError:
         return  # never placed
-    pool_name = status.get("pool") or model.pool
-    if not pool_name or await memo.kube.get_pool(namespace, pool_name) is None:
-        return  # no pool, no replicas: nothing loaded anywhere
-    replicas = replicas_from_endpoints(await memo.kube.get_endpoints(namespace, pool_name))
-    errors = await memo.placer.unload_everywhere(namespace, model.entry, replicas)
-    if errors:
-        metrics.RECONCILE_ERRORS.labels(kind=MODEL_KIND, reason="UnloadFailed").inc()
-        message = "; ".join(f"{r}: {e}" for r, e in errors.items())
-        raise kopf.TemporaryError(f"could not unload from {message}", delay=retry_delay(retry))
-    kopf.info(
-        body, reason="Unloaded", message=f"unloaded {model.entry} from {len(replicas)} replica(s)"
+    remaining = _deletion_deadline(meta) - datetime.now(tz=UTC).timestamp()
+    problems = []
+    for pool_name, entry in _targets(model, dict(status)):
+        others = users_of(inferencemodel_by_pool.get((namespace, pool_name), []), entry, name)
+        if others:
+            kopf.info(body, reason="KeptForOthers", message=(
+                f"{entry} stays loaded on pool {pool_name}: InferenceModel(s) "
+                f"{', '.join(others)} use it too"
+            ))  # fmt: skip
+            continue
+        problem = await _unload_from_pool(
+            memo.kube, memo.placer, body, namespace, pool_name, entry, remaining
+        )
+        if problem:
+            problems.append(problem)
+    if not problems:
+        return
+    message = "; ".join(problems)
+    metrics.RECONCILE_ERRORS.labels(kind=MODEL_KIND, reason="UnloadFailed").inc()
+    if remaining <= 0:
+        kopf.warn(body, reason="UnloadAbandoned", message=(
+            f"deleted after {UNLOAD_DEADLINE_S:.0f} s without unloading everywhere: {message}. "
+            "A replica that restarts holds nothing (Triton starts with no model loaded); one "
+            "that is alive but unreachable keeps the copy until the pool's budget enforcement "
+            "evicts it"
+        ))  # fmt: skip
+        return
+    conditions = set_condition(
+        status.get("conditions"), "Ready", False, "Unloading", f"unloading: {message}"
     )
+    _write(patch, status, {"phase": "Pending", "conditions": conditions})
+    raise kopf.TemporaryError(message, delay=min(retry_delay(retry), max(remaining, 1.0)))
+
+
+@kopf.on.delete(*POOL, optional=True)  # optional: no finalizer, the pool goes at once
+@tolerates_api_outage
+async def inferencepool_gone(
+    name: str,
+    namespace: str,
+    memo: kopf.Memo,
+    inferencemodel_by_pool: kopf.Index,
+    **_: Any,
+) -> None:
+    """A deleted pool took its replicas with it: its models lose their placement at once
+    (replicas, loadedReplicas) and show `PoolNotFound`, instead of waiting for a drift run."""
+    for model in list(inferencemodel_by_pool.get((namespace, name), [])):
+        body = await memo.kube.get_model(namespace, model.name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            continue
+        previous = body.get("status") or {}
+        if previous.get("pool") == name:
+            decision = invalid(
+                previous, body["metadata"].get("generation"), "PoolNotFound",
+                _pool_not_found(name, namespace), phase="Pending", clear_placement=True,
+            )  # fmt: skip
+        elif (previous.get("movedFrom") or {}).get("pool") == name:
+            decision = StatusDecision({"movedFrom": None})  # the old copy went with the pool
+        else:
+            continue
+        await memo.kube.patch_model_status(
+            namespace, model.name, status_changes(previous, decision.status)
+        )
+        _post(body, decision)
 
 
 async def _reconcile(
@@ -134,155 +193,221 @@ async def _reconcile(
     patch: kopf.Patch,
     memo: kopf.Memo,
     inferencemodel_by_pool: kopf.Index,
+    inferencemodel_router_use: kopf.Index | None = None,
     retry: int = 0,
     stopped: kopf.DaemonStopped | None = None,
     **_: Any,
 ) -> None:
     generation = meta.get("generation")
-    conditions = list(status.get("conditions") or [])
-    desired: dict[str, Any] = {"observedGeneration": generation}
+    previous = dict(status)
     try:
         model = model_spec(name, namespace, dict(spec))
-        pool_body, pool = await _resolve_pool(memo.kube, model)
-        desired["pool"] = pool.name
+        pool = await _resolve_pool(memo.kube, model)
         memory = _memory_of(model, pool)
-        desired["memoryBytes"] = memory
-        if memory > pool.memory_per_replica:
-            raise Unplaceable(
-                "TooLarge",
-                f"{model.entry} needs {format_size(memory)} but pool {pool.name} gives each "
-                f"replica {format_size(pool.memory_per_replica)}: raise the pool's "
-                "spec.memoryPerReplica, choose a pool with more memory, or export a smaller "
-                "variant (shorter max length, fp16/int8)",
-            )
-    except (SpecError, Unplaceable) as exc:
-        reason = exc.reason if isinstance(exc, Unplaceable) else "InvalidSpec"
-        phase = exc.phase if isinstance(exc, Unplaceable) else "Failed"
-        _report_invalid(
-            body, patch, status, desired, conditions, generation, reason, str(exc), phase
+    except SpecError as exc:
+        decision = invalid(previous, generation, "InvalidSpec", str(exc))
+    except Unplaceable as exc:
+        gone = exc.reason == "PoolNotFound" and await _placement_gone(
+            memo.kube, previous, namespace
         )
-        return
-    conditions = set_condition(
-        conditions, "Valid", True, "Valid", "spec, pool and memory are valid", generation
-    )
-    replicas = replicas_from_endpoints(await memo.kube.get_endpoints(namespace, pool.name))
-    known = _with_memory(
-        {k.entry: k for k in inferencemodel_by_pool.get((namespace, pool.name), [])}, pool
-    )
-    me = _known(model, memory, meta.get("uid"))
-    known[model.entry] = me
-    wanted = min(model.min_replicas, len(replicas))
-    if status.get("phase") in (None, "Pending", "Failed") and wanted > 0 and allow_evict:
-        await _mark_loading(memo.kube, namespace, name)
-    # The drift timer's stop flag is set when the model is being deleted (before the delete
-    # handler runs): a drift run that was in flight must then neither load nor write status.
-    is_stopped = (lambda: stopped.is_set()) if stopped is not None else None
-    result = await memo.placer.place(
-        me, memory, model.min_replicas, replicas, pool.memory_per_replica, known, allow_evict,
-        stopped=is_stopped,
-        repository=Path(pool.local_repository) if pool.local_repository else None,
-    )  # fmt: skip
-    if is_stopped is not None and is_stopped():
-        return
-    _announce_evictions(body, result, known)
-    log.debug(
-        "%s/%s placed (evict=%s): loaded on %s, blocked: %s",
-        namespace, name, allow_evict, result.loaded_on, result.blocked or "-",
-    )  # fmt: skip
-    loaded = len(result.loaded_on)
-    desired.update(
-        {
-            "replicas": result.loaded_on,
-            "loadedReplicas": loaded,
-            "lastUsed": result.last_used.strftime("%Y-%m-%dT%H:%M:%SZ")
-            if result.last_used
-            else None,
-        }
-    )
-    desired = {k: v for k, v in desired.items() if v is not None}
-    retry_message = ""
-    if loaded >= model.min_replicas or (loaded >= wanted and replicas):
-        desired["phase"] = "Ready"
-        conditions = set_condition(
-            conditions, "Loaded", True, "Loaded",
-            f"loaded on {loaded} replica(s): {', '.join(result.loaded_on) or '-'}", generation,
-        )  # fmt: skip
-    elif result.invalid_entry:
-        desired["phase"] = "Failed" if loaded == 0 else "Ready"
-        desired["lastError"] = result.invalid_entry
-        conditions = set_condition(
-            conditions, "Loaded", False, "EntryInvalid", result.invalid_entry, generation
-        )
-        previous = get_condition(list(status.get("conditions") or []), "Loaded") or {}
-        if previous.get("reason") != "EntryInvalid":  # warn once, not at every retry
-            kopf.warn(body, reason="EntryInvalid", message=result.invalid_entry)
-        retry_message = result.invalid_entry
-    elif result.timed_out:
-        desired["phase"] = "Failed" if loaded == 0 else "Ready"
-        message = "; ".join(sorted(result.timed_out.values()))
-        desired["lastError"] = message
-        conditions = set_condition(conditions, "Loaded", False, "LoadTimeout", message, generation)
-        metrics.RECONCILE_ERRORS.labels(kind=MODEL_KIND, reason="LoadTimeout").inc()
-        retry_message = message
-    elif result.load_errors:
-        triton_error = "; ".join(f"{r}: {e}" for r, e in sorted(result.load_errors.items()))
-        desired["phase"] = "Failed" if loaded == 0 else "Ready"
-        desired["lastError"] = triton_error
-        message = (
-            f"Triton failed to load {model.entry}: {triton_error}. Check the entry in the pool's "
-            "model repository (shoal repo check); the operator retries with backoff"
-        )
-        conditions = set_condition(conditions, "Loaded", False, "LoadFailed", message, generation)
-        kopf.warn(body, reason="LoadFailed", message=message)
-        metrics.RECONCILE_ERRORS.labels(kind=MODEL_KIND, reason="LoadFailed").inc()
-        retry_message = message
-    elif result.unreachable and len(result.unreachable) == len(replicas):
-        desired["phase"] = "Pending" if loaded == 0 else "Ready"
-        message = "no replica answered: " + "; ".join(
-            f"{r}: {e}" for r, e in result.unreachable.items()
-        )
-        conditions = set_condition(
-            conditions, "Loaded", False, "ReplicaUnreachable", message, generation
-        )
-        metrics.RECONCILE_ERRORS.labels(kind=MODEL_KIND, reason="ReplicaUnreachable").inc()
-        retry_message = message
+        decision = invalid(previous, generation, exc.reason, str(exc), exc.phase, gone)
     else:
-        was_loaded = bool(status.get("loadedReplicas"))
-        evicted = was_loaded and loaded == 0 and not allow_evict
-        reason = "Evicted" if evicted or status.get("phase") == "Evicted" else "NoCapacity"
-        if not replicas:
-            reason = "NoReplicas"
-        desired["phase"] = "Ready" if loaded else ("Evicted" if reason == "Evicted" else "Pending")
-        message = f"loaded on {loaded} of {wanted or model.min_replicas} wanted replica(s): {result.blocked}"
-        conditions = set_condition(
-            conditions, "Loaded", loaded > 0 and not result.blocked, reason, message, generation
+        # The drift timer's stop flag is set when the model is being deleted (before the delete
+        # handler runs): a drift run that was in flight must then neither load nor write status.
+        is_stopped = (lambda: stopped.is_set()) if stopped is not None else None
+        attempt = _Attempt(memo, body, model, pool, memory, meta.get("uid"), allow_evict)
+        attempt.router_use = inferencemodel_router_use
+        decision = await attempt.run(previous, generation, inferencemodel_by_pool, is_stopped)
+        if decision is None:
+            return
+    _post(body, decision)
+    _write(patch, previous, decision.status)
+    if decision.retry and raise_for_retry:
+        raise kopf.TemporaryError(decision.retry, delay=retry_delay(retry))
+
+
+class _Attempt:
+    """One placement of one model on its pool, with what follows it: the old copy of a moved
+    model unloaded, copies beyond a lowered minReplicas unloaded."""
+
+    def __init__(
+        self,
+        memo: kopf.Memo,
+        body: kopf.Body,
+        model: ModelSpec,
+        pool: PoolSpec,
+        memory: int,
+        uid: str | None,
+        allow_evict: bool,
+    ) -> None:
+        self.kube, self.placer, self.body = memo.kube, memo.placer, body
+        self.model, self.pool, self.memory, self.allow_evict = model, pool, memory, allow_evict
+        self.me = known(model, memory, uid)
+        self.router_use: kopf.Index | None = None  # leases of routers (demand_handlers.py)
+
+    async def run(
+        self,
+        previous: dict[str, Any],
+        generation: int | None,
+        index: kopf.Index,
+        stopped: Any,
+    ) -> StatusDecision | None:
+        model, pool = self.model, self.pool
+        replicas = replicas_from_endpoints(
+            await self.kube.get_endpoints(model.namespace, pool.name)
         )
-        if allow_evict:
-            retry_message = message
-    ready = desired.get("phase") == "Ready"
-    conditions = set_condition(
-        conditions, "Ready", ready, "Ready" if ready else "NotReady",
-        get_condition(conditions, "Loaded")["message"], generation,
-    )  # fmt: skip
-    if desired.get("phase") == "Ready" and status.get("lastError") and not result.load_errors:
-        desired["lastError"] = None  # merge patch: removes the field
-    desired["conditions"] = conditions
-    _write(patch, status, desired)
-    if retry_message and raise_for_retry:
-        raise kopf.TemporaryError(retry_message, delay=retry_delay(retry))
+        on_pool = [k for k in index.get((model.namespace, pool.name), []) if k.name != model.name]
+        known_models = with_router_use(
+            known_on_pool([*on_pool, self.me], pool), model.namespace, self.router_use
+        )
+        duplicates = users_of(on_pool, model.entry, model.name)
+        if self.allow_evict and shows_loading(
+            previous, generation, min(model.min_replicas, len(replicas))
+        ):
+            await self.kube.patch_model_status(model.namespace, model.name, {"phase": "Loading"})
+        result = await self.placer.place(
+            self.me, self.memory, model.min_replicas, replicas, pool.memory_per_replica,
+            known_models, self.allow_evict, stopped=stopped, repository=_repository(pool),
+        )  # fmt: skip
+        if stopped is not None and stopped():
+            return None
+        # Decide from the status as it is now, not as it was when this run began: a placement
+        # may wait for another handler of the same model (the drift timer behind a retry), and
+        # deciding from the older status would announce that handler's findings a second time.
+        current = await self.kube.get_model(model.namespace, model.name)
+        if current is None:
+            return None  # deleted meanwhile
+        previous.clear()
+        previous.update(current.get("status") or {})
+        announce_evictions(self.body, result.evictions, known_models)
+        await withdraw_evicted(self.kube, result.evictions, known_models)
+        log.debug(
+            "%s/%s placed (evict=%s): loaded on %s, blocked: %s",
+            model.namespace, model.name, self.allow_evict, result.loaded_on, result.blocked or "-",
+        )  # fmt: skip
+        if self.allow_evict and not duplicates:
+            await self._unload_extra_copies(replicas, result)
+        moved_from = _moved_from(previous, pool.name, model.entry)
+        new_copy_ready = len(result.loaded_on) >= min(model.min_replicas, len(replicas)) and (
+            bool(result.loaded_on) or model.min_replicas == 0
+        )
+        if moved_from and new_copy_ready and await self._unload_old_copy(moved_from, index):
+            moved_from = None
+        return placed(previous, generation, Placed(
+            model, pool.name, self.memory, len(replicas), result, self.allow_evict,
+            tuple(duplicates), moved_from,
+        ))  # fmt: skip
+
+    async def _unload_extra_copies(self, replicas: list[Any], result: PlacementResult) -> None:
+        """A lowered minReplicas (a spec change) is enforced: copies beyond it are unloaded."""
+        extra = set(result.loaded_on[self.model.min_replicas :])
+        if not extra:
+            return
+        targets = [r for r in replicas if r.name in extra]
+        errors = await self.placer.unload_everywhere(
+            self.model.namespace, self.model.entry, targets
+        )
+        result.loaded_on = [r for r in result.loaded_on if r not in extra or r in errors]
+        kopf.info(self.body, reason="Unloaded", message=(
+            f"unloaded {self.model.entry} from {len(extra) - len(errors)} replica(s) beyond "
+            f"minReplicas {self.model.min_replicas}"
+        ))  # fmt: skip
+
+    async def _unload_old_copy(self, moved_from: dict[str, str], index: kopf.Index) -> bool:
+        """After a move, once the new copy is Ready: unload the old one, unless another
+        InferenceModel uses it. True when nothing of it is left to unload."""
+        namespace, old_pool, old_entry = (
+            self.model.namespace,
+            moved_from["pool"],
+            moved_from["entry"],
+        )
+        if users_of(index.get((namespace, old_pool), []), old_entry, self.model.name):
+            return True  # the copy is theirs now
+        problem = await _unload_from_pool(
+            self.kube, self.placer, self.body, namespace, old_pool, old_entry, UNLOAD_DEADLINE_S
+        )
+        if problem:
+            log.info("%s/%s: old copy not unloaded yet: %s", namespace, self.model.name, problem)
+        return not problem
 
 
-async def _resolve_pool(kube: Any, model: ModelSpec) -> tuple[dict[str, Any], PoolSpec]:
+def _repository(pool: PoolSpec) -> Path | None:
+    """The pool's model repository where the operator can read it (entry check, manifests)."""
+    return Path(pool.local_repository) if pool.local_repository else None
+
+
+def _moved_from(previous: dict[str, Any], pool: str, entry: str) -> dict[str, str] | None:
+    """The old target of a moved model that still holds a copy; None when there is none."""
+    old = previous.get("movedFrom")
+    if not old and previous.get("pool"):
+        old = {"pool": previous["pool"], "entry": previous.get("entry") or entry}
+    if not old or (old["pool"], old["entry"]) == (pool, entry):
+        return None
+    return dict(old)
+
+
+def _targets(model: ModelSpec, status: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every (pool, entry) where the model may hold a copy: placed, moved from, asked for."""
+    candidates = [
+        (status.get("pool"), status.get("entry") or model.entry),
+        ((status.get("movedFrom") or {}).get("pool"), (status.get("movedFrom") or {}).get("entry")),
+        (model.pool, model.entry),
+    ]
+    return list(dict.fromkeys((p, e) for p, e in candidates if p and e))
+
+
+async def _unload_from_pool(
+    kube: Any, placer: Any, body: kopf.Body, namespace: str, pool: str, entry: str, within_s: float
+) -> str:
+    """Unload `entry` from every replica of `pool`, waiting at most `within_s` (at least 1 s)
+    for replicas to answer; "" when done, else what is left and why."""
+    if await kube.get_pool(namespace, pool) is None:
+        return ""  # no pool, no replicas: nothing loaded anywhere
+    replicas = replicas_from_endpoints(await kube.get_endpoints(namespace, pool))
+    timeout = max(within_s, 1.0)
+    try:
+        errors = await asyncio.wait_for(
+            placer.unload_everywhere(namespace, entry, replicas), timeout=timeout
+        )
+    except TimeoutError:
+        return f"{entry} on pool {pool}: replicas did not answer within {timeout:.0f} s"
+    if errors:
+        return f"{entry} on pool {pool}: " + "; ".join(f"{r}: {e}" for r, e in errors.items())
+    kopf.info(body, reason="Unloaded", message=(
+        f"unloaded {entry} from {len(replicas)} replica(s) of pool {pool}"
+    ))  # fmt: skip
+    return ""
+
+
+def _deletion_deadline(meta: kopf.Meta) -> float:
+    """When a deletion stops waiting for replicas (epoch seconds)."""
+    stamp = meta.get("deletionTimestamp")
+    started = (
+        datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        if stamp
+        else datetime.now(tz=UTC).timestamp()
+    )
+    return started + UNLOAD_DEADLINE_S
+
+
+async def _placement_gone(kube: Any, previous: dict[str, Any], namespace: str) -> bool:
+    """Whether the pool the model was placed on no longer exists (its placement is stale)."""
+    return not previous.get("pool") or await kube.get_pool(namespace, previous["pool"]) is None
+
+
+def _pool_not_found(pool: str, namespace: str) -> str:
+    return (
+        f"InferencePool {pool!r} not found in namespace {namespace!r}: create it, "
+        "or set spec.pool to an existing pool"
+    )
+
+
+async def _resolve_pool(kube: Any, model: ModelSpec) -> PoolSpec:
     namespace = model.namespace
     if model.pool:
         body = await kube.get_pool(namespace, model.pool)
         if body is None:
-            raise Unplaceable(
-                "PoolNotFound",
-                f"InferencePool {model.pool!r} not found in namespace {namespace!r}: create it, "
-                "or set spec.pool to an existing pool",
-                phase="Pending",
-            )
+            raise Unplaceable("PoolNotFound", _pool_not_found(model.pool, namespace), "Pending")
     else:
         pools = [
             p
@@ -298,7 +423,7 @@ async def _resolve_pool(kube: Any, model: ModelSpec) -> tuple[dict[str, Any], Po
             )
         body = sorted(pools, key=lambda p: p["metadata"]["name"])[0]
     try:
-        return body, pool_spec(body["metadata"]["name"], namespace, body["spec"])
+        return pool_spec(body["metadata"]["name"], namespace, body["spec"])
     except SpecError as exc:
         raise Unplaceable(
             "PoolInvalid", f"InferencePool {body['metadata']['name']!r} is invalid: {exc}"
@@ -306,8 +431,22 @@ async def _resolve_pool(kube: Any, model: ModelSpec) -> tuple[dict[str, Any], Po
 
 
 def _memory_of(model: ModelSpec, pool: PoolSpec) -> int:
-    if model.memory_override is not None:
-        return model.memory_override
+    """The model's memory (spec.memory, else its manifest), checked against the pool's budget."""
+    memory = model.memory_override
+    if memory is None:
+        memory = _manifest_memory(model, pool)
+    if memory > pool.memory_per_replica:
+        raise Unplaceable(
+            "TooLarge",
+            f"{model.entry} needs {format_size(memory)} but pool {pool.name} gives each "
+            f"replica {format_size(pool.memory_per_replica)}: raise the pool's "
+            "spec.memoryPerReplica, choose a pool with more memory, or export a smaller "
+            "variant (shorter max length, fp16/int8)",
+        )
+    return memory
+
+
+def _manifest_memory(model: ModelSpec, pool: PoolSpec) -> int:
     if not pool.local_repository:
         raise Unplaceable(
             "MemoryUnknown",
@@ -326,48 +465,19 @@ def _memory_of(model: ModelSpec, pool: PoolSpec) -> int:
         ) from exc
 
 
-def _with_memory(known: dict[str, KnownModel], pool: PoolSpec) -> dict[str, KnownModel]:
-    """Fill in the memory of models whose InferenceModel has not recorded it yet (created a
-    moment ago) from their manifests: placement must never count a loaded model as free."""
-    filled = {}
-    for entry, info in known.items():
-        if info.memory_bytes is None and pool.local_repository:
-            try:
-                memory = Manifest.read(Path(pool.local_repository) / entry).memory_bytes
-                info = dataclasses.replace(info, memory_bytes=memory)
-            except ManifestError as exc:
-                log.warning("memory of %s unknown, counted as the whole budget: %s", entry, exc)
-        if info.memory_bytes is None:
-            info = dataclasses.replace(info, memory_bytes=pool.memory_per_replica)
-        filled[entry] = info
-    return filled
-
-
-async def _mark_loading(kube: Any, namespace: str, name: str) -> None:
-    """Show `Loading` while loads run (the handler's own patch lands only when it returns)."""
-    try:
-        await kube.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            MODEL_PLURAL,
-            name,
-            {"status": {"phase": "Loading"}},
-            _content_type="application/merge-patch+json",
-        )
-    except ApiException as exc:
-        log.warning("could not mark %s/%s Loading: %s %s", namespace, name, exc.status, exc.reason)
-
-
-def _announce_evictions(
-    body: kopf.Body, result: PlacementResult, known: dict[str, KnownModel]
+def announce_evictions(
+    body: kopf.Body | None, evictions: list[Any], known: dict[str, KnownModel]
 ) -> None:
-    for eviction in result.evictions:
-        message = (
-            f"evicted {eviction.entry} from replica {eviction.replica} to make room for "
-            f"{eviction.for_entry} (least recently used)"
+    """An Event on the model that made room (if any) and on each evicted model."""
+    for eviction in evictions:
+        why = (
+            f"to make room for {eviction.for_entry} (eviction policy)"
+            if eviction.for_entry not in ("", BUDGET)
+            else "to bring the replica within the pool's memoryPerReplica"
         )
-        kopf.info(body, reason="Evicted", message=message)
+        message = f"evicted {eviction.entry} from replica {eviction.replica} {why}"
+        if body is not None:
+            kopf.info(body, reason="Evicted", message=message)
         victim = known.get(eviction.entry)
         if victim is not None and victim.uid:
             ref = {
@@ -378,26 +488,15 @@ def _announce_evictions(
             kopf.info(ref, reason="Evicted", message=message)
 
 
-def _report_invalid(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    status: kopf.Status,
-    desired: dict[str, Any],
-    conditions: list[dict[str, Any]],
-    generation: int | None,
-    reason: str,
-    message: str,
-    phase: str,
+def _post(body: Any, decision: StatusDecision) -> None:
+    for event in decision.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if decision.metric_reason:
+        metrics.RECONCILE_ERRORS.labels(kind=MODEL_KIND, reason=decision.metric_reason).inc()
+
+
+def _write(
+    patch: kopf.Patch, status: kopf.Status | dict[str, Any], desired: dict[str, Any]
 ) -> None:
-    previous = get_condition(conditions, "Valid")
-    if previous is None or previous.get("message") != message:
-        kopf.warn(body, reason=reason, message=message)
-        metrics.RECONCILE_ERRORS.labels(kind=MODEL_KIND, reason=reason).inc()
-    conditions = set_condition(conditions, "Valid", False, reason, message, generation)
-    conditions = set_condition(conditions, "Ready", False, reason, message, generation)
-    _write(patch, status, {**desired, "phase": phase, "conditions": conditions})
-
-
-def _write(patch: kopf.Patch, status: kopf.Status, desired: dict[str, Any]) -> None:
     for key, value in status_changes(dict(status), desired).items():
         patch.status[key] = value

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from shoal.operator import metrics
-from shoal.operator.conditions import get_condition, set_condition, status_changes
+from shoal.operator.conditions import get_condition, set_condition
 from shoal.operator.crds import GROUP, POOL_PLURAL, VERSION
+from shoal.operator.demand_annotations import with_router_use
+from shoal.operator.evicted_status import withdraw_evicted
+from shoal.operator.known_models import known_on_pool
+from shoal.operator.kube import api_error, is_retriable
+from shoal.operator.model_handlers import announce_evictions
+from shoal.operator.outages import tolerates_api_outage
 from shoal.operator.replicas import replicas_from_endpoints
 from shoal.operator.resources import (
     build_deployment,
@@ -25,15 +32,17 @@ from shoal.operator.resources import (
     desired_replicas,
     wants_scaled_object,
 )
-from shoal.operator.settings import POOL_STATUS_INTERVAL_S, retry_delay
+from shoal.operator.settings import POOL_STATUS_INTERVAL_S, ROUTER_SCALER_ADDRESS, retry_delay
 from shoal.operator.specs import PoolSpec, SpecError, pool_spec
 
 POOL = (GROUP, VERSION, POOL_PLURAL)
+log = logging.getLogger(__name__)
 
 
 @kopf.on.resume(*POOL)
 @kopf.on.create(*POOL)
 @kopf.on.update(*POOL, field="spec")
+@tolerates_api_outage
 async def inferencepool_apply(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -41,27 +50,19 @@ async def inferencepool_apply(
     namespace: str,
     meta: kopf.Meta,
     status: kopf.Status,
-    patch: kopf.Patch,
     memo: kopf.Memo,
     retry: int,
-    logger: logging.Logger,
     **_: Any,
 ) -> None:
-    """Create or roll out the pool's Deployment, Service and PDB."""
+    """Create or roll out the pool's Deployment, Service and PDB. Owns the Valid, Applied and
+    Autoscaling conditions (the status timer owns Ready)."""
     generation = meta.get("generation")
-    conditions = list(status.get("conditions") or [])
+    kube = memo.kube
     try:
         pool = pool_spec(name, namespace, dict(spec))
     except SpecError as exc:
-        metrics.RECONCILE_ERRORS.labels(kind="InferencePool", reason="InvalidSpec").inc()
-        kopf.warn(body, reason="InvalidSpec", message=str(exc))
-        _write(patch, status, {
-            "phase": "Failed",
-            "observedGeneration": generation,
-            "conditions": set_condition(conditions, "Valid", False, "InvalidSpec", str(exc), generation),
-        })  # fmt: skip
+        await _refuse(kube, body, status, generation, "Valid", "InvalidSpec", str(exc))
         return
-    kube = memo.kube
     owner = dict(body)
     try:
         pdb_version = await kube.pdb_api_version()
@@ -72,14 +73,12 @@ async def inferencepool_apply(
         pdb = await kube.apply_pdb(build_pdb(pool, owner, api_version=pdb_version))
         autoscaling = await _apply_autoscaling(kube, pool, owner)
     except ApiException as exc:
+        message = f"the Kubernetes API refused a child of the pool: {api_error(exc)}"
+        if not is_retriable(exc):  # the same request would be refused again: a person must act
+            await _refuse(kube, body, status, generation, "Applied", "Rejected", message)
+            return
         metrics.RECONCILE_ERRORS.labels(kind="InferencePool", reason="ApiError").inc()
-        message = (
-            f"Kubernetes API refused a child of the pool: {exc.status} {exc.reason}: {exc.body}"
-        )
-        _write(patch, status, {
-            "conditions": set_condition(conditions, "Applied", False, "ApiError", message, generation),
-        })  # fmt: skip
-        raise kopf.TemporaryError(message, delay=retry_delay(retry)) from exc
+        raise kopf.TemporaryError(message, delay=retry_delay(retry)) from None
     for kind, outcome in (
         ("Deployment", deployment),
         ("Service", service),
@@ -87,85 +86,151 @@ async def inferencepool_apply(
         ("ScaledObject", autoscaling.outcome),
     ):
         if outcome not in ("unchanged", ""):
-            logger.info("%s %s %s", outcome.capitalize(), kind, name)
+            log.info("%s %s %s/%s", outcome.capitalize(), kind, namespace, name)
             kopf.info(body, reason=outcome.capitalize(), message=f"{outcome} {kind} {name}")
-    conditions = set_condition(conditions, "Valid", True, "Valid", "spec is valid", generation)
-    conditions = set_condition(
-        conditions, "Applied", True, "Applied",
-        f"Deployment, Service and PodDisruptionBudget {name} match generation {generation}",
-        generation,
-    )  # fmt: skip
-    conditions = set_condition(
-        conditions, "Autoscaling", autoscaling.ok, autoscaling.reason, autoscaling.message,
-        generation,
-    )  # fmt: skip
-    if autoscaling.reason in ("KedaNotInstalled", "ScaledObjectConflict"):
+    previous = get_condition(status.get("conditions"), "Autoscaling") or {}
+    if autoscaling.reason in ("KedaNotInstalled", "ScaledObjectConflict") and (
+        previous.get("reason") != autoscaling.reason
+    ):
         kopf.warn(body, reason=autoscaling.reason, message=autoscaling.message)
-    _write(patch, status, {
+
+    def owned(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        conditions = set_condition(conditions, "Valid", True, "Valid", "spec is valid", generation)
+        conditions = set_condition(
+            conditions, "Applied", True, "Applied",
+            f"Deployment, Service and PodDisruptionBudget {name} match generation {generation}",
+            generation,
+        )  # fmt: skip
+        return set_condition(
+            conditions, "Autoscaling", autoscaling.ok, autoscaling.reason, autoscaling.message,
+            generation,
+        )  # fmt: skip
+
+    fields = {
         "observedGeneration": generation,
         "deployment": name,
         "memoryPerReplicaBytes": pool.memory_per_replica,
-        "phase": status.get("phase") if status.get("phase") not in (None, "Failed") else "Pending",
-        "conditions": conditions,
-    })  # fmt: skip
+    }
+    if status.get("phase") in (None, "Failed"):
+        fields["phase"] = "Pending"  # the status timer sets it from the ready replicas
+    await kube.update_pool_status(namespace, name, fields, owned)
+
+
+async def _refuse(
+    kube: Any,
+    body: kopf.Body,
+    status: kopf.Status,
+    generation: int | None,
+    condition: str,
+    reason: str,
+    message: str,
+) -> None:
+    """A pool that cannot be applied as written: Failed, one condition, one Event (only when
+    that changes), no retry: the next spec change tries again."""
+    previous = get_condition(status.get("conditions"), condition) or {}
+    if (previous.get("reason"), previous.get("observedGeneration")) != (reason, generation):
+        kopf.warn(body, reason=reason, message=message)
+        metrics.RECONCILE_ERRORS.labels(kind="InferencePool", reason=reason).inc()
+    await kube.update_pool_status(
+        body["metadata"]["namespace"],
+        body["metadata"]["name"],
+        {"phase": "Failed", "observedGeneration": generation},
+        lambda conditions: set_condition(conditions, condition, False, reason, message, generation),
+    )
 
 
 @kopf.timer(*POOL, interval=POOL_STATUS_INTERVAL_S, initial_delay=1.0)
+@tolerates_api_outage
 async def inferencepool_status(
     body: kopf.Body,
     spec: kopf.Spec,
     name: str,
     namespace: str,
     status: kopf.Status,
-    patch: kopf.Patch,
     memo: kopf.Memo,
+    inferencemodel_by_pool: kopf.Index,
+    inferencemodel_router_use: kopf.Index | None = None,
     **_: Any,
 ) -> None:
-    """Ready replicas (from the Service's Endpoints) and the phase they give the pool."""
+    """Ready replicas (from the Service's Endpoints) and the phase they give the pool; the
+    memory budget enforced on every replica. Owns the Ready condition."""
     try:
         pool = pool_spec(name, namespace, dict(spec))
     except SpecError:
         return  # inferencepool_apply has reported it
-    conditions = list(status.get("conditions") or [])
-    autoscaling_condition = get_condition(conditions, "Autoscaling") or {}
-    if autoscaling_condition.get("reason") == "KedaNotInstalled":
-        # KEDA may have been installed since: create the ScaledObject without a spec change.
-        try:
-            autoscaling = await _apply_autoscaling(memo.kube, pool, dict(body))
-        except ApiException as exc:
-            autoscaling = AutoscalingOutcome(
-                False, "KedaNotInstalled", autoscaling_condition.get("message", "")
-            )
-            logging.getLogger(__name__).warning("KEDA check for %s: %s", name, exc.reason)
-        if autoscaling.reason != "KedaNotInstalled":
-            logging.getLogger(__name__).info("KEDA now served: %s", autoscaling.message)
-            conditions = set_condition(
-                conditions, "Autoscaling", autoscaling.ok, autoscaling.reason, autoscaling.message,
-                autoscaling_condition.get("observedGeneration"),
-            )  # fmt: skip
+    if status.get("phase") == "Failed":
+        return  # its children were refused: inferencepool_apply has reported it
+    await _recheck_keda(memo.kube, pool, body, status)
     replicas = replicas_from_endpoints(await memo.kube.get_endpoints(namespace, name))
-    ready = len(replicas)
-    if ready >= max(pool.min_replicas, 1):
-        phase, ok, reason = "Ready", True, "ReplicasReady"
-    elif ready == 0 and pool.min_replicas == 0:
-        phase, ok, reason = "Ready", True, "ScaledToZero"
-    elif ready == 0:
-        phase, ok, reason = "Pending", False, "NoReadyReplicas"
-    else:
-        phase, ok, reason = "Degraded", False, "TooFewReadyReplicas"
-    message = f"{ready} ready replica(s), minimum {pool.min_replicas}"
-    _write(patch, status, {
-        "phase": phase,
-        "replicas": ready,
-        "conditions": set_condition(conditions, "Ready", ok, reason, message),
-    })  # fmt: skip
+    phase, ok, reason = _phase(len(replicas), pool.min_replicas)
+    message = f"{len(replicas)} ready replica(s), minimum {pool.min_replicas}"
+    await memo.kube.update_pool_status(
+        namespace, name, {"phase": phase, "replicas": len(replicas)},
+        lambda conditions: set_condition(conditions, "Ready", ok, reason, message),
+    )  # fmt: skip
+    if replicas:
+        await _enforce_budget(
+            memo.kube, memo.placer, pool, replicas, inferencemodel_by_pool,
+            inferencemodel_router_use,
+        )  # fmt: skip
     try:
         counts = await memo.placer.models_per_replica(replicas)
     except Exception as exc:  # metrics are best effort; never fail the status timer for them
-        logging.getLogger(__name__).debug("models per replica of %s: %r", name, exc)
+        log.debug("models per replica of %s: %r", name, exc)
         return
     for replica, count in counts.items():
         metrics.MODELS_PER_REPLICA.labels(pool=f"{namespace}/{name}", replica=replica).set(count)
+
+
+def _phase(ready: int, min_replicas: int) -> tuple[str, bool, str]:
+    if ready >= max(min_replicas, 1):
+        return "Ready", True, "ReplicasReady"
+    if ready == 0 and min_replicas == 0:
+        return "Ready", True, "ScaledToZero"
+    if ready == 0:
+        return "Pending", False, "NoReadyReplicas"
+    return "Degraded", False, "TooFewReadyReplicas"
+
+
+async def _enforce_budget(
+    kube: Any,
+    placer: Any,
+    pool: PoolSpec,
+    replicas: list[Any],
+    index: kopf.Index,
+    router_use: kopf.Index | None = None,
+) -> None:
+    """A lowered memoryPerReplica is enforced: models beyond it are evicted by policy (never
+    one a router holds requests for)."""
+    known = known_on_pool(index.get((pool.namespace, pool.name), []), pool)
+    known = with_router_use(known, pool.namespace, router_use)
+    repository = Path(pool.local_repository) if pool.local_repository else None
+    evictions = await placer.enforce_budget(replicas, pool.memory_per_replica, known, repository)
+    announce_evictions(None, evictions, known)
+    await withdraw_evicted(kube, evictions, known)
+
+
+async def _recheck_keda(kube: Any, pool: PoolSpec, body: kopf.Body, status: kopf.Status) -> None:
+    """KEDA may have been installed since the pool was applied: create the ScaledObject without
+    waiting for a spec change."""
+    condition = get_condition(status.get("conditions"), "Autoscaling") or {}
+    if condition.get("reason") != "KedaNotInstalled":
+        return
+    try:
+        autoscaling = await _apply_autoscaling(kube, pool, dict(body))
+    except ApiException as exc:
+        log.warning("KEDA check for %s: %s", pool.name, api_error(exc))
+        return
+    if autoscaling.reason == "KedaNotInstalled":
+        return
+    log.info("KEDA now served: %s", autoscaling.message)
+    await kube.update_pool_status(
+        pool.namespace, pool.name, {},
+        lambda conditions: set_condition(
+            conditions, "Autoscaling", autoscaling.ok, autoscaling.reason, autoscaling.message,
+            condition.get("observedGeneration"),
+        ),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -183,7 +248,7 @@ async def _apply_autoscaling(
     removed (if it is ours) where the pool no longer asks for one. Without KEDA the Deployment
     keeps the replicas it has (min at creation): the operator never scales in KEDA's place."""
     uid = owner["metadata"]["uid"]
-    if not wants_scaled_object(pool):
+    if not wants_scaled_object(pool, ROUTER_SCALER_ADDRESS):
         deleted = await kube.delete_scaled_object(pool.namespace, pool.name, uid)
         if pool.fixed_size:
             reason = "FixedSize"
@@ -192,8 +257,9 @@ async def _apply_autoscaling(
             reason = "NotConfigured"
             message = (
                 f"no spec.autoscaling: replicas stay where they are (min {pool.min_replicas} at "
-                "creation); set spec.autoscaling.prometheusAddress and threshold to scale "
-                f"between {pool.min_replicas} and {pool.max_replicas} with KEDA"
+                "creation); set spec.autoscaling (threshold, and prometheusAddress or "
+                "routerScalerAddress) to scale between "
+                f"{pool.min_replicas} and {pool.max_replicas} with KEDA"
             )
         return AutoscalingOutcome(False, reason, message, "deleted" if deleted else "")
     if not await kube.serves_scaled_objects():
@@ -204,7 +270,9 @@ async def _apply_autoscaling(
             f"stay at {pool.min_replicas} (replicas.min); install KEDA (https://keda.sh) and the "
             "operator creates the ScaledObject",
         )
-    outcome = await kube.apply_scaled_object(build_scaled_object(pool, owner))
+    outcome = await kube.apply_scaled_object(
+        build_scaled_object(pool, owner, ROUTER_SCALER_ADDRESS)
+    )
     if outcome == "conflict":
         return AutoscalingOutcome(
             False,
@@ -219,8 +287,3 @@ async def _apply_autoscaling(
         f"{pool.max_replicas} replicas",
         outcome,
     )
-
-
-def _write(patch: kopf.Patch, status: kopf.Status, desired: dict[str, Any]) -> None:
-    for key, value in status_changes(dict(status), desired).items():
-        patch.status[key] = value

@@ -226,22 +226,73 @@ def demand_query(pool: PoolSpec) -> str:
     )
 
 
-def wants_scaled_object(pool: PoolSpec) -> bool:
-    """A pool that scales (min < max) and says how (spec.autoscaling)."""
-    return not pool.fixed_size and pool.autoscaling is not None
+# The router's demand per replica a pool aims at when its spec gives no threshold.
+DEFAULT_ROUTER_TARGET = 4.0
 
 
-def build_scaled_object(pool: PoolSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+def router_scaler_address(pool: PoolSpec, default: str | None) -> str | None:
+    """The router's KEDA scaler for this pool: the pool's own, else the operator's setting."""
+    own = pool.autoscaling.router_scaler_address if pool.autoscaling else None
+    return own or default
+
+
+def scaled_object_triggers(
+    pool: PoolSpec, router_scaler: str | None = None
+) -> list[dict[str, Any]]:
+    """KEDA triggers of the pool: `external-push` to the router's scaler (requests held at the
+    router wake a pool at zero within a second; shoal.router.keda_scaler) and/or `prometheus`
+    (Triton's queues). KEDA activates on either and the HPA follows the larger."""
+    autoscaling = pool.autoscaling
+    threshold = autoscaling.threshold if autoscaling else DEFAULT_ROUTER_TARGET
+    triggers: list[dict[str, Any]] = []
+    address = router_scaler_address(pool, router_scaler)
+    if address:
+        triggers.append(
+            {
+                "type": "external-push",
+                # KEDA reads trigger metadata as strings; the scaler reads pool and targetSize.
+                "metadata": {
+                    "scalerAddress": address,
+                    "pool": pool.name,
+                    "targetSize": f"{threshold:g}",
+                },
+            }
+        )
+    if autoscaling and autoscaling.prometheus_address:
+        triggers.append(
+            {
+                "type": "prometheus",
+                "metadata": {
+                    "serverAddress": autoscaling.prometheus_address,
+                    "query": autoscaling.query or demand_query(pool),
+                    "threshold": f"{threshold:g}",
+                },
+            }
+        )
+    return triggers
+
+
+def wants_scaled_object(pool: PoolSpec, router_scaler: str | None = None) -> bool:
+    """A pool that scales (min < max) and has a demand source (spec.autoscaling, or a router)."""
+    return not pool.fixed_size and bool(scaled_object_triggers(pool, router_scaler))
+
+
+def build_scaled_object(
+    pool: PoolSpec, owner: dict[str, Any] | None = None, router_scaler: str | None = None
+) -> dict[str, Any]:
     """The KEDA ScaledObject that scales the pool's Deployment between replicas.min and max.
 
     minReplicaCount may be 0: KEDA then scales to zero after `cooldownPeriod` without demand and
-    back to one when the query reports some (KEDA's activation; idleReplicaCount must be below
-    minReplicaCount, so it has no use here). Between 1 and max, KEDA's HPA scales on the query's
-    value per replica against `threshold`; the HPA's scale-down window takes the same delay, so
-    `scaleDownDelaySeconds` governs every step down."""
-    if pool.autoscaling is None:
-        raise ValueError(f"pool {pool.name} has no spec.autoscaling")
-    autoscaling = pool.autoscaling
+    back to one when a trigger reports some (KEDA's activation; idleReplicaCount must be below
+    minReplicaCount, so it has no use here). Between 1 and max, KEDA's HPA scales on the
+    triggers' value per replica against the threshold; the HPA's scale-down window takes the
+    same delay, so `scaleDownDelaySeconds` governs every step down. `router_scaler` is the
+    operator's default router scaler address (a pool's spec.autoscaling may name its own)."""
+    triggers = scaled_object_triggers(pool, router_scaler)
+    if not triggers:
+        raise ValueError(
+            f"pool {pool.name} has no spec.autoscaling with a demand source and no router scaler"
+        )
     window = min(pool.scale_down_delay_s, MAX_HPA_WINDOW_S)
     return {
         "apiVersion": f"{KEDA_GROUP}/{KEDA_VERSION}",
@@ -257,16 +308,6 @@ def build_scaled_object(pool: PoolSpec, owner: dict[str, Any] | None = None) -> 
                     "behavior": {"scaleDown": {"stabilizationWindowSeconds": window}}
                 }
             },
-            "triggers": [
-                {
-                    "type": "prometheus",
-                    "metadata": {
-                        "serverAddress": autoscaling.prometheus_address,
-                        "query": autoscaling.query or demand_query(pool),
-                        # KEDA reads trigger metadata as strings.
-                        "threshold": f"{autoscaling.threshold:g}",
-                    },
-                }
-            ],
+            "triggers": triggers,
         },
     }

@@ -1,12 +1,20 @@
 """Operator settings read from the environment once, when the handlers are imported.
 
 kopf timers take their interval at decoration time, so these are module constants; `shoal
-operator run` sets the variables before it imports the handlers.
+operator run` sets the variables before it imports the handlers. A variable that cannot be read
+keeps its default and is listed in PROBLEMS; `check()` (called by `shoal operator run` and at
+operator startup) turns them into one UserError, so a typo never starts an operator silently.
 """
 
 from __future__ import annotations
 
 import os
+
+from shoal.errors import UserError
+from shoal.operator import defaults
+from shoal.operator.defaults import parse_seconds
+
+PROBLEMS: list[str] = []
 
 
 def _seconds(name: str, default: float) -> float:
@@ -14,22 +22,36 @@ def _seconds(name: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be positive")
-    return value
+        return parse_seconds(name, raw)
+    except ValueError as exc:
+        PROBLEMS.append(str(exc))
+        return default
+
+
+def check() -> None:
+    if PROBLEMS:
+        raise UserError("; ".join(PROBLEMS))
 
 
 # How often each InferenceModel's placement is compared with its replicas and repaired.
-DRIFT_INTERVAL_S = _seconds("SHOAL_OPERATOR_DRIFT_INTERVAL_S", 30.0)
+DRIFT_INTERVAL_S = _seconds("SHOAL_OPERATOR_DRIFT_INTERVAL_S", defaults.DRIFT_INTERVAL_S)
 # How often each InferencePool's status (ready replicas, phase) is refreshed.
-POOL_STATUS_INTERVAL_S = _seconds("SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", 15.0)
+POOL_STATUS_INTERVAL_S = _seconds(
+    "SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", defaults.POOL_STATUS_INTERVAL_S
+)
 # Retries after a failed load or an unreachable replica: base * 2**attempt, capped.
-RETRY_BASE_S = _seconds("SHOAL_OPERATOR_RETRY_BASE_S", 5.0)
-RETRY_MAX_S = _seconds("SHOAL_OPERATOR_RETRY_MAX_S", 300.0)
+RETRY_BASE_S = _seconds("SHOAL_OPERATOR_RETRY_BASE_S", defaults.RETRY_BASE_S)
+RETRY_MAX_S = _seconds("SHOAL_OPERATOR_RETRY_MAX_S", defaults.RETRY_MAX_S)
+# How long a deleted InferenceModel waits for replicas that do not answer before it goes anyway.
+UNLOAD_DEADLINE_S = _seconds("SHOAL_OPERATOR_UNLOAD_DEADLINE_S", defaults.UNLOAD_DEADLINE_S)
+# Peering: an operator that stops sending keep-alives counts as gone after this long, and a
+# waiting operator takes over.
+PEERING_LIFETIME_S = int(_seconds("SHOAL_OPERATOR_PEERING_LIFETIME_S", defaults.PEERING_LIFETIME_S))
 
+# The shoal router's KEDA external scaler (host:port, e.g. shoal-router.shoal-system:8003): every
+# pool that scales gets an `external-push` trigger to it (a pool's
+# spec.autoscaling.routerScalerAddress overrides it). Unset: no router trigger by default.
+ROUTER_SCALER_ADDRESS = os.environ.get("SHOAL_OPERATOR_ROUTER_SCALER") or None
 
 
 def load_timeout_s() -> float | None:

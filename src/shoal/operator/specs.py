@@ -7,6 +7,7 @@ condition.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +29,14 @@ def _bytes(value: int | str, what: str) -> int:
 
 @dataclass(frozen=True)
 class Autoscaling:
-    """spec.autoscaling: what the pool's KEDA ScaledObject asks Prometheus."""
+    """spec.autoscaling: where the pool's KEDA ScaledObject reads demand (Prometheus, the
+    router's KEDA scaler, or both) and the demand per replica it aims at."""
 
-    prometheus_address: str
+    prometheus_address: str | None
     threshold: float
     query: str | None = None  # None: the default demand query (resources.demand_query)
+    # The router's KEDA scaler (host:port); None: the operator's setting, if any.
+    router_scaler_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,31 @@ class PoolSpec:
         return self.repository_uri or self.mount_path
 
 
+# The pool's name is its Service's and Deployment's name and a label value: a DNS-1035 label.
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME_LENGTH = 63
+
+
+def check_pool_name(name: str) -> None:
+    """What a CRD schema cannot say (metadata.name): the pool's children need a DNS-1035 label."""
+    if len(name) > MAX_NAME_LENGTH or not _DNS_1035_LABEL.match(name):
+        raise SpecError(
+            f"pool name {name!r} cannot name the pool's Service, Deployment and labels: it must "
+            f"be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, "
+            f"at most {MAX_NAME_LENGTH} characters), e.g. "
+            f"{_suggest_name(name)!r}; create the pool again under such a name"
+        )
+
+
+def _suggest_name(name: str) -> str:
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    cleaned = cleaned if cleaned[:1].isalpha() else f"pool-{cleaned}"
+    return cleaned[:MAX_NAME_LENGTH].rstrip("-") or "pool"
+
+
 def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
     """Read an InferencePool spec (already defaulted and validated by the CRD schema)."""
+    check_pool_name(name)
     triton = spec.get("triton") or {}
     storage = spec.get("storage") or {}
     replicas = spec.get("replicas") or {}
@@ -126,11 +153,12 @@ def pool_spec(name: str, namespace: str, spec: dict[str, Any]) -> PoolSpec:
 def _autoscaling(raw: dict[str, Any] | None) -> Autoscaling | None:
     if not raw:
         return None
-    address = raw.get("prometheusAddress")
-    if not address:
+    address = raw.get("prometheusAddress") or None
+    router = raw.get("routerScalerAddress") or None
+    if raw.get("query") and not address:
         raise SpecError(
-            "spec.autoscaling.prometheusAddress is missing: set the Prometheus server KEDA "
-            "should query, e.g. http://prometheus-operated.monitoring:9090"
+            "spec.autoscaling.prometheusAddress is missing: spec.autoscaling.query needs the "
+            "Prometheus server KEDA should query, e.g. http://prometheus-operated.monitoring:9090"
         )
     threshold = float(raw.get("threshold") or 0)
     if threshold <= 0:
@@ -138,7 +166,7 @@ def _autoscaling(raw: dict[str, Any] | None) -> Autoscaling | None:
             "spec.autoscaling.threshold must be positive: the queued requests per replica "
             "to scale at, e.g. 4"
         )
-    return Autoscaling(address, threshold, raw.get("query") or None)
+    return Autoscaling(address, threshold, raw.get("query") or None, router)
 
 
 @dataclass(frozen=True)

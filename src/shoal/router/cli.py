@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +37,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--replica", action="append", default=[], metavar="URL[,grpc=HOST:PORT]",
         help="a Triton replica serving --repository (repeatable)",
+    )  # fmt: skip
+    run.add_argument(
+        "--namespace", metavar="NS",
+        help="cluster mode: route the InferenceModels of this namespace (watched; asks the "
+        "operator to place cold models) and serve KEDA's external scaler; see "
+        "docs/router-cluster.md",
+    )  # fmt: skip
+    run.add_argument(
+        "--scaler-port", type=int, default=8003,
+        help="cluster mode: KEDA's external scaler (gRPC) port; -1: off",
+    )  # fmt: skip
+    run.add_argument(
+        "--router-service", default=os.environ.get("SHOAL_ROUTER_SERVICE"), metavar="NAME",
+        help="cluster mode: the routers' Service; the scaler sums the demand of its other "
+        "addresses (default: $SHOAL_ROUTER_SERVICE; none: this router's demand alone)",
     )  # fmt: skip
     run.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
     run.add_argument("--http-port", type=int, default=DEFAULTS.http_port)
@@ -136,7 +152,48 @@ def run_router(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if args.namespace:
+        return run_cluster_router(args, settings)
     make_source = functools.partial(
         StaticPlacement, tuple(static_routes(args)), probe_interval_s=args.probe_interval
     )
     return run_workers(args.workers, make_source, settings, args.event_loop)
+
+
+def run_cluster_router(args: argparse.Namespace, settings: RouterSettings) -> int:
+    import asyncio
+
+    from kubernetes_asyncio.config import ConfigException
+
+    from shoal.cli import UserError
+    from shoal.router.cluster import ClusterOptions, serve_cluster
+
+    if args.route or args.replica:
+        raise UserError(
+            "--namespace routes the namespace's InferenceModels: drop --route/--replica "
+            "(--repository may name a mounted copy of the model repository, for /v1 endpoints)"
+        )
+    if args.workers != 1 and args.scaler_port >= 0:
+        raise UserError(
+            "--workers must be 1 with the KEDA scaler on (each worker counts only its own "
+            "requests): scale routers by pods, or turn the scaler off with --scaler-port -1"
+        )
+    options = ClusterOptions(
+        namespace=args.namespace,
+        scaler_port=None if args.scaler_port < 0 else args.scaler_port,
+        router_service=args.router_service,
+        pod_name=os.environ.get("POD_NAME") or os.environ.get("HOSTNAME"),
+        repository=args.repository,
+    )
+    try:
+        asyncio.run(serve_cluster(options, settings))
+    except ConfigException as exc:
+        raise UserError(
+            f"no Kubernetes credentials: {exc}; in a pod, give the router a service account; "
+            "elsewhere set $KUBECONFIG"
+        ) from None
+    except (TimeoutError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -51,7 +51,11 @@ class RouterServer:
         settings = self.settings
         # handler_cancellation: a client that goes away cancels its handler, so a held request
         # is dropped (and counted) instead of waiting out its deadline for nobody.
-        self._runner = web.AppRunner(self.http.app(), handler_cancellation=True, access_log=None)
+        # shutdown_timeout: stopping cancels held requests after 2 s instead of waiting out their
+        # hold deadline (60 s by default): Ctrl-C on `shoal serve` must stop it in seconds.
+        self._runner = web.AppRunner(
+            self.http.app(), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.host, settings.http_port, reuse_port=True)
         await site.start()
@@ -127,11 +131,18 @@ def run_worker(
     settings: RouterSettings,
     event_loop: str = "asyncio",
 ) -> None:
+    # A stop that arrives while the worker is still starting (before its event loop installs its
+    # handlers) ends it cleanly, not with -SIGTERM.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     with (
-        contextlib.suppress(KeyboardInterrupt),
+        contextlib.suppress(KeyboardInterrupt, SystemExit),
         asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner,
     ):
         runner.run(serve_until_stopped(make_source, settings))
+
+
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def run_workers(

@@ -26,12 +26,20 @@ def _quiet_http_logs() -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this component's subcommands to `shoal`."""
     serve = subparsers.add_parser(
-        "serve", help="serve a model repository on a local Triton (explicit mode, LRU budget)"
+        "serve", help="serve a model repository on a local Triton (explicit mode, memory budget)"
     )
     serve.add_argument("repository", help="model repository folder (made by `shoal export`)")
-    serve.add_argument("--http-port", type=int, help="default: a free port")
-    serve.add_argument("--grpc-port", type=int, help="default: a free port")
-    serve.add_argument("--metrics-port", type=int, help="default: a free port")
+    serve.add_argument("--http-port", type=int, help="the router's HTTP port; default: a free port")
+    serve.add_argument("--grpc-port", type=int, help="the router's gRPC port; default: a free port")
+    serve.add_argument(
+        "--metrics-port", type=int, help="the router's Prometheus metrics; default: none"
+    )
+    serve.add_argument(
+        "--no-router",
+        action="store_true",
+        help="no router in front: clients talk to Triton on the ports above and load cold models "
+        "themselves (by default the router holds a request for a cold model while it loads)",
+    )
     serve.add_argument(
         "--load",
         action="append",
@@ -44,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--policy", default=DEFAULT_POLICY, choices=list(POLICIES), help="eviction policy"
+    )
+    serve.add_argument(
+        "--load-timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="deadline of one model load (default: 60 s plus 60 s per GiB of the entry)",
     )
     serve.add_argument("--log-file", help="Triton's log (default: a temporary file)")
     serve.set_defaults(func=run_serve)
@@ -76,12 +90,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=run_embed if name == "embed" else run_rerank)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return value
+
+
 # -- serve ----------------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
     from shoal.errors import UserError, local_folder_problem  # noqa: PLC0415
     from shoal.fleet.errors import FleetError  # noqa: PLC0415
     from shoal.fleet.placement import make_policy  # noqa: PLC0415
     from shoal.fleet.triton_control import TritonControlError  # noqa: PLC0415
+    from shoal.router.settings import RouterSettings  # noqa: PLC0415
     from shoal.runtime.controller import PlacementRefused, UnknownModel  # noqa: PLC0415
     from shoal.runtime.installation import TritonNotInstalled, locate_triton  # noqa: PLC0415
     from shoal.runtime.serve import (  # noqa: PLC0415
@@ -102,15 +127,26 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     try:
         budget = parse_size(args.memory_budget) if args.memory_budget else None
+        ports = {"http_port": args.http_port, "grpc_port": args.grpc_port}
+        router = None
+        if not args.no_router:  # the router takes the ports; Triton's are free loopback ones
+            router = RouterSettings(
+                host="127.0.0.1",
+                http_port=args.http_port or 0,
+                grpc_port=args.grpc_port or 0,
+                metrics_port=args.metrics_port,
+            )
+            ports = {}
         serving = LocalServing(
             args.repository,
             budget_bytes=budget,
             policy=make_policy(args.policy),
             pinned=frozenset(args.pin),
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
+            metrics_port=None if router else args.metrics_port,
             log_path=args.log_file,
+            load_timeout_s=args.load_timeout,
+            router=router,
+            **ports,
         )
     except (ValueError, RepositoryProblem) as exc:
         raise UserError(str(exc)) from exc
@@ -121,8 +157,7 @@ def run_serve(args: argparse.Namespace) -> int:
             loaded = await serving.controller.start(args.load)
             server = serving.server
             print(
-                f"shoal serve: Triton on HTTP {server.http_url}  gRPC {server.grpc_url}  "
-                f"metrics {server.metrics_url}\n"
+                _banner(serving) + "\n"
                 f"  loaded: {', '.join(loaded) or 'none'}; models: "
                 f"{', '.join(serving.manifests)}\n  log: {server.log_path}\n"
                 "  Ctrl-C to stop",
@@ -154,6 +189,20 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _banner(serving) -> str:  # noqa: ANN001
+    server = serving.server
+    triton = f"HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}"
+    if serving.router is None:
+        return f"shoal serve: Triton on {triton}"
+    router = serving.router
+    metrics = router.settings.metrics_port
+    return (
+        f"shoal serve: router on HTTP http://{router.http_address}  gRPC {router.grpc_address}"
+        + (f"  metrics http://127.0.0.1:{metrics}/metrics" if metrics else "")
+        + f"\n  Triton (private, behind the router) on {triton}"
+    )
+
+
 # -- quickstart -----------------------------------------------------------------------------------
 def run_quickstart_command(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
@@ -176,8 +225,9 @@ def run_quickstart_command(args: argparse.Namespace) -> int:
 
 # -- embed / rerank -------------------------------------------------------------------------------
 def _ready_client(args: argparse.Namespace):  # noqa: ANN202
-    """A client for a ready model: a cold model is loaded through Triton's repository API (a
-    `shoal serve` control loop then keeps the budget)."""
+    """A client for a ready model. Through a router (`shoal serve`) a cold model is loaded while
+    the request is held; straight to Triton it is loaded through the repository API (a `shoal
+    serve --no-router` control loop then keeps the budget)."""
     from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
     from shoal.errors import UserError  # noqa: PLC0415
@@ -188,7 +238,12 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
         if not client.is_server_live():
             raise UserError(f"no Triton answering at {args.url}; start one with `shoal serve DIR`")
         if not client.is_model_ready(args.model):
-            known = [m["name"] for m in _index(client)]
+            try:
+                known = [m["name"] for m in _index(client)]
+            except InferenceServerException:
+                # A router (`shoal serve` runs one): no repository API; it holds the request
+                # while the model loads, and names an unknown model in its answer.
+                return client
             if args.model not in known:
                 raise UserError(
                     f"no model named {args.model!r} at {args.url}; models: "

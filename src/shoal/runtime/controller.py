@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shoal.contract import STEP_ENCODE, step_name
-from shoal.fleet.driver import DriverEvent, ReplicaDriver, Resident
+from shoal.fleet.driver import DriverEvent, ReplicaDriver, Resident, default_load_deadline
 from shoal.fleet.errors import EntryInvalid, FleetError, PlacementRefused, ReplicaUnreachable
 from shoal.fleet.hot_swap import light_steps_ready
 from shoal.fleet.placement import (
@@ -81,6 +81,7 @@ class LocalController:
         keep_light_steps: bool = True,
         entry_check: Callable[[str], list[str]] | None = None,
         log_reader: Callable[[], str] | None = None,
+        load_deadline: Callable[[int], float] = default_load_deadline,
     ) -> None:
         self.manifests = dict(manifests)
         self.budget_bytes = budget_bytes if budget_bytes is not None else 2**63
@@ -97,10 +98,9 @@ class LocalController:
             client=ReplicaClient(self.replica, log_reader=log_reader),
             policy=policy or make_policy(DEFAULT_POLICY),
             entry_check=entry_check,
-            # Entries of this repository are owned; anything else loaded by a client counts as
-            # the driver's default (it has no manifest here).
             on_event=self._on_driver_event,
             keep_light_steps=keep_light_steps,
+            load_deadline=load_deadline,
         )
         self.listeners: list[Listener] = []
         self.wanted: set[str] = set()  # loaded and not evicted since: loaded again after a restart
@@ -111,6 +111,8 @@ class LocalController:
 
     # -- what the driver is told --------------------------------------------------------------
     def residents(self) -> dict[str, Resident]:
+        """The repository's entries; anything else a client loads counts as the driver's
+        default size (DEFAULT_UNOWNED_MEMORY) and is evictable."""
         return {
             e.name: Resident(e.name, e.memory_bytes, pinned=e.pinned, in_use=e.in_use)
             for e in self.entries.values()

@@ -8,7 +8,10 @@ run, and what tests and benchmarks use to serve entries.
 
 Reads the entries' manifests (memory for placement), builds the serving view (portable fallback
 for entries exported for the onnxruntime backend), starts Triton on loopback, and stops it all in
-reverse order. While running it supervises Triton: a server that dies is started again on the
+reverse order. With `router=RouterSettings(...)` the router (shoal.router) listens in front on the
+settings' ports and Triton's stay private: a request for an entry that is not loaded is held,
+the entry loaded (evicting by policy), and the request answered. While running it supervises
+Triton: a server that dies is started again on the
 same ports and gets back what it had loaded; one that dies CRASH_LIMIT times within
 CRASH_WINDOW_S ends serving with TritonCrashLoop and the tail of its log.
 """
@@ -20,14 +23,22 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from shoal.fleet.driver import default_load_deadline
 from shoal.fleet.errors import FleetError, ReplicaUnreachable
 from shoal.fleet.placement import EvictionPolicy
+from shoal.fleet.replica import Replica
 from shoal.manifest import Manifest
+from shoal.router.local_placement import LocalPlacement
+from shoal.router.settings import RouterSettings
 from shoal.runtime.controller import LocalController
 from shoal.runtime.fallback import ServingView, serving_view
 from shoal.runtime.installation import locate_triton
 from shoal.runtime.triton import TritonServer, TritonStartError
+
+if TYPE_CHECKING:
+    from shoal.router.server import RouterServer
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +88,8 @@ class LocalServing:
         grpc_port: int | None = None,
         metrics_port: int | None = None,
         log_path: Path | None = None,
+        load_timeout_s: float | None = None,
+        router: RouterSettings | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.manifests = read_manifests(self.repository)
@@ -85,9 +98,14 @@ class LocalServing:
         self._pinned = pinned
         self._ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
         self._log_path = log_path
+        self._load_timeout_s = load_timeout_s
         self.view: ServingView | None = None
         self.server: TritonServer | None = None
         self.controller: LocalController | None = None
+        # With `router`: the router in front (its settings' ports), Triton's ports stay private.
+        self._router_settings = router
+        self.placement: LocalPlacement | None = None
+        self.router: RouterServer | None = None
 
     async def __aenter__(self) -> LocalServing:
         await self.start()
@@ -119,10 +137,30 @@ class LocalServing:
                 pinned=self._pinned,
                 metrics_url=self.server.metrics_url,
                 entry_check=self._entry_problems,
+                load_deadline=(
+                    (lambda memory: self._load_timeout_s)
+                    if self._load_timeout_s
+                    else default_load_deadline
+                ),
             )
+            if self._router_settings is not None:
+                await self._start_router(self._router_settings)
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_router(self, settings: RouterSettings) -> None:
+        """The router in front of Triton: a request for an entry that is not loaded is held while
+        the controller loads it (evicting by policy), then answered (shoal.router)."""
+        from shoal.router.server import RouterServer  # noqa: PLC0415  (aiohttp, grpc: only here)
+
+        assert self.server is not None and self.controller is not None
+        server = self.server
+        replica = Replica(
+            "local", server.bind_address, server.http_port, server.metrics_port, server.grpc_port
+        )
+        self.placement = LocalPlacement(self.controller, replica)
+        self.router = await RouterServer(self.placement, settings).start()
 
     def _entry_problems(self, name: str) -> list[str]:
         from shoal.model_repository.repository import check_entry  # noqa: PLC0415
@@ -176,6 +214,12 @@ class LocalServing:
         log.info("tritonserver restarted; loaded again: %s", ", ".join(wanted) or "none")
 
     async def stop(self) -> None:
+        if self.router is not None:
+            await self.router.stop()
+            self.router = None
+        if self.placement is not None:
+            await self.placement.close()
+            self.placement = None
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
         if self.view is not None:
