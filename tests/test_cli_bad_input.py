@@ -96,7 +96,9 @@ CASES = [
     Case(("rerank", "m", "query"), "DOC"),
     Case(("rerank", "m", "q", "doc", "--load-timeout", "soon"), "'soon'"),
     # operator and router: argument checks
-    Case(("operator", "run", "--drift-interval", "often"), "'often'"),
+    Case(("operator", "run", "-A", "--drift-interval", "often"), "'often'"),
+    Case(("operator", "run", "-A", "--drift-interval", "0"), "'0' must be a positive number"),
+    Case(("operator", "run", "-A", "--metrics-port", "70000"), "'70000' is not a port"),
     Case(("operator", "run"), "--namespace"),
     Case(("operator", "dance"), "'dance'"),
     Case(("router", "run", "--http-port", "eighty"), "'eighty'"),
