@@ -8,6 +8,7 @@ read them from manifests. Nothing here imports anything heavy: the operator imag
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
@@ -53,14 +54,18 @@ class Dtype(StrEnum):
 class Runtime(StrEnum):
     """How the encode step runs inside Triton."""
 
-    ONNXRUNTIME = "onnxruntime"  # Triton's onnxruntime backend (NVIDIA images; CUDA/TensorRT on GPU)
+    ONNXRUNTIME = (
+        "onnxruntime"  # Triton's onnxruntime backend (NVIDIA images; CUDA/TensorRT on GPU)
+    )
     PORTABLE = "portable"  # the same ONNX on onnxruntime inside a python-backend model
 
 
 # Tensor names an application uses with plain tritonclient (ensemble inputs/outputs).
 INPUT_TEXT = "TEXT"  # BYTES [batch, 1]: UTF-8 texts (documents, or the texts to embed)
 INPUT_QUERY = "QUERY"  # BYTES [batch, 1]: rerankers pair QUERY[i] with TEXT[i]
-INPUT_TEXT_TYPE = "TEXT_TYPE"  # optional BYTES [batch, 1]: "query" or "document" (prefixes, markers)
+INPUT_TEXT_TYPE = (
+    "TEXT_TYPE"  # optional BYTES [batch, 1]: "query" or "document" (prefixes, markers)
+)
 
 OUTPUT_EMBEDDING = "EMBEDDING"  # FP32 [batch, dims]
 OUTPUT_SCORE = "SCORE"  # FP32 [batch, 1]
@@ -92,6 +97,29 @@ STEP_POSTPROCESS = "postprocess"
 def step_name(model: str, step: str) -> str:
     """`<model>__<step>`, the Triton model name of one step of an ensemble."""
     return f"{model}__{step}"
+
+
+# The one rule for an entry's name, shared by every command (export, build, serve, repo, the
+# manifest reader). It is a Triton model name and a folder name: shoal adds `__<step>` to it, so
+# it may not hold `__` itself. Checked with fullmatch: `$` would let a trailing newline through.
+MODEL_NAME_MAX_LENGTH = 100
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def model_name_problem(name: object) -> str | None:
+    """Why `name` cannot name an entry (one sentence with the rule), or None when it can."""
+    if (
+        isinstance(name, str)
+        and _MODEL_NAME.fullmatch(name)
+        and "__" not in name
+        and len(name) <= MODEL_NAME_MAX_LENGTH
+    ):
+        return None
+    return (
+        f"model name {name!r} is not allowed: use letters, digits, '.', '-', '_' (start with a "
+        f"letter or digit, at most {MODEL_NAME_MAX_LENGTH} characters), without '__' (shoal names "
+        "steps <name>__tokenize etc.)"
+    )
 
 
 MANIFEST_FILENAME = "shoal.json"  # lives in the ensemble's folder: REPO/<model>/shoal.json

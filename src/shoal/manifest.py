@@ -7,12 +7,27 @@ Schema: docs/manifest.md. Bump MANIFEST_SCHEMA_VERSION on incompatible changes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.contract import MANIFEST_FILENAME, MANIFEST_SCHEMA_VERSION
+from shoal.contract import (
+    MANIFEST_FILENAME,
+    MANIFEST_SCHEMA_VERSION,
+    STEP_ENCODE,
+    STEP_POSTPROCESS,
+    STEP_TOKENIZE,
+    Dtype,
+    Runtime,
+    Task,
+    model_name_problem,
+    step_name,
+)
 
 
 class ManifestError(ValueError):
@@ -63,12 +78,13 @@ class Manifest:
     max_batch_size: int
     fused_attention: int  # attention blocks fused by onnxruntime's transformer optimizer
     onnx_opset: int
-    sha256: dict[str, str]  # relative path -> sha256 of the ONNX graph, tokenizer files
+    sha256: dict[str, str]  # repository-relative path -> sha256 of every file Triton reads
     source_sha256: str  # content hash of the inputs (checkpoint files + export options)
     parity: list[ParityResult]
     prefixes: dict[str, str] = field(default_factory=dict)  # "query"/"document" -> text prefix
     extra: dict[str, Any] = field(default_factory=dict)  # family-specific facts (markers, heads)
     versions: dict[str, str] = field(default_factory=dict)  # tool versions used to export
+    version: int = 1  # the Triton version folder of all four models (a re-export adds one)
     schema_version: int = MANIFEST_SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -76,27 +92,26 @@ class Manifest:
 
     def write(self, entry_dir: Path) -> Path:
         path = Path(entry_dir) / MANIFEST_FILENAME
-        path.write_text(self.to_json())
+        path.write_text(self.to_json(), encoding="utf-8")
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+    def from_dict(cls, data: Any, where: str = "manifest") -> Manifest:
+        """`data` (parsed JSON) checked against the schema; ManifestError names `where` (the file)
+        and the first field that does not fit."""
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: must be a JSON object, got {_json_type(data)}")
         version = data.get("schema_version")
         if version != MANIFEST_SCHEMA_VERSION:
             raise ManifestError(
-                f"manifest schema_version {version!r} is not {MANIFEST_SCHEMA_VERSION}; "
+                f"{where}: schema_version {version!r} is not {MANIFEST_SCHEMA_VERSION}; "
                 "re-export the model with this version of shoal"
             )
-        try:
-            data = dict(data)
-            for key in ("inputs", "outputs", "encoder_inputs", "encoder_outputs"):
-                data[key] = [TensorSpec(**t) for t in data[key]]
-            data["parity"] = [ParityResult(**p) for p in data["parity"]]
-            return cls(**data)
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(
-                f"manifest does not match schema {MANIFEST_SCHEMA_VERSION}: {exc}"
-            ) from exc
+        manifest = _build(cls, data, where, "")
+        problem = _semantic_problem(manifest)
+        if problem:
+            raise ManifestError(f"{where}: {problem}")
+        return manifest
 
     @classmethod
     def read(cls, entry_dir: Path) -> Manifest:
@@ -104,7 +119,151 @@ class Manifest:
         if not path.is_file():
             raise ManifestError(f"{path} not found: is {entry_dir} a shoal export?")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
+            text = path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise ManifestError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"{path} is not UTF-8 text: {exc}") from exc
+        return cls.parse(text, str(path))
+
+    @classmethod
+    def parse(cls, text: str | bytes, where: str) -> Manifest:
+        """A manifest from its JSON text (a file or an object-store object named `where`)."""
+        try:
+            if isinstance(text, bytes):
+                text = text.decode("utf-8")
+            data = json.loads(text)
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"{where} is not UTF-8 text: {exc}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ManifestError(f"{where} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data, where)
+
+
+# ------------------------------------------------------------------ schema checks
+# The dataclasses above are the schema: each field's annotation says what JSON it accepts.
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    names |= {int: "an integer", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return "any JSON value"
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(annotation)[0])}"
+    if origin is dict:
+        return f"an object of {_describe(typing.get_args(annotation)[1])}"
+    if dataclasses.is_dataclass(annotation):
+        return f"an object ({annotation.__name__})"
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(
+        annotation, "null" if annotation is type(None) else str(annotation)
+    )
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    if annotation is Any:
+        return True
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _convert(value: Any, annotation: Any, where: str, field_path: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [a for a in options if a is not type(None)]
+        return _convert(value, inner, where, field_path)
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(annotation)
+        return [_convert(v, item, where, f"{field_path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        _, item = typing.get_args(annotation)
+        return {k: _convert(v, item, where, f"{field_path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+        return _build(annotation, value, where, f"{field_path}.")
+    if origin is None and _fits(value, annotation):
+        return float(value) if annotation is float else value
+    shown = json.dumps(value)[:60] if not isinstance(value, dict | list) else _json_type(value)
+    raise ManifestError(
+        f"{where}: field {field_path!r} must be {_describe(annotation)}, got {shown}; "
+        "re-export the model"
+    )
+
+
+def _build(cls: type, data: dict[str, Any], where: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ManifestError(f"{where}: unknown field {prefix}{unknown[0]!r}; re-export the model")
+    values = {}
+    for name, spec in fields.items():
+        path = f"{prefix}{name}"
+        if name not in data:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise ManifestError(f"{where}: field {path!r} is missing; re-export the model")
+            continue
+        values[name] = _convert(data[name], hints[name], where, path)
+    return cls(**values)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _semantic_problem(manifest: Manifest) -> str | None:
+    """What a well-typed manifest may still get wrong: enums, bounds, hash keys."""
+    name_problem = model_name_problem(manifest.name)
+    if name_problem:
+        return f"field 'name': {name_problem}"
+    for field_name, enum in (("task", Task), ("runtime", Runtime), ("dtype", Dtype)):
+        value = getattr(manifest, field_name)
+        if value not in {e.value for e in enum}:
+            allowed = ", ".join(e.value for e in enum)
+            return f"field {field_name!r} is {value!r}, not one of {allowed}"
+    for field_name in ("max_length", "max_batch_size", "version"):
+        if getattr(manifest, field_name) < 1:
+            return f"field {field_name!r} must be >= 1, got {getattr(manifest, field_name)}"
+    for field_name in ("memory_bytes", "weights_bytes", "parameter_count"):
+        if getattr(manifest, field_name) < 0:
+            return f"field {field_name!r} must be >= 0, got {getattr(manifest, field_name)}"
+    for relative, digest in manifest.sha256.items():
+        problem = hashed_path_problem(manifest.name, manifest.version, relative)
+        if problem:
+            return f"field 'sha256': {problem}"
+        if not _SHA256.fullmatch(digest):
+            return f"field 'sha256.{relative}' is not a sha256 hex digest"
+    return None
+
+
+def hashed_path_problem(model: str, version: int, relative: str) -> str | None:
+    """Why `relative` (a sha256 key) is not a file of entry `model`'s version `version`: keys are
+    repository-relative POSIX paths inside one of the entry's four Triton models, never a path that
+    climbs out (`..`), an absolute one, or one of another model."""
+    parts = relative.split("/")
+    if relative.startswith("/") or "\\" in relative or any(p in ("", ".", "..") for p in parts):
+        return f"{relative!r} is not a plain relative path inside the entry"
+    folders = {
+        model,
+        *(step_name(model, s) for s in (STEP_TOKENIZE, STEP_ENCODE, STEP_POSTPROCESS)),
+    }
+    if len(parts) < 2 or parts[0] not in folders:
+        return f"{relative!r} is outside the entry's folders ({', '.join(sorted(folders))})"
+    if parts[1:] != ["config.pbtxt"] and parts[1] != str(version):
+        return f"{relative!r} is outside the entry's version folder {version}"
+    return None

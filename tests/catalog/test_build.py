@@ -20,7 +20,7 @@ from shoal.catalog.display import PlainProgress
 from shoal.catalog.planning import Action
 from shoal.cli import main
 from shoal.model_repository.layout import EntryLayout
-from shoal.model_repository.repository import check_repository
+from shoal.model_repository.repository import check_repository, read_entry
 from shoal.operator.crds import GROUP, MODEL_PLURAL, VERSION
 from tests.catalog.conftest import copy_checkpoint
 
@@ -158,9 +158,10 @@ def test_changing_options_or_checkpoint_files_rebuilds_only_those_models(
     assert rows["alpha"][1] == "skipped"
     assert rows["bravo"][1] == "built" and "inputs changed" in " ".join(rows["bravo"])
     assert rows["charlie"][1] == "built"
-    after = {
-        name: EntryLayout(workspace.repository, name).onnx_path.stat().st_mtime_ns for name in GOOD
-    }
+    entries = {name: read_entry(workspace.repository, name) for name in GOOD}
+    after = {name: entry.layout.onnx_path.stat().st_mtime_ns for name, entry in entries.items()}
+    versions = {name: entry.manifest.version for name, entry in entries.items()}
+    assert versions == {"alpha": 1, "bravo": 2, "charlie": 2}  # a rebuild is the next version
     assert after["alpha"] == onnx_mtime["alpha"]
     assert after["bravo"] != onnx_mtime["bravo"] and after["charlie"] != onnx_mtime["charlie"]
     assert all(r.ok for r in check_repository(workspace.repository))

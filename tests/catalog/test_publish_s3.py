@@ -3,15 +3,19 @@ spoken to by s3fs/aiobotocore exactly as AWS or MinIO would be)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from shoal.catalog.publishing import KEEP_FILENAME, DestinationError, RemoteRepository
+from shoal.catalog.publishing import DestinationError, RemoteRepository
 from shoal.cli import main
-from shoal.model_repository.layout import EntryLayout
+from shoal.contract import Runtime
+from shoal.manifest import Manifest
+from shoal.model_repository.entry import EntryOptions, write_entry
+from shoal.model_repository.layout import KEEP_FILENAME, EntryLayout
 from shoal.model_repository.repository import check_repository
 from tests.catalog.conftest import S3Server, copy_checkpoint
 
@@ -91,27 +95,39 @@ def test_a_missing_remote_file_plans_a_rebuild(published, capsys) -> None:
         fs.pipe_file(onnx, saved)
 
 
-def test_republishing_replaces_files_and_deletes_stale_ones(published, tmp_path) -> None:
-    """publish() of a staged entry over an existing one: new bytes in, old extras out, manifest
-    last. (Staged from a download of the published entry: no export needed.)"""
+def test_republishing_writes_the_next_version_and_deletes_the_previous_one(
+    published, tmp_path
+) -> None:
+    """A second publish of the built entry (its files staged again as version 2): the new version
+    in, the previous one and leftovers of older publishes out, the manifest last."""
     _, server, uri, _ = published
     fs = s3fs_for(server)
     base = f"{server.bucket}/models"
+    fs.pipe_file(f"{base}/alpha__encode/7/stale.bin", b"from an interrupted publish")
+    local = tmp_path / "downloaded"
+    fs.get(f"{base}/", str(local), recursive=True)
     remote = RemoteRepository(uri, server.storage_options)
     try:
-        staging = remote.export_repository()
-        for model in EntryLayout(staging, "alpha").triton_models:
-            fs.get(f"{base}/{model}/", str(staging / model), recursive=True)
-        fs.pipe_file(f"{base}/alpha__encode/1/stale.bin", b"from an older export")
-        (staging / "alpha" / "1" / KEEP_FILENAME).unlink()  # as an export leaves it: empty
-        tokenizer = EntryLayout(staging, "alpha").tokenizer_dir / "tokenizer.json"
-        tokenizer.write_text(tokenizer.read_text() + "\n")
+        assert remote.next_version("alpha") == 2
+        manifest = Manifest.read(local / "alpha")
+        staged = restage(local, remote.export_repository(), manifest, version=2)
         remote.publish("alpha")
     finally:
         remote.close()
-    assert not fs.exists(f"{base}/alpha__encode/1/stale.bin")
-    assert fs.exists(f"{base}/alpha/1/{KEEP_FILENAME}")
-    assert fs.cat_file(f"{base}/alpha__tokenize/1/tokenizer/tokenizer.json").endswith(b"\n")
+    keys = {k.removeprefix(f"{base}/") for k in fs.find(base)}
+    assert not any(k.split("/")[1] in ("1", "7") for k in keys if k.count("/") > 1), keys
+    assert f"alpha/2/{KEEP_FILENAME}" in keys
+    assert Manifest.parse(fs.cat_file(f"{base}/alpha/shoal.json"), "remote").version == 2
+    assert staged.version == 2
+
+
+def restage(local: Path, staging: Path, manifest: Manifest, version: int) -> Manifest:
+    """The entry under `local` written again into `staging` as `version` (no export needed)."""
+    layout = EntryLayout(local, manifest.name, manifest.version)
+    options = EntryOptions(runtime=Runtime(manifest.runtime))
+    new = dataclasses.replace(manifest, version=version)
+    write_entry(staging, new, layout.onnx_path, layout.tokenizer_dir, options)
+    return Manifest.read(staging / manifest.name)
 
 
 def test_a_missing_bucket_fails_before_any_export(
@@ -132,3 +148,84 @@ def test_storage_options_are_refused_for_local_folders(tmp_path: Path) -> None:
 
         open_destination(str(tmp_path), {"endpoint_url": "http://x"})
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _stage_sample(remote: RemoteRepository, sources: Path, version: int, max_length: int) -> None:
+    from shoal.contract import Task
+    from tests.model_repository.entries import write_graph, write_tokenizer
+    from tests.model_repository.sample_manifests import sample_manifest
+
+    manifest = dataclasses.replace(
+        sample_manifest(Task.EMBED, name="alpha"), version=version, max_length=max_length
+    )
+    manifest.extra["tokenization"]["max_length"] = max_length
+    sources.mkdir(parents=True, exist_ok=True)
+    graph = write_graph(manifest, sources / "model.onnx")
+    tokenizer = write_tokenizer(sources / "tokenizer")
+    write_entry(remote.export_repository(), manifest, graph, tokenizer, EntryOptions())
+
+
+def _remote_state(fs, base: str, local: Path) -> tuple[int, list[str]]:  # noqa: ANN001
+    """The version the bucket serves, after checking a download of it is whole."""
+    shutil.rmtree(local, ignore_errors=True)
+    fs.invalidate_cache()
+    fs.get(f"{base}/", str(local), recursive=True)
+    reports = check_repository(local)
+    return Manifest.read(local / "alpha").version, [p for r in reports for p in r.problems]
+
+
+@pytest.mark.parametrize("failure", [OSError, KeyboardInterrupt], ids=["error", "interrupt"])
+def test_a_publish_failing_at_any_upload_leaves_the_previous_version_whole(
+    s3_bucket: S3Server, tmp_path: Path, failure: type[BaseException]
+) -> None:
+    """Against the real S3 server: the upload of the new version fails (or is interrupted) at
+    each of its object writes in turn; every time, the bucket still serves version 1, complete
+    and unchanged. The failure is then in the removal of the old version: version 2 is served."""
+    fs = s3fs_for(s3_bucket)
+    uri, base = f"s3://{s3_bucket.bucket}/models", f"{s3_bucket.bucket}/models"
+    remote = RemoteRepository(uri, s3_bucket.storage_options)
+    try:
+        _stage_sample(remote, tmp_path / "v1", 1, 64)
+        remote.publish("alpha")
+        assert _remote_state(fs, base, tmp_path / "check") == (1, [])
+        writes = 0
+        original_put = remote.fs.put_file
+        while True:
+            writes += 1
+            version = remote.next_version("alpha")
+            _stage_sample(remote, tmp_path / f"v{version}", version, 32)
+            calls = []
+
+            def put_file(*args, _original=original_put, _at=writes, _calls=calls, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                _calls.append(args[1])
+                if len(_calls) == _at:
+                    raise failure("injected")
+                return _original(*args, **kwargs)
+
+            remote.fs.put_file = put_file
+            try:
+                remote.publish("alpha")
+            except (failure, DestinationError):
+                pass
+            else:
+                break  # every upload of this publish passed: the failures were all tried
+            finally:
+                remote.fs.put_file = original_put
+            assert _remote_state(fs, base, tmp_path / "check") == (1, []), (writes, calls[-1])
+        assert writes > 15  # version files, four configs and the manifest were each a failure point
+        assert _remote_state(fs, base, tmp_path / "check") == (version, [])
+
+        # A failure in deleting the previous version: the new one is served already, whole.
+        _stage_sample(remote, tmp_path / "last", remote.next_version("alpha"), 48)
+        original_rm = remote.fs.rm_file
+
+        def rm_file(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise failure("injected during cleanup")
+
+        remote.fs.rm_file = rm_file
+        with pytest.raises(failure):
+            remote.publish("alpha")
+        remote.fs.rm_file = original_rm
+        assert _remote_state(fs, base, tmp_path / "check") == (version + 1, [])
+    finally:
+        remote.close()

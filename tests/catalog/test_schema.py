@@ -167,3 +167,16 @@ def test_merge_keys_resolve_with_the_line_of_the_merged_value() -> None:
     assert document.value == {"base": {"x": 1}, "item": {"x": 1, "y": 2}}
     assert document.lines[("item", "x")] == 2
     assert document.lines[("item", "y")] == 5
+
+
+def test_nested_aliases_that_expand_past_the_bound_are_refused_with_their_line(
+    workdir: Path,
+) -> None:
+    laughs = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level, name in enumerate("bcdefghi"):
+        previous = "abcdefghi"[level]
+        laughs.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 10)}]")
+    text = "\n".join(laughs) + "\nmodels:\n  - name: x\n    source: a\n"
+    ((line, message),) = problems(text, workdir)
+    assert "expands to more than 100000 values" in message
+    assert line is not None and line <= len(laughs)

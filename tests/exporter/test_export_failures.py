@@ -8,6 +8,8 @@ import shutil
 import pytest
 
 from shoal.exporter import ExportError, ExportOptions, ParityError, export_model
+from shoal.model_repository.layout import EntryLayout
+from shoal.model_repository.repository import check_entry
 
 
 def copy_of(tiny_model, family, tmp_path):
@@ -87,16 +89,25 @@ def test_existing_name_needs_overwrite_and_is_then_swapped(exported, tiny_model)
         ExportOptions(max_length=48, overwrite=True, dims=16),
     )
     assert replaced.dims == 16 and sorted(p.name for p in repository.iterdir()) == before
-    export_model(
+    again = export_model(
         tiny_model("bert"), manifest.name, repository, ExportOptions(max_length=48, overwrite=True)
     )
+    # Each export is a new Triton version of all four models; the old version is gone.
+    assert (manifest.version, replaced.version, again.version) == (1, 2, 3)
+    for model in EntryLayout(repository, manifest.name).triton_models:
+        assert sorted(p.name for p in (repository / model).iterdir() if p.is_dir()) == ["3"]
+        assert "versions: [ 3 ]" in (repository / model / "config.pbtxt").read_text()
+    assert check_entry(repository, manifest.name).problems == []
 
 
-def test_a_foreign_folder_is_never_replaced(tmp_path, tiny_model):
+@pytest.mark.parametrize("folder", ["m", "m__tokenize", "m__postprocess"])
+def test_a_foreign_folder_is_never_replaced(tmp_path, tiny_model, folder):
     repository = tmp_path / "repo"
-    (repository / "m").mkdir(parents=True)
-    with pytest.raises(ExportError, match="not a shoal entry"):
+    (repository / folder).mkdir(parents=True)
+    (repository / folder / "theirs.txt").write_text("not shoal's\n")
+    with pytest.raises(ExportError, match=f"{folder} exist but are not a shoal entry"):
         export_model(tiny_model("bert"), "m", repository, ExportOptions(overwrite=True))
+    assert (repository / folder / "theirs.txt").read_text() == "not shoal's\n"
 
 
 @pytest.mark.slow

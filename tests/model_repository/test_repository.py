@@ -46,6 +46,58 @@ def test_check_names_a_missing_file(repository: Path) -> None:
     assert problems == [f"{layout.model}__postprocess/1/postprocessing.py is missing"]
 
 
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "__tokenize/1/model.py",
+        "__tokenize/1/tokenization.py",
+        "__tokenize/1/step.json",
+        "__tokenize/1/tokenizer/tokenizer_config.json",
+        "__postprocess/1/model.py",
+        "__postprocess/1/postprocessing.py",
+        "__postprocess/config.pbtxt",
+        "__encode/1/model.py",
+        "__encode/1/model.onnx",
+        "/config.pbtxt",
+    ],
+)
+def test_check_catches_a_change_to_any_file_triton_reads_or_executes(
+    repository: Path, relative: str
+) -> None:
+    layout = write_sample_entry(repository, Task.EMBED)
+    path = repository / f"{layout.model}{relative}"
+    with open(path, "ab") as handle:
+        handle.write(b"\n# changed\n")
+    problems = check_entry(repository, layout.model).problems
+    assert f"{layout.model}{relative}: sha256 does not match the manifest" in problems[0]
+
+
+def test_check_catches_a_file_added_to_a_version_folder(repository: Path) -> None:
+    layout = write_sample_entry(repository, Task.EMBED)
+    (layout.tokenize_dir / "1" / "sitecustomize.py").write_text("import os\n")
+    (problem,) = check_entry(repository, layout.model).problems
+    assert problem.startswith(f"{layout.model}__tokenize/1/sitecustomize.py is not hashed")
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("../outside/model.onnx", "is not a plain relative path"),
+        ("/etc/passwd", "is not a plain relative path"),
+        ("other__encode/1/model.onnx", "is outside the entry's folders"),
+        ("tiny-embed__encode/2/model.onnx", "is outside the entry's version folder 1"),
+        ("tiny-embed__encode/1/../../x", "is not a plain relative path"),
+    ],
+)
+def test_a_hash_key_outside_the_entry_is_refused(repository: Path, key: str, why: str) -> None:
+    layout = write_sample_entry(repository, Task.EMBED)
+    data = json.loads(layout.manifest_path.read_text())
+    data["sha256"][key] = "0" * 64
+    layout.manifest_path.write_text(json.dumps(data))
+    (problem,) = check_entry(repository, layout.model).problems
+    assert "field 'sha256'" in problem and why in problem and str(layout.manifest_path) in problem
+
+
 def test_check_catches_a_tampered_onnx_graph(repository: Path) -> None:
     layout = write_sample_entry(repository, Task.EMBED)
     with open(layout.onnx_path, "ab") as graph:
@@ -59,7 +111,8 @@ def test_check_reports_where_a_config_does_not_parse(repository: Path) -> None:
     layout = write_sample_entry(repository, Task.RERANK)
     config = layout.encode_dir / "config.pbtxt"
     config.write_text(config.read_text().replace("KIND_CPU", "KIND_TOASTER"))
-    (problem,) = check_entry(repository, layout.model).problems
+    problem, changed = check_entry(repository, layout.model).problems
+    assert changed.startswith(f"{layout.model}__encode/config.pbtxt: sha256 does not match")
     assert "config.pbtxt does not parse as a Triton model config" in problem
     assert "KIND_TOASTER" in problem
 
@@ -68,7 +121,8 @@ def test_check_catches_ensemble_outputs_that_differ_from_the_manifest(repository
     layout = write_sample_entry(repository, Task.EMBED)
     config = layout.ensemble_dir / "config.pbtxt"
     config.write_text(config.read_text().replace("dims: [ 16 ]", "dims: [ 8 ]"))
-    (problem,) = check_entry(repository, layout.model).problems
+    changed, problem = check_entry(repository, layout.model).problems
+    assert changed.startswith(f"{layout.model}/config.pbtxt: sha256 does not match")
     assert "outputs are [EMBEDDING FP32 [8]] but the manifest says [EMBEDDING FP32 [16]]" in problem
 
 
@@ -78,7 +132,8 @@ def test_check_catches_step_settings_that_disagree_with_the_manifest(repository:
     settings = json.loads(path.read_text())
     settings["tokenization"]["max_length"] = 9999
     path.write_text(json.dumps(settings))
-    (problem,) = check_entry(repository, layout.model).problems
+    changed, problem = check_entry(repository, layout.model).problems
+    assert changed.startswith(f"{layout.model}__tokenize/1/step.json: sha256 does not match")
     assert "step.json disagrees with the manifest on ['tokenization']" in problem
 
 
@@ -175,7 +230,7 @@ def test_shoal_repo_check_on_a_folder_that_does_not_exist(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["repo", "check", str(tmp_path / "nope")]) == 2
-    assert "is not a folder: give the model repository's path" in capsys.readouterr().err
+    assert "nope does not exist; give the model repository's folder" in capsys.readouterr().err
 
 
 def test_repo_list_shows_a_failure_first_else_the_served_dtype_closest_to_its_threshold() -> None:

@@ -61,6 +61,23 @@ def test_server_serves_a_python_model_and_stops_without_orphans(triton_server, t
     assert server.stop() == 0  # idempotent
 
 
+def test_a_temporary_log_outlives_restarts_and_is_removed_at_stop_a_named_one_stays(
+    triton_server, tmp_path
+):
+    write_doubler(tmp_path)
+    server = triton_server(tmp_path, load_models=["doubler"], log_path=None)
+    temporary = server.log_path
+    assert temporary is not None and temporary.is_file()
+    server.restart()
+    assert server.log_path == temporary and "successfully loaded 'doubler'" in server.log_text()
+    server.stop()
+    assert not temporary.exists()
+    named = tmp_path / "kept.log"
+    server = triton_server(tmp_path, load_models=["doubler"], log_path=named)
+    server.stop()
+    assert "successfully loaded 'doubler'" in named.read_text()
+
+
 def test_a_server_that_ignores_sigterm_is_killed_with_its_stubs(triton_server, tmp_path):
     write_doubler(tmp_path)
     server = triton_server(tmp_path, load_models=["doubler"])

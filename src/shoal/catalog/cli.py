@@ -84,10 +84,13 @@ def run(args: argparse.Namespace) -> int:
     from shoal.catalog.publishing import DestinationError
     from shoal.catalog.schema import CatalogError
     from shoal.errors import UserError
+    from shoal.model_repository.install import sigterm_as_interrupt
     from shoal.sizes import parse_size
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.manifests.exists() and not args.manifests.is_dir():
+        raise UserError(f"--manifests {args.manifests} is a file; give a folder")
     try:
         budget = parse_size(args.memory_budget) if args.memory_budget else None
     except ValueError as exc:
@@ -108,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     live = {"auto": None, "plain": False, "live": True}[args.progress]
     progress = choose_progress(sys.stdout, live)
     try:
-        report = run_build(options, progress, sys.stdout)
+        with sigterm_as_interrupt():  # SIGTERM stops the workers and cleans up as Ctrl-C does
+            report = run_build(options, progress, sys.stdout)
     except (CatalogError, DestinationError) as exc:
         progress.close()
         raise UserError(str(exc)) from exc

@@ -11,7 +11,6 @@ start first (shorter builds overall). When an export finishes, its entry is publ
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -240,7 +239,11 @@ class _Scheduler:
         return worker
 
     def _start(self, plan: PlannedModel, estimate: int) -> None:
-        options = replace(plan.model.export, overwrite=self.overwrite)
+        options = replace(
+            plan.model.export,
+            overwrite=self.overwrite,
+            version=self.destination.next_version(plan.model.name),
+        )
         worker = self._idle_worker()
         worker.connection.send(
             ExportJob(plan.model.name, plan.model.source, self.repository, options)
@@ -262,7 +265,7 @@ class _Scheduler:
             if outcome.detail:
                 log.error("export of %s failed unexpectedly:\n%s", name, outcome.detail)
             return ModelResult(name, Status.FAILED, outcome.error or "failed", elapsed)
-        manifest = Manifest.from_dict(json.loads(outcome.manifest_json or "{}"))
+        manifest = Manifest.parse(outcome.manifest_json or "", f"the manifest of {name}")
         try:
             self.destination.publish(name)
         except Exception as exc:  # noqa: BLE001 - object-store errors vary by backend

@@ -42,11 +42,15 @@ class PlannedModel:
 
 
 def input_hash(model: CatalogModel) -> tuple[str, int]:
-    """The exporter's source hash for this model's inputs, and the checkpoint's parameter count."""
+    """The exporter's source hash for this model's inputs, and the checkpoint's parameter count.
+    Raises ExportError when the checkpoint cannot have what the model asks (task, dims, max length,
+    family): the exporter's own planning, which reads config.json and the tokenizer, not torch."""
+    from shoal.exporter.adapters import detect_adapter
     from shoal.exporter.checkpoint import inspect_checkpoint
     from shoal.exporter.fingerprint import source_hash  # the exporter's own, torch-free
 
     checkpoint = inspect_checkpoint(model.source)
+    detect_adapter(checkpoint, model.export.family).plan(model.export)
     parameters = sum(
         parameter_count(checkpoint.path / f)
         for f in checkpoint.files

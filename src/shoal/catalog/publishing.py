@@ -4,19 +4,20 @@ Called by `shoal build` (planning reads manifests here; execution exports into
 `export_repository()` and then calls `publish`). Two kinds:
 
 - `LocalRepository`: the exporter writes straight into the folder; its own staging and renames make
-  each entry appear whole (steps first, ensemble last).
-- `RemoteRepository` (`s3://`, `gs://`, any fsspec URL): the exporter writes into a local staging
-  folder, then each file is uploaded through fsspec (s3fs / gcsfs, the `publish` extra). Order
-  keeps readers from taking a half entry for a whole one: an existing entry's manifest is deleted
-  first, the steps are uploaded, then the ensemble folder, and its manifest (`shoal.json`) last.
-  Files of an older version that the new one lacks are deleted. Object stores have no empty
-  folders, so an empty folder (the ensemble's version folder `1/`, which Triton requires) gets a
-  small `.shoal-keep` file.
+  each entry appear whole (shoal.model_repository.install).
+- `RemoteRepository` (`s3://`, `gs://`): the exporter writes into a local staging folder, then the
+  entry is uploaded through fsspec (s3fs / gcsfs, the `publish` extra), all or nothing. Each
+  export is a new Triton version N (manifest.version; every config pins it). The new version's
+  folders `<model>/N/` are uploaded first, beside the current version, which stays servable and
+  complete (its configs and manifest still name its own version). The switch comes last: the four
+  config.pbtxt (steps, then the ensemble) and then the manifest, with Ctrl-C/SIGTERM held until it
+  is done, and the previous configs put back if an upload of the switch fails. Only then are the
+  previous version's objects deleted. An interrupted publish leaves the previous version current;
+  the next one removes the unused objects it left.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -25,11 +26,11 @@ from typing import Any, Protocol
 
 from shoal.contract import MANIFEST_FILENAME
 from shoal.manifest import Manifest, ManifestError
+from shoal.model_repository.install import signals_held
 from shoal.model_repository.layout import EntryLayout
 
 log = logging.getLogger(__name__)
 
-KEEP_FILENAME = ".shoal-keep"  # stands for an empty folder in an object store
 CONFIG_FILENAME = "config.pbtxt"
 
 
@@ -52,14 +53,31 @@ class Destination(Protocol):
     def publish(self, name: str) -> None:
         """Make the exported entry `name` visible at the destination."""
 
+    def next_version(self, name: str) -> int | None:
+        """The Triton version an export of `name` should write (None: the exporter decides)."""
+
     def close(self) -> None: ...
+
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs")  # the object stores Triton itself reads
 
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def check_scheme(uri: str, what: str = "--repository") -> None:
+    """A URL's scheme must be one shoal publishes to (a folder has none, or file://)."""
+    scheme = uri.split("://", 1)[0] if is_remote(uri) else ""
+    if scheme and scheme not in REMOTE_SCHEMES:
+        raise DestinationError(
+            f"{what} {uri}: scheme {scheme}:// is not supported; give a folder, or "
+            + ", ".join(f"{s}://bucket/prefix" for s in REMOTE_SCHEMES)
+        )
+
+
 def open_destination(uri: str, storage_options: dict[str, Any] | None = None) -> Destination:
+    check_scheme(uri)
     if is_remote(uri):
         return RemoteRepository(uri, storage_options or {})
     if storage_options:
@@ -95,6 +113,9 @@ class LocalRepository:
     def publish(self, name: str) -> None:
         """The exporter already moved the entry into place."""
 
+    def next_version(self, name: str) -> int | None:
+        return None  # the exporter reads the entry's manifest beside its own staging
+
     def close(self) -> None:
         pass
 
@@ -113,7 +134,7 @@ class RemoteRepository:
             self.fs, root = fsspec.core.url_to_fs(
                 self.uri, skip_instance_cache=True, **storage_options
             )
-        except (ImportError, ValueError) as exc:
+        except (ImportError, ValueError, OSError) as exc:
             raise DestinationError(
                 f"cannot open {self.uri}: {exc} (for s3:// and gs:// install the `publish` extra: "
                 "pip install 'shoal[publish]')"
@@ -153,15 +174,13 @@ class RemoteRepository:
     def read_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
         path = self._path(name, MANIFEST_FILENAME)
         try:
-            data = json.loads(self.fs.cat_file(path))
+            raw = self.fs.cat_file(path)
         except FileNotFoundError:
             if self._files_under(name):
                 return None, f"{self.uri}/{name} has no {MANIFEST_FILENAME} (an incomplete upload)"
             return None, None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return None, f"{self.uri}/{name}/{MANIFEST_FILENAME} is not valid JSON: {exc}"
         try:
-            return Manifest.from_dict(data), None
+            return Manifest.parse(raw, f"{self.uri}/{name}/{MANIFEST_FILENAME}"), None
         except ManifestError as exc:
             return None, str(exc)
 
@@ -181,40 +200,106 @@ class RemoteRepository:
     def export_repository(self) -> Path:
         return self._staging
 
-    def publish(self, name: str) -> None:
-        staged = EntryLayout(self._staging, name)
-        if not staged.manifest_path.is_file():
-            raise DestinationError(f"nothing staged for {name!r} at {staged.ensemble_dir}")
-        manifest_object = self._path(name, MANIFEST_FILENAME)
-        if self.fs.exists(manifest_object):
-            self.fs.rm_file(manifest_object)  # the old entry is incomplete from now on
-        for model in staged.triton_models:
-            skip = {MANIFEST_FILENAME} if model == name else set()
-            self._upload_folder(staged.model_dir(model), model, skip)
-        self.fs.put_file(str(staged.manifest_path), manifest_object)
-        log.info("published %s to %s", name, self.uri)
-        for folder in staged.dirs:
-            shutil.rmtree(folder, ignore_errors=True)
+    def next_version(self, name: str) -> int | None:
+        manifest, _ = self.read_manifest(name)
+        return manifest.version + 1 if manifest is not None else self._highest_version(name) + 1
 
-    def _upload_folder(self, local: Path, triton_model: str, skip: set[str]) -> None:
-        wanted: dict[str, Path] = {}
-        for path in sorted(local.rglob("*")):
-            relative = path.relative_to(local).as_posix()
-            if path.is_file():
-                wanted[relative] = path
-            elif path.is_dir() and not any(path.iterdir()):
-                wanted[f"{relative}/{KEEP_FILENAME}"] = Path()
-        stale = self._files_under(triton_model) - set(wanted) - skip
-        for relative, path in wanted.items():
-            if relative in skip:
-                continue
-            target = self._path(triton_model, relative)
-            if path == Path():
-                self.fs.pipe_file(target, b"")
-            else:
-                self.fs.put_file(str(path), target)
-        for relative in sorted(stale):
-            self.fs.rm_file(self._path(triton_model, relative))
+    def _highest_version(self, name: str) -> int:
+        """The highest version folder of any of the entry's models (0: none), so that a version
+        left half-uploaded by an interrupted publish is never written over while in use."""
+        versions = [0]
+        for model in EntryLayout(Path("."), name).triton_models:
+            versions += [
+                int(f.split("/")[0]) for f in self._files_under(model) if f.split("/")[0].isdigit()
+            ]
+        return max(versions)
+
+    def publish(self, name: str) -> None:
+        staged_manifest = EntryLayout(self._staging, name).manifest_path
+        if not staged_manifest.is_file():
+            raise DestinationError(f"nothing staged for {name!r} at {staged_manifest.parent}")
+        try:
+            manifest = Manifest.read(staged_manifest.parent)
+            staged = EntryLayout(self._staging, name, manifest.version)
+            current, _ = self.read_manifest(name)
+            if current is not None and current.version >= manifest.version:
+                raise DestinationError(
+                    f"{self.uri}/{name} is at version {current.version}, the staged entry at "
+                    f"{manifest.version}: rebuild it (its version must be newer)"
+                )
+            self._upload_version(staged)
+            self._switch(staged, current)
+            log.info("published %s version %d to %s", name, manifest.version, self.uri)
+            self._remove_other_versions(staged)
+        finally:  # published or not, the staged copy is done with
+            for folder in EntryLayout(self._staging, name).dirs:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _upload_version(self, staged: EntryLayout) -> None:
+        """Every file of the new version folders; nothing current refers to them yet."""
+        for model in staged.triton_models:
+            local = staged.version_dir(model)
+            for path in sorted(p for p in local.rglob("*") if p.is_file()):
+                relative = path.relative_to(staged.model_dir(model)).as_posix()
+                self.fs.put_file(str(path), self._path(model, relative))
+
+    def _switch(self, staged: EntryLayout, current: Manifest | None) -> None:
+        """Configs (steps, then the ensemble), then the manifest; the previous ones are put back
+        if an upload fails. Interrupts wait until the switch is whole either way."""
+        objects = [
+            *(
+                (self._path(m, CONFIG_FILENAME), staged.model_dir(m) / CONFIG_FILENAME)
+                for m in staged.triton_models
+            ),
+            (self._path(staged.model, MANIFEST_FILENAME), staged.manifest_path),
+        ]
+        previous = {target: self._read_or_none(target) for target, _ in objects} if current else {}
+        with signals_held():
+            done: list[str] = []
+            try:
+                for target, local in objects:
+                    done.append(target)
+                    self.fs.put_file(str(local), target)
+            except BaseException as exc:
+                self._restore(done, previous, exc)
+                raise
+
+    def _read_or_none(self, target: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(target)
+        except FileNotFoundError:
+            return None
+
+    def _restore(
+        self, done: list[str], previous: dict[str, bytes | None], cause: BaseException
+    ) -> None:
+        log.warning(
+            "publishing failed during the switch (%r): putting the previous configs back", cause
+        )
+        for target in reversed(done):
+            old = previous.get(target)
+            try:
+                if old is None:
+                    self.fs.rm_file(target)
+                else:
+                    self.fs.pipe_file(target, old)
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - object-store errors vary by backend
+                raise DestinationError(
+                    f"publishing failed ({cause!r}) and putting back {target} failed too ({exc!r}): "
+                    f"rebuild with --force to publish a whole entry"
+                ) from exc
+
+    def _remove_other_versions(self, staged: EntryLayout) -> None:
+        """Objects of the entry that the new version does not use (the previous version, leftovers
+        of interrupted publishes)."""
+        keep_top = {CONFIG_FILENAME, MANIFEST_FILENAME}
+        for model in staged.triton_models:
+            for relative in sorted(self._files_under(model)):
+                first = relative.split("/")[0]
+                if first != staged.version_folder and relative not in keep_top:
+                    self.fs.rm_file(self._path(model, relative))
 
     def close(self) -> None:
         shutil.rmtree(self._staging, ignore_errors=True)

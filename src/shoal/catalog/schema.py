@@ -29,18 +29,29 @@ from pathlib import Path
 from typing import Any
 
 from shoal.catalog.yaml_lines import LocatedDocument, YamlSyntaxError, load_located
-from shoal.contract import Dtype, Pooling, Runtime, Task
+from shoal.contract import MODEL_NAME_MAX_LENGTH, Dtype, Pooling, Runtime, Task, model_name_problem
 from shoal.exporter.options import ExportOptions
 from shoal.model_repository.entry import EntryOptions, GpuAccelerator, InstanceKind
 from shoal.operator import crds
 from shoal.sizes import SizeError, parse_size
 
-# A model's name is both a Kubernetes resource name (InferenceModel metadata.name) and a Triton
-# model name (the ensemble); this is what both accept. "_" is out: Kubernetes refuses it, and
-# Triton step names use "__".
-NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-NAME_MAX_LENGTH = 253
-NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # DNS-1123 label
+# A model's name is both a Kubernetes resource name (InferenceModel metadata.name) and an entry
+# name (shoal.contract.model_name_problem, the rule every command shares); this is what both
+# accept. "_" is out: Kubernetes refuses it.
+NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+NAME_MAX_LENGTH = MODEL_NAME_MAX_LENGTH
+
+
+def is_valid_name(name: object) -> bool:
+    """Full match of both rules (a trailing newline is not a name)."""
+    return (
+        isinstance(name, str)
+        and NAME_PATTERN.fullmatch(name) is not None
+        and model_name_problem(name) is None
+    )
+
+
+NAMESPACE_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # DNS-1123 label
 NAMESPACE_MAX_LENGTH = 63
 
 
@@ -229,7 +240,7 @@ class _Validator:
                 continue
             model = self._model(item, defaults, where)
             name = item.get("name")
-            if isinstance(name, str) and NAME_PATTERN.match(name):
+            if is_valid_name(name):
                 line = self.document.line_of((*where, "name"))
                 if name in seen:
                     self.report(
@@ -264,9 +275,7 @@ class _Validator:
         name = item.get("name")
         if name is None:
             self.report(where, f"{label} has no name; add `name:`")
-        elif (
-            not isinstance(name, str) or not NAME_PATTERN.match(name) or len(name) > NAME_MAX_LENGTH
-        ):
+        elif not is_valid_name(name):
             self.report(
                 (*where, "name"),
                 f"name {name!r} is not valid: use lowercase letters, digits, '-' and '.', starting "
@@ -425,7 +434,7 @@ def _crd_problem(key: str, schema: dict[str, Any], value: Any) -> str | None:
     if expected == "string":
         if not isinstance(value, str) or not value:
             return f"{value!r} is not a non-empty string"
-        if "pattern" in schema and not re.match(schema["pattern"], value):
+        if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
             return f"{value!r} does not match {schema['pattern']}"
     return None
 
@@ -433,7 +442,7 @@ def _crd_problem(key: str, schema: dict[str, Any], value: Any) -> str | None:
 def _namespace_problem(value: Any) -> str | None:
     if (
         not isinstance(value, str)
-        or not NAMESPACE_PATTERN.match(value)
+        or not NAMESPACE_PATTERN.fullmatch(value)
         or len(value) > NAMESPACE_MAX_LENGTH
     ):
         return (

@@ -9,6 +9,7 @@ than a tiny model's export. Results travel as plain data (manifest JSON, or the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -53,15 +54,20 @@ def serve(connection: Connection, threads: int, log_level: int) -> None:
     )
     import torch
 
+    from shoal.model_repository.install import sigterm_as_interrupt
+
     torch.set_num_threads(threads)
-    while True:
-        try:
-            job = connection.recv()
-        except EOFError:  # the parent is gone
-            return
-        if job is None:
-            return
-        connection.send(run_job(job))
+    # The parent stops a busy worker with SIGTERM (an interrupted build): the export then unwinds
+    # as on Ctrl-C, removing its staging folder, and the process exits quietly.
+    with contextlib.suppress(KeyboardInterrupt), sigterm_as_interrupt():
+        while True:
+            try:
+                job = connection.recv()
+            except EOFError:  # the parent is gone
+                return
+            if job is None:
+                return
+            connection.send(run_job(job))
 
 
 def run_job(job: ExportJob) -> ExportOutcome:

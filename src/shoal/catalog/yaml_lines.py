@@ -14,6 +14,10 @@ from typing import Any
 
 import yaml
 
+# A catalog of a thousand models with every key set is ~30,000 values; nested aliases can make a
+# few lines expand to billions, which would take the whole machine's memory.
+MAX_NODES = 100_000
+
 Path_ = tuple[str | int, ...]  # ("models", 2, "task")
 
 
@@ -24,6 +28,7 @@ class LocatedDocument:
     value: Any
     lines: dict[Path_, int] = field(default_factory=dict)
     duplicate_keys: list[tuple[Path_, int, int]] = field(default_factory=list)  # path, first, again
+    nodes: int = 0  # values converted so far (aliases count each time they expand)
 
     def line_of(self, path: Path_) -> int | None:
         """The line of `path`, or of its closest located ancestor."""
@@ -43,7 +48,9 @@ class YamlSyntaxError(ValueError):
 
 
 def load_located(text: str) -> LocatedDocument:
-    """Parse one YAML document. An empty document gives `value=None`."""
+    """Parse one YAML document. An empty document gives `value=None`. Aliases and merge keys
+    work, but the expanded document is bounded (MAX_NODES): a few lines of nested aliases would
+    otherwise expand to billions of values."""
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -64,6 +71,13 @@ def load_located(text: str) -> LocatedDocument:
 
 
 def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, doc: LocatedDocument) -> Any:
+    doc.nodes += 1
+    if doc.nodes > MAX_NODES:
+        raise YamlSyntaxError(
+            f"the document expands to more than {MAX_NODES} values (nested aliases?): write the "
+            "values out, or put shared keys under `defaults:`",
+            node.start_mark.line + 1,
+        )
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves `<<` merge keys in place
         result: dict[Any, Any] = {}

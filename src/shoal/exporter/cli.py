@@ -74,10 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shoal.errors import UserError
+    from shoal.errors import UserError, local_folder_problem
     from shoal.exporter import ExportError, ExportOptions, export_model
     from shoal.exporter.parity import format_table
+    from shoal.model_repository.install import sigterm_as_interrupt
 
+    problem = local_folder_problem(args.repository, "--repository", must_exist=False)
+    if problem:
+        raise UserError(problem)
     try:
         options = ExportOptions(
             task=args.task,
@@ -95,7 +99,8 @@ def run_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             optimize=args.optimize,
         )
-        manifest = export_model(args.source, args.name, Path(args.repository), options)
+        with sigterm_as_interrupt():  # SIGTERM cleans up as Ctrl-C does
+            manifest = export_model(args.source, args.name, Path(args.repository), options)
     except (ExportError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     print(
@@ -109,10 +114,13 @@ def run_export(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shoal.errors import UserError
+    from shoal.errors import UserError, local_folder_problem
     from shoal.exporter import ExportError, verify_entry
     from shoal.exporter.parity import format_table
 
+    problem = local_folder_problem(args.entry, "entry", must_exist=True)
+    if problem:
+        raise UserError(problem)
     try:
         results = verify_entry(Path(args.entry))
     except ExportError as exc:

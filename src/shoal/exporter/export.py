@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from shoal.contract import (
     OUTPUT_SPARSE_VALUES,
     Dtype,
     Task,
+    model_name_problem,
 )
 from shoal.exporter.adapters import Adapter, detect_adapter
 from shoal.exporter.checkpoint import TOKENIZER_FILES, inspect_checkpoint
@@ -39,43 +38,53 @@ from shoal.exporter.options import ExportOptions, ExportPlan
 from shoal.exporter.parity import THRESHOLDS, check_parity, raise_on_failure
 from shoal.manifest import Manifest, ManifestError, ParityResult, TensorSpec
 from shoal.model_repository.entry import EntryError, write_entry
+from shoal.model_repository.install import (
+    InstallError,
+    foreign_folders,
+    install_entry,
+    staging_dir,
+)
 from shoal.model_repository.layout import EntryLayout
 from shoal.tokenization import TextEncoder
 
 log = logging.getLogger(__name__)
 
-# Triton model names: shoal adds `__<step>` to the entry name, so the name itself may not hold `__`.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
 # ------------------------------------------------------------------ checks before work
 
 
 def check_name(name: str) -> None:
-    if not NAME_PATTERN.match(name) or "__" in name:
-        raise ExportError(
-            f"model name {name!r} is not allowed: use letters, digits, '.', '-', '_' (start with a "
-            "letter or digit, at most 100 characters), without '__' (shoal names steps "
-            "<name>__tokenize etc.)"
-        )
+    problem = model_name_problem(name)
+    if problem:
+        raise ExportError(problem)
 
 
 def check_destination(layout: EntryLayout, overwrite: bool) -> None:
-    """An existing entry is replaced only when asked; a folder that is not a shoal entry never."""
-    existing = [d for d in layout.dirs if d.exists()]
-    if not existing:
-        return
-    if layout.ensemble_dir.exists() and not layout.manifest_path.is_file():
+    """An existing entry is replaced only when asked; folders that are not a shoal entry never."""
+    foreign = foreign_folders(layout)
+    if foreign:
         raise ExportError(
-            f"{layout.ensemble_dir} exists and is not a shoal entry (no {layout.manifest_path.name}); "
-            "shoal will not replace it: choose another --name or remove the folder"
+            f"{', '.join(map(str, foreign))} exist but are not a shoal entry (no "
+            f"{layout.manifest_path.name} in {layout.ensemble_dir}); shoal will not replace them: "
+            "choose another --name or remove the folders"
         )
-    if not overwrite:
+    existing = [d for d in layout.dirs if d.exists()]
+    if existing and not overwrite:
         raise ExportError(
             f"an entry named {layout.model!r} already exists in {layout.repository} "
             f"({', '.join(d.name for d in existing)}); pass --overwrite to replace it atomically, "
             "or choose another --name"
         )
+
+
+def next_version(layout: EntryLayout) -> int:
+    """The Triton version folder of a new export: one past the entry's current version, so that a
+    replica serving the old version never reads a file of the new one."""
+    if not layout.manifest_path.is_file():
+        return 1
+    try:
+        return Manifest.read(layout.ensemble_dir).version + 1
+    except ManifestError:
+        return 1  # an unreadable manifest: its entry is replaced whole all the same
 
 
 # ------------------------------------------------------------------ export
@@ -91,6 +100,8 @@ def export_model(
     options = options or ExportOptions()
     check_name(name)
     repository = Path(repository)
+    if repository.exists() and not repository.is_dir():
+        raise ExportError(f"--repository {repository} is a file; give a folder")
     layout = EntryLayout(repository, name)
     check_destination(layout, options.overwrite)
     checkpoint = inspect_checkpoint(source)
@@ -98,28 +109,28 @@ def export_model(
     plan = adapter.plan(options)
     log.info("exporting %s as %r (family %s, task %s)", source, name, plan.family, plan.task)
 
+    version = options.version or next_version(layout)
     repository.mkdir(parents=True, exist_ok=True)
-    staging = _staging_dir(repository, name)
+    staging = staging_dir(repository, name)
     try:
-        _build_entry(adapter, plan, options, name, staging)
-        _move_into_place(EntryLayout(staging / "repository", name), layout, staging)
+        _build_entry(adapter, plan, options, name, staging, version)
+        staged = EntryLayout(staging / "repository", name, version)
+        install_entry(staged, EntryLayout(repository, name, version), scratch=staging.parent)
+    except InstallError as exc:
+        raise ExportError(str(exc)) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("wrote %s", layout.ensemble_dir)
+    log.info("wrote %s (version %d)", layout.ensemble_dir, version)
     return Manifest.read(layout.ensemble_dir)
 
 
-def _staging_dir(repository: Path, name: str) -> Path:
-    """A fresh folder on the repository's filesystem (renames into place must not copy), outside
-    the repository when its parent is on the same filesystem (Triton never sees it)."""
-    parent = repository.resolve().parent
-    same_fs = os.access(parent, os.W_OK) and os.stat(parent).st_dev == os.stat(repository).st_dev
-    where = parent if same_fs else repository
-    return Path(tempfile.mkdtemp(prefix=f".shoal-staging-{name}-", dir=where))
-
-
 def _build_entry(
-    adapter: Adapter, plan: ExportPlan, options: ExportOptions, name: str, staging: Path
+    adapter: Adapter,
+    plan: ExportPlan,
+    options: ExportOptions,
+    name: str,
+    staging: Path,
+    version: int,
 ) -> Manifest:
     import torch
     from transformers import AutoTokenizer
@@ -168,6 +179,7 @@ def _build_entry(
         parity,
         optimization,
         parameter_count=sum(p.numel() for p in module.parameters()),
+        version=version,
     )
     try:
         write_entry(staging / "repository", manifest, final, tokenizer_dir, options.entry)
@@ -298,6 +310,7 @@ def build_manifest(
     optimization: dict[str, Any],
     *,
     parameter_count: int,
+    version: int = 1,
 ) -> Manifest:
     checkpoint = adapter.checkpoint
     config = checkpoint.config
@@ -357,33 +370,8 @@ def build_manifest(
         prefixes=plan.prefixes,
         extra=extra,
         versions=tool_versions(),
+        version=version,
     )
-
-
-# ------------------------------------------------------------------ moving into place
-
-
-def _move_into_place(staged: EntryLayout, target: EntryLayout, staging: Path) -> None:
-    """Rename each staged folder over the repository's, steps first, ensemble last. An old
-    folder is first renamed aside (into staging), and restored if a later rename fails."""
-    aside = staging / "replaced"
-    aside.mkdir()
-    moved: list[tuple[Path, Path | None]] = []
-    try:
-        for model in staged.triton_models:
-            source, destination = staged.model_dir(model), target.model_dir(model)
-            previous = None
-            if destination.exists():
-                previous = aside / model
-                os.rename(destination, previous)
-            moved.append((destination, previous))
-            os.rename(source, destination)
-    except OSError as exc:
-        for destination, previous in reversed(moved):
-            shutil.rmtree(destination, ignore_errors=True)
-            if previous is not None:
-                os.rename(previous, destination)
-        raise ExportError(f"could not move the entry into {target.repository}: {exc}") from exc
 
 
 # ------------------------------------------------------------------ verify
@@ -400,6 +388,7 @@ def verify_entry(entry: EntryLayout | str | Path) -> list[ParityResult]:
         manifest = Manifest.read(entry.ensemble_dir)
     except ManifestError as exc:
         raise ExportError(str(exc)) from exc
+    entry = EntryLayout(entry.repository, entry.model, manifest.version)
     if not entry.onnx_path.is_file():
         raise ExportError(f"{entry.onnx_path} not found: the entry {entry.model!r} is incomplete")
     checkpoint = inspect_checkpoint(manifest.source)

@@ -30,6 +30,7 @@ class ExportOptions:
     document_prefix: str | None = None
     family: str | None = None  # force an adapter instead of detecting it
     overwrite: bool = False  # replace an existing entry of the same name (atomically)
+    version: int | None = None  # Triton version to write; None: one past the entry's current
     optimize: bool = True  # onnxruntime transformer optimizer (fused attention)
     entry: EntryOptions = field(default_factory=EntryOptions)
 
@@ -55,7 +56,7 @@ class ExportOptions:
     def hashed_dict(self) -> dict[str, Any]:
         """The options that change the exported files (for the source hash)."""
         data = asdict(self)
-        for key in ("overwrite",):
+        for key in ("overwrite", "version"):  # where and as which version, not what
             data.pop(key)
         data["entry"] = {k: str(v) for k, v in data["entry"].items()}
         return data

@@ -16,13 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = repo.add_subparsers(dest="repo_command", required=True, metavar="ACTION")
 
     listing = commands.add_parser("list", help="one line per shoal entry of the repository")
-    listing.add_argument("repository", type=Path, metavar="DIR")
+    listing.add_argument("repository", metavar="DIR")
     listing.set_defaults(func=_list)
 
     check = commands.add_parser(
         "check", help="check entries: files, configs, hashes, inputs/outputs vs manifest"
     )
-    check.add_argument("repository", type=Path, metavar="DIR")
+    check.add_argument("repository", metavar="DIR")
     check.add_argument("names", nargs="*", metavar="NAME", help="entries to check (default: all)")
     check.set_defaults(func=_check)
 
@@ -59,12 +59,21 @@ def _rows(repository: Path) -> list[list[str]]:
     return rows
 
 
+def _repository(args: argparse.Namespace) -> Path:
+    from shoal.errors import UserError, local_folder_problem
+
+    problem = local_folder_problem(args.repository, "repository", must_exist=True)
+    if problem:
+        raise UserError(problem)
+    return Path(args.repository)
+
+
 def _list(args: argparse.Namespace) -> int:
     from shoal.errors import UserError
     from shoal.model_repository.repository import RepositoryError
 
     try:
-        rows = _rows(args.repository)
+        rows = _rows(_repository(args))
     except RepositoryError as exc:
         raise UserError(str(exc)) from exc
     if not rows:
@@ -84,7 +93,7 @@ def _check(args: argparse.Namespace) -> int:
     from shoal.model_repository.repository import RepositoryError, check_repository
 
     try:
-        reports = check_repository(args.repository, args.names or None)
+        reports = check_repository(_repository(args), args.names or None)
     except RepositoryError as exc:
         raise UserError(str(exc)) from exc
     if not reports:

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from shoal.contract import (
     Runtime,
 )
 from shoal.manifest import Manifest, TensorSpec
-from shoal.model_repository.layout import VERSION, EntryLayout
+from shoal.model_repository.layout import KEEP_FILENAME, EntryLayout
 
 log = logging.getLogger(__name__)
 
@@ -397,8 +397,10 @@ def render_configs(manifest: Manifest, options: EntryOptions) -> dict[str, str]:
     resolved = resolve_options(manifest, options)
     env = _environment()
     env.filters["pbtxt_string"] = json.dumps  # a JSON string literal is a valid pbtxt string
+    # Each model serves exactly the entry's version, and the ensemble calls exactly that version of
+    # its steps: a folder of another version (being published, or not yet removed) is never loaded.
     return {
-        key: env.get_template(_TEMPLATE_BY_CONTEXT[key]).render(**context)
+        key: env.get_template(_TEMPLATE_BY_CONTEXT[key]).render(version=manifest.version, **context)
         for key, context in config_contexts(manifest, resolved).items()
     }
 
@@ -460,18 +462,36 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
 # Writing
 
 
-@dataclass
-class _Copies:
-    """Files copied into the entry, relative to the repository root, for the manifest's hashes."""
+def _copy(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, destination)
 
-    root: Path
-    hashed: dict[str, str] = field(default_factory=dict)
 
-    def copy(self, source: Path, destination: Path, *, hashed: bool) -> None:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
-        if hashed:
-            self.hashed[destination.relative_to(self.root).as_posix()] = sha256_file(destination)
+def entry_files(layout: EntryLayout) -> list[Path]:
+    """Every file Triton reads or executes for the entry's version: each model's config.pbtxt and
+    everything in its version folder (byte-code caches aside: Python checks them against the
+    sources). The manifest is not among them (it holds their hashes)."""
+    files = []
+    for model in layout.triton_models:
+        config = layout.model_dir(model) / "config.pbtxt"
+        if config.is_file() or config.is_symlink():
+            files.append(config)
+        version_dir = layout.version_dir(model)
+        if version_dir.is_dir():
+            files += [
+                p
+                for p in sorted(version_dir.rglob("*"))
+                if not p.is_dir() and "__pycache__" not in p.relative_to(version_dir).parts
+            ]
+    return files
+
+
+def entry_hashes(layout: EntryLayout) -> dict[str, str]:
+    """sha256 of every file of `entry_files`, keyed by its repository-relative POSIX path."""
+    return {
+        path.relative_to(layout.repository).as_posix(): sha256_file(path)
+        for path in entry_files(layout)
+    }
 
 
 def sha256_file(path: Path) -> str:
@@ -510,11 +530,12 @@ def write_entry(
     tokenizer_dir: Path,
     options: EntryOptions,
 ) -> EntryLayout:
-    """Lay out the four Triton models of `manifest.name` under `staging_repository`.
+    """Lay out the four Triton models of `manifest.name` under `staging_repository`, in version
+    folder `manifest.version`.
 
     Copies the ONNX graph (and its external data) and the tokenizer files, renders every
     config.pbtxt, copies the step sources, and writes the manifest with `sha256` filled in for
-    every copied model file (paths relative to the repository root). The caller moves the staged
+    every file Triton reads (paths relative to the repository root). The caller moves the staged
     folders into the real repository.
     """
     staging_repository = Path(staging_repository)
@@ -528,12 +549,11 @@ def write_entry(
     configs = render_configs(manifest, options)
     settings = step_configs(manifest, options)
     resolved = resolve_options(manifest, options)
-    layout = EntryLayout(staging_repository, manifest.name)
+    layout = EntryLayout(staging_repository, manifest.name, manifest.version)
     existing = [d for d in layout.dirs if d.exists()]
     if existing:
         raise EntryError(f"staging folders already exist: {', '.join(map(str, existing))}")
 
-    copies = _Copies(staging_repository)
     step_dirs = {
         STEP_TOKENIZE: layout.tokenize_dir,
         STEP_ENCODE: layout.encode_dir,
@@ -541,50 +561,39 @@ def write_entry(
         "ensemble": layout.ensemble_dir,
     }
     for key, directory in step_dirs.items():
-        (directory / VERSION).mkdir(parents=True)
+        (directory / layout.version_folder).mkdir(parents=True)
         (directory / "config.pbtxt").write_text(configs[key])
 
     # encode: the graph, its external data, and (portable) the python step running it
-    copies.copy(onnx_path, layout.onnx_path, hashed=True)
+    # encode: the graph, its external data, and (portable) the python step running it
+    _copy(onnx_path, layout.onnx_path)
     for location in onnx_external_data_files(onnx_path):
-        copies.copy(onnx_path.parent / location, layout.onnx_path.parent / location, hashed=True)
+        _copy(onnx_path.parent / location, layout.onnx_path.parent / location)
+    version = layout.version_folder
     if resolved.runtime is Runtime.PORTABLE:
-        copies.copy(
-            STEP_SOURCES_DIR / "encode_portable.py",
-            layout.encode_dir / VERSION / "model.py",
-            hashed=False,
-        )
+        _copy(STEP_SOURCES_DIR / "encode_portable.py", layout.encode_dir / version / "model.py")
 
     # tokenize: the tokenizer files and the step with its standalone tokenization module
     for source in sorted(p for p in tokenizer_dir.rglob("*") if p.is_file()):
-        copies.copy(source, layout.tokenizer_dir / source.relative_to(tokenizer_dir), hashed=True)
-    copies.copy(
-        STEP_SOURCES_DIR / "tokenize.py", layout.tokenize_dir / VERSION / "model.py", hashed=False
-    )
-    copies.copy(
-        _module_source(TOKENIZATION_MODULE),
-        layout.tokenize_dir / VERSION / "tokenization.py",
-        hashed=False,
-    )
+        _copy(source, layout.tokenizer_dir / source.relative_to(tokenizer_dir))
+    _copy(STEP_SOURCES_DIR / "tokenize.py", layout.tokenize_dir / version / "model.py")
+    _copy(_module_source(TOKENIZATION_MODULE), layout.tokenize_dir / version / "tokenization.py")
 
     # postprocess: the step and its standalone postprocessing module
-    copies.copy(
-        STEP_SOURCES_DIR / "postprocess.py",
-        layout.postprocess_dir / VERSION / "model.py",
-        hashed=False,
-    )
-    copies.copy(
+    _copy(STEP_SOURCES_DIR / "postprocess.py", layout.postprocess_dir / version / "model.py")
+    _copy(
         _module_source(POSTPROCESSING_MODULE),
-        layout.postprocess_dir / VERSION / "postprocessing.py",
-        hashed=False,
+        layout.postprocess_dir / version / "postprocessing.py",
     )
 
+    (layout.version_dir(layout.model) / KEEP_FILENAME).write_bytes(b"")
     for key, setting in settings.items():
-        path = step_dirs[key] / VERSION / STEP_CONFIG_FILENAME
+        path = step_dirs[key] / version / STEP_CONFIG_FILENAME
         path.write_text(json.dumps(setting, indent=2, sort_keys=True) + "\n")
 
+    # Every file Triton reads or executes is hashed: configs, step code, settings, graph, tokenizer.
     written = dataclasses.replace(
-        manifest, runtime=resolved.runtime.value, sha256=dict(sorted(copies.hashed.items()))
+        manifest, runtime=resolved.runtime.value, sha256=dict(sorted(entry_hashes(layout).items()))
     )
     written.write(layout.ensemble_dir)
     log.info(

@@ -22,13 +22,23 @@ from shoal.contract import (
     step_name,
 )
 
-VERSION = "1"  # shoal writes one version per entry; a re-export replaces it atomically
+# An empty file in the ensemble's version folder: object stores have no empty folders, and Triton
+# needs that folder; written by every export, so it is hashed like every other file.
+KEEP_FILENAME = ".shoal-keep"
 
 
 @dataclass(frozen=True)
 class EntryLayout:
     repository: Path
     model: str
+    version: int = 1  # the Triton version folder all four models serve (manifest.version)
+
+    @property
+    def version_folder(self) -> str:
+        return str(self.version)
+
+    def version_dir(self, triton_model: str) -> Path:
+        return self.model_dir(triton_model) / self.version_folder
 
     @property
     def step_names(self) -> dict[str, str]:
@@ -64,11 +74,11 @@ class EntryLayout:
 
     @property
     def onnx_path(self) -> Path:
-        return self.encode_dir / VERSION / "model.onnx"
+        return self.encode_dir / self.version_folder / "model.onnx"
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.tokenize_dir / VERSION / "tokenizer"
+        return self.tokenize_dir / self.version_folder / "tokenizer"
 
     @property
     def dirs(self) -> list[Path]:

@@ -30,11 +30,12 @@ from shoal.model_repository.entry import (
     STEP_CONFIG_FILENAME,
     EntryError,
     EntryOptions,
+    entry_files,
     entry_tensors,
     sha256_file,
     step_configs,
 )
-from shoal.model_repository.layout import VERSION, EntryLayout
+from shoal.model_repository.layout import EntryLayout
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def read_entry(repository: Path, name: str) -> RepositoryEntry:
         manifest = Manifest.read(layout.ensemble_dir)
     except ManifestError as exc:
         return RepositoryEntry(name, layout, None, str(exc))
-    return RepositoryEntry(name, layout, manifest)
+    return RepositoryEntry(name, EntryLayout(Path(repository), name, manifest.version), manifest)
 
 
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -150,7 +151,7 @@ def check_entry(repository: Path, name: str) -> EntryReport:
 
     configs = _check_configs(layout, problems)
     _check_files(layout, runtime, problems)
-    _check_hashes(repository, layout, manifest, problems)
+    _check_hashes(layout, manifest, problems)
     try:
         tensors = entry_tensors(manifest)
     except EntryError as exc:
@@ -195,18 +196,22 @@ def _check_files(layout: EntryLayout, runtime: Runtime, problems: list[str]) -> 
     if runtime is Runtime.PORTABLE:
         step_dirs[STEP_ENCODE] = layout.encode_dir
     for step, directory in step_dirs.items():
-        required.update(directory / VERSION / f for f in STEP_MODULES[step])
+        required.update(directory / layout.version_folder / f for f in STEP_MODULES[step])
     for path in sorted(required):
         if not path.is_file():
             problems.append(f"{path.relative_to(layout.repository)} is missing")
 
 
-def _check_hashes(
-    repository: Path, layout: EntryLayout, manifest: Manifest, problems: list[str]
-) -> None:
-    onnx = layout.onnx_path.relative_to(repository).as_posix()
-    if onnx not in manifest.sha256:
-        problems.append(f"manifest: sha256 has no entry for {onnx}; re-export the model")
+def _check_hashes(layout: EntryLayout, manifest: Manifest, problems: list[str]) -> None:
+    """Every file Triton reads or executes is hashed in the manifest and still has that hash; a
+    file that is not hashed (added after the export) is a problem too."""
+    repository = layout.repository
+    present = {p.relative_to(repository).as_posix() for p in entry_files(layout)}
+    for relative in sorted(present - manifest.sha256.keys()):
+        problems.append(
+            f"{relative} is not hashed in the manifest (added or changed after export); "
+            "re-export the model"
+        )
     for relative, expected in sorted(manifest.sha256.items()):
         path = repository / relative
         if not path.is_file():
@@ -269,7 +274,7 @@ def _check_step_settings(
         problems.append(f"manifest: {exc}")
         return
     for step, settings in expected.items():
-        path = layout.model_dir(layout.step_names[step]) / VERSION / STEP_CONFIG_FILENAME
+        path = layout.version_dir(layout.step_names[step]) / STEP_CONFIG_FILENAME
         if not path.is_file():
             continue  # reported by _check_files
         try:

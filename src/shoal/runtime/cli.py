@@ -102,12 +102,13 @@ def _positive_seconds(text: str) -> float:
 
 # -- serve ----------------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
-    from shoal.errors import UserError  # noqa: PLC0415
+    from shoal.errors import UserError, local_folder_problem  # noqa: PLC0415
     from shoal.fleet.errors import FleetError  # noqa: PLC0415
     from shoal.fleet.placement import make_policy  # noqa: PLC0415
     from shoal.fleet.triton_control import TritonControlError  # noqa: PLC0415
     from shoal.router.settings import RouterSettings  # noqa: PLC0415
     from shoal.runtime.controller import PlacementRefused, UnknownModel  # noqa: PLC0415
+    from shoal.runtime.installation import TritonNotInstalled, locate_triton  # noqa: PLC0415
     from shoal.runtime.serve import (  # noqa: PLC0415
         LocalServing,
         RepositoryProblem,
@@ -117,6 +118,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from shoal.sizes import parse_size  # noqa: PLC0415
 
     _quiet_http_logs()
+    problem = local_folder_problem(args.repository, "repository", must_exist=True)
+    if problem:
+        raise UserError(problem)
+    try:
+        locate_triton()  # before anything starts: a missing Triton is one line, not a traceback
+    except TritonNotInstalled as exc:
+        raise UserError(str(exc)) from exc
     try:
         budget = parse_size(args.memory_budget) if args.memory_budget else None
         ports = {"http_port": args.http_port, "grpc_port": args.grpc_port}
@@ -176,7 +184,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except TritonCrashLoop as exc:
         print(f"shoal serve: error: {exc}", file=sys.stderr)
         return 1
-    except (TritonStartError, TritonControlError) as exc:
+    except (TritonStartError, TritonControlError, TritonNotInstalled) as exc:
         raise UserError(f"{exc}") from exc
     return 0
 
@@ -199,11 +207,15 @@ def _banner(serving) -> str:  # noqa: ANN001
 def run_quickstart_command(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from shoal.errors import UserError  # noqa: PLC0415
+    from shoal.errors import UserError, local_folder_problem  # noqa: PLC0415
     from shoal.runtime.installation import TritonNotInstalled  # noqa: PLC0415
     from shoal.runtime.quickstart import QuickstartError, run_quickstart  # noqa: PLC0415
 
     _quiet_http_logs()
+    if args.repository:
+        problem = local_folder_problem(args.repository, "--repository", must_exist=False)
+        if problem:
+            raise UserError(problem)
     try:
         run_quickstart(Path(args.repository) if args.repository else None)
     except (QuickstartError, TritonNotInstalled) as exc:

@@ -107,14 +107,13 @@ def _write_portable_encode(source: Path, target: Path, manifest: Manifest) -> No
         render_configs,
         step_configs,
     )
-    from shoal.model_repository.layout import VERSION  # noqa: PLC0415
 
     portable = dataclasses.replace(manifest, runtime=Runtime.PORTABLE.value)
     options = EntryOptions()
-    version = target / VERSION
+    version = target / str(manifest.version)  # the entry's version folder (manifest.version)
     version.mkdir(parents=True)
     (target / "config.pbtxt").write_text(render_configs(portable, options)[STEP_ENCODE])
-    for item in sorted((source / VERSION).iterdir()):  # model.onnx and its external data
+    for item in sorted((source / version.name).iterdir()):  # model.onnx and its external data
         (version / item.name).symlink_to(item)
     shutil.copyfile(STEP_SOURCES_DIR / "encode_portable.py", version / "model.py")
     settings = step_configs(portable, options)[STEP_ENCODE]

@@ -50,11 +50,17 @@ def minilm_source() -> Path:
 
 
 def ensure_exported(repository: Path) -> tuple[Manifest, bool]:
-    """The MiniLM entry of `repository`, exported now if missing or unreadable. Returns
-    (manifest, exported now?)."""
+    """The MiniLM entry of `repository`, exported now if missing, unreadable or not whole (e.g.
+    cached by an older shoal that hashed fewer files). Returns (manifest, exported now?)."""
+    from shoal.model_repository.repository import check_entry  # noqa: PLC0415  (protobuf)
+
     entry = repository / MODEL_NAME
     try:
-        return Manifest.read(entry), False
+        manifest = Manifest.read(entry)
+        problems = check_entry(repository, MODEL_NAME).problems
+        if not problems:
+            return manifest, False
+        log.warning("re-exporting %s: %s", MODEL_NAME, problems[0])
     except ManifestError as exc:
         if entry.exists():
             log.warning("re-exporting %s: %s", MODEL_NAME, exc)

@@ -104,6 +104,8 @@ class TritonServer:
         self._requested_ports = (http_port, grpc_port, metrics_port)
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._log_path_given = Path(log_path) if log_path else None
+        # A log in the temp folder (none given) is removed at stop; restarts keep appending to it.
+        self._temporary_log = log_path is None
         self.log_path: Path | None = None
         self.startup_timeout_s = startup_timeout_s
         self.exit_timeout_s = exit_timeout_s
@@ -178,7 +180,7 @@ class TritonServer:
     def restart(self) -> TritonServer:
         """Start again after the process died (or stop it first), on the same ports and log
         file, so that clients and the control loop keep their addresses."""
-        self.stop()
+        self._stop(remove_log=False)
         self._requested_ports = (self.http_port, self.grpc_port, self.metrics_port)
         if self.log_path is not None:
             self._log_path_given = self.log_path
@@ -292,9 +294,13 @@ class TritonServer:
                 time.sleep(0.05)
 
     def stop(self, timeout_s: float | None = None) -> int | None:
-        """Stop the server and everything it started. Returns its exit code (None if never run).
+        """Stop the server and everything it started, its temporary log included (a log file the
+        caller named stays). Returns its exit code (None if never run).
 
         Safe to call twice, and from a signal handler's aftermath."""
+        return self._stop(timeout_s, remove_log=True)
+
+    def _stop(self, timeout_s: float | None = None, *, remove_log: bool) -> int | None:
         process = self._process
         if process is None:
             return None
@@ -309,6 +315,8 @@ class TritonServer:
         if self._finalizer is not None:
             self._finalizer.detach()
         log.info("tritonserver stopped (exit code %s)", process.returncode)
+        if remove_log and self._temporary_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
         return process.returncode
 
     # -- diagnostics ----------------------------------------------------------------------------

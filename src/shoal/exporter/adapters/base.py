@@ -11,13 +11,11 @@ import logging
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from shoal.contract import Pooling, Task
 from shoal.exporter.checkpoint import Checkpoint
 from shoal.exporter.errors import ExportError
 from shoal.exporter.options import ExportOptions, ExportPlan
-from shoal.postprocessing import GRAPH_HIDDEN_STATES
 from shoal.tokenization import TokenizationError, tokenization_config
 
 log = logging.getLogger(__name__)
@@ -187,6 +185,8 @@ class Adapter:
 
     def graph_module(self, model: Any, plan: ExportPlan) -> Any:
         """A torch module: (input_ids, attention_mask[, token_type_ids]) -> graph outputs."""
+        from shoal.exporter.adapters.graph_modules import HiddenStates
+
         return HiddenStates(model, self.token_type_ids)
 
     def graph_input_names(self) -> list[str]:
@@ -205,23 +205,3 @@ class Adapter:
         inputs = {k: v for k, v in encoded.items() if k in self.graph_input_names()}
         hidden = model(**inputs).last_hidden_state[0]
         return reference.dense_outputs(hidden, plan)
-
-
-class HiddenStates(torch.nn.Module):
-    """Embedders: the last hidden state; pooling happens in the postprocess step."""
-
-    output_names = (GRAPH_HIDDEN_STATES,)
-
-    def __init__(self, model: Any, token_type_ids: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.takes_token_type_ids = token_type_ids
-
-    def call_model(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.takes_token_type_ids:
-            kwargs["token_type_ids"] = token_type_ids
-        return self.model(**kwargs)
-
-    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-        return self.call_model(input_ids, attention_mask, token_type_ids).last_hidden_state

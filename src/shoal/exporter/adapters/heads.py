@@ -3,10 +3,10 @@ bge-m3. They are detected before the plain encoders that share their model_type.
 
 from __future__ import annotations
 
+import json
 import string
+import struct
 from typing import Any
-
-import torch
 
 from shoal.contract import (
     OUTPUT_COLBERT_VECTORS,
@@ -15,19 +15,10 @@ from shoal.contract import (
     Pooling,
     Task,
 )
-from shoal.exporter import reference
-from shoal.exporter.adapters.base import Adapter, HiddenStates
+from shoal.exporter.adapters.base import Adapter
 from shoal.exporter.adapters.registry import register
 from shoal.exporter.errors import ExportError
 from shoal.exporter.options import ExportPlan
-from shoal.postprocessing import (
-    GRAPH_COLBERT_VECTORS,
-    GRAPH_HIDDEN_STATES,
-    GRAPH_LOGITS,
-    GRAPH_SPARSE_WEIGHTS,
-    GRAPH_TOKEN_VECTORS,
-    GRAPH_TOKEN_WEIGHTS,
-)
 
 
 def _architecture_endswith(checkpoint: Any, suffix: str) -> bool:
@@ -39,15 +30,6 @@ def _inputs(adapter: Adapter, encoded: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- reranker
-
-
-class Logits(HiddenStates):
-    """Cross-encoders: the classifier's logits (one score per pair)."""
-
-    output_names = (GRAPH_LOGITS,)
-
-    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-        return self.call_model(input_ids, attention_mask, token_type_ids).logits
 
 
 @register
@@ -75,9 +57,13 @@ class RerankerAdapter(Adapter):
         return {"num_labels": int(self.checkpoint.config.get("num_labels", 1) or 1)}
 
     def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        from shoal.exporter.adapters.graph_modules import Logits
+
         return Logits(model, self.token_type_ids)
 
     def reference(self, model: Any, plan: ExportPlan, encoded: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
         score = model(**_inputs(self, encoded)).logits[0, :1]
         if plan.postprocessing.get("score_activation") == "sigmoid":
             score = torch.sigmoid(score)
@@ -87,22 +73,23 @@ class RerankerAdapter(Adapter):
 # ---------------------------------------------------------------- ColBERT
 
 
-class ColbertVectors(torch.nn.Module):
-    output_names = (GRAPH_TOKEN_VECTORS,)
+def safetensors_shape(checkpoint: Any, key: str) -> list[int] | None:
+    """The shape of weight `key` from model.safetensors' JSON header (no tensor is read), or None
+    when the checkpoint has no such file or weight."""
+    if not checkpoint.has("model.safetensors"):
+        return None
+    try:
+        with open(checkpoint.path / "model.safetensors", "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        return [int(n) for n in header[key]["shape"]]
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
 
-    def __init__(self, model: Any, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.model = model
-        self.linear = linear
 
-    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-        hidden = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-        return self.linear(hidden)
+def _load_state_tensor(checkpoint: Any, key: str) -> Any:
+    import torch
 
-
-def _load_state_tensor(checkpoint: Any, key: str) -> torch.Tensor:
     if checkpoint.has("model.safetensors"):
         from safetensors import safe_open
 
@@ -141,7 +128,10 @@ class ColbertAdapter(Adapter):
         return self.checkpoint.read_json("artifact.metadata")
 
     def output_width(self, task: Task) -> int:
-        return int(_load_state_tensor(self.checkpoint, "linear.weight").shape[0])
+        shape = safetensors_shape(self.checkpoint, "linear.weight")  # no torch: plans stay light
+        if shape is None:
+            shape = list(_load_state_tensor(self.checkpoint, "linear.weight").shape)
+        return int(shape[0])
 
     def default_max_length(self) -> int | None:
         return self.metadata.get("doc_maxlen") or super().default_max_length()
@@ -179,6 +169,8 @@ class ColbertAdapter(Adapter):
         return {"colbert": {k: meta[k] for k in ("query_maxlen", "doc_maxlen", "dim") if k in meta}}
 
     def load(self) -> Any:
+        import torch
+
         model = super().load()
         weight = _load_state_tensor(self.checkpoint, "linear.weight")
         linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
@@ -188,9 +180,13 @@ class ColbertAdapter(Adapter):
         return model
 
     def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        from shoal.exporter.adapters.graph_modules import ColbertVectors
+
         return ColbertVectors(model, model.shoal_colbert_linear)
 
     def reference(self, model: Any, plan: ExportPlan, encoded: dict[str, Any]) -> dict[str, Any]:
+        from shoal.exporter import reference
+
         hidden = model(**_inputs(self, encoded)).last_hidden_state[0]
         vectors = model.shoal_colbert_linear(hidden)
         ids = encoded["input_ids"][0].tolist()
@@ -210,24 +206,6 @@ class ColbertAdapter(Adapter):
 # ---------------------------------------------------------------- SPLADE
 
 
-class SpladeWeights(torch.nn.Module):
-    """log1p(relu(MLM logits)), padding masked, max over tokens: [B, vocab] leaves the graph
-    instead of [B, T, vocab] (vocab ~30k: this cuts what travels to postprocess by T times)."""
-
-    output_names = (GRAPH_SPARSE_WEIGHTS,)
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-        logits = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).logits
-        weights = torch.log1p(torch.relu(logits)) * attention_mask.unsqueeze(-1).to(logits.dtype)
-        return weights.max(dim=1).values
-
-
 @register
 class SpladeAdapter(Adapter):
     name = "splade"
@@ -245,9 +223,15 @@ class SpladeAdapter(Adapter):
         )
 
     def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        from shoal.exporter.adapters.graph_modules import SpladeWeights
+
         return SpladeWeights(model)
 
     def reference(self, model: Any, plan: ExportPlan, encoded: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        from shoal.exporter import reference
+
         logits = model(**_inputs(self, encoded)).logits[0]
         weights = torch.log1p(torch.relu(logits)).max(dim=0).values
         ids = torch.arange(weights.shape[0])
@@ -256,35 +240,6 @@ class SpladeAdapter(Adapter):
 
 
 # ---------------------------------------------------------------- bge-m3
-
-
-class BgeM3Outputs(torch.nn.Module):
-    output_names = (GRAPH_HIDDEN_STATES, GRAPH_TOKEN_WEIGHTS, GRAPH_COLBERT_VECTORS)
-
-    def __init__(self, model: Any, sparse_linear: Any, colbert_linear: Any) -> None:
-        super().__init__()
-        self.model = model
-        self.sparse_linear = sparse_linear
-        self.colbert_linear = colbert_linear
-
-    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        token_weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
-        return hidden, token_weights, self.colbert_linear(hidden[:, 1:])
-
-
-def _load_linear(checkpoint: Any, filename: str) -> torch.nn.Linear:
-    path = checkpoint.path / filename
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        weight = state["weight"]
-    except Exception as exc:  # torch raises many kinds on a corrupt file
-        raise ExportError(
-            f"{path} is not a readable Linear state dict ({exc}); restore it"
-        ) from exc
-    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
-    linear.load_state_dict(state)
-    return linear.eval()
 
 
 @register
@@ -311,14 +266,22 @@ class BgeM3Adapter(Adapter):
 
     def load(self) -> Any:
         model = super().load()
-        model.shoal_sparse_linear = _load_linear(self.checkpoint, "sparse_linear.pt")
-        model.shoal_colbert_linear = _load_linear(self.checkpoint, "colbert_linear.pt")
+        from shoal.exporter.adapters.graph_modules import load_linear
+
+        model.shoal_sparse_linear = load_linear(self.checkpoint, "sparse_linear.pt")
+        model.shoal_colbert_linear = load_linear(self.checkpoint, "colbert_linear.pt")
         return model
 
     def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        from shoal.exporter.adapters.graph_modules import BgeM3Outputs
+
         return BgeM3Outputs(model, model.shoal_sparse_linear, model.shoal_colbert_linear)
 
     def reference(self, model: Any, plan: ExportPlan, encoded: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        from shoal.exporter import reference
+
         hidden = model(**_inputs(self, encoded)).last_hidden_state[0]
         out = reference.dense_outputs(hidden, plan)
         weights = torch.relu(model.shoal_sparse_linear(hidden)).squeeze(-1)

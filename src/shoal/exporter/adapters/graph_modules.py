@@ -1,0 +1,128 @@
+"""The torch modules each family exports (input tensors -> graph outputs), and the small head
+weights they load. Imported only when an export runs: planning an export (`shoal build --dry-run`,
+the checks before any work) needs no torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from shoal.exporter.errors import ExportError
+from shoal.postprocessing import (
+    GRAPH_COLBERT_VECTORS,
+    GRAPH_HIDDEN_STATES,
+    GRAPH_LOGITS,
+    GRAPH_SPARSE_WEIGHTS,
+    GRAPH_TOKEN_VECTORS,
+    GRAPH_TOKEN_WEIGHTS,
+)
+
+
+class HiddenStates(torch.nn.Module):
+    """Embedders: the last hidden state; pooling happens in the postprocess step."""
+
+    output_names = (GRAPH_HIDDEN_STATES,)
+
+    def __init__(self, model: Any, token_type_ids: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.takes_token_type_ids = token_type_ids
+
+    def call_model(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.takes_token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.model(**kwargs)
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+        return self.call_model(input_ids, attention_mask, token_type_ids).last_hidden_state
+
+
+class Logits(HiddenStates):
+    """Cross-encoders: the classifier's logits (one score per pair)."""
+
+    output_names = (GRAPH_LOGITS,)
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+        return self.call_model(input_ids, attention_mask, token_type_ids).logits
+
+
+class DecoderHiddenStates(torch.nn.Module):
+    """Positions count real tokens only (0 at each text's first token), so a left-padded text
+    gets the same positions, and the same vector, as when it is alone: results never depend on
+    which requests share a batch."""
+
+    output_names = (GRAPH_HIDDEN_STATES,)
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+
+
+class ColbertVectors(torch.nn.Module):
+    output_names = (GRAPH_TOKEN_VECTORS,)
+
+    def __init__(self, model: Any, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.model = model
+        self.linear = linear
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        return self.linear(hidden)
+
+
+class SpladeWeights(torch.nn.Module):
+    """log1p(relu(MLM logits)), padding masked, max over tokens: [B, vocab] leaves the graph
+    instead of [B, T, vocab] (vocab ~30k: this cuts what travels to postprocess by T times)."""
+
+    output_names = (GRAPH_SPARSE_WEIGHTS,)
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        logits = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+        weights = torch.log1p(torch.relu(logits)) * attention_mask.unsqueeze(-1).to(logits.dtype)
+        return weights.max(dim=1).values
+
+
+class BgeM3Outputs(torch.nn.Module):
+    output_names = (GRAPH_HIDDEN_STATES, GRAPH_TOKEN_WEIGHTS, GRAPH_COLBERT_VECTORS)
+
+    def __init__(self, model: Any, sparse_linear: Any, colbert_linear: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.sparse_linear = sparse_linear
+        self.colbert_linear = colbert_linear
+
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        token_weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
+        return hidden, token_weights, self.colbert_linear(hidden[:, 1:])
+
+
+def load_linear(checkpoint: Any, filename: str) -> torch.nn.Linear:
+    path = checkpoint.path / filename
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        weight = state["weight"]
+    except Exception as exc:  # torch raises many kinds on a corrupt file
+        raise ExportError(
+            f"{path} is not a readable Linear state dict ({exc}); restore it"
+        ) from exc
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
+    linear.load_state_dict(state)
+    return linear.eval()
