@@ -188,3 +188,16 @@ async def test_eviction_waits_until_the_victim_released_its_memory_before_loadin
     assert result.loaded_on == ["r0"]
     assert [e.entry for e in result.evictions] == ["old"]
     assert memory.states_at_load["old__encode"] == "UNAVAILABLE"
+
+
+async def test_a_blocker_of_higher_priority_is_named_as_such_not_as_pinned():
+    placer, replica, memory, budget = _setup({"vip": 1, "pin": 2}, budget_models=2)
+    known = {
+        "vip": _known("vip", priority=5),
+        "pin": _known("pin", pinned=True),
+        "new": _known("new"),
+    }
+    result = await placer.place(known["new"], 100 * MiB, 1, [replica], budget, known, True)
+    assert result.loaded_on == []
+    assert "higher priority: vip" in result.blocked and "pinned: pin" in result.blocked
+    assert "pinned: pin, vip" not in result.blocked

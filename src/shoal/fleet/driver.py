@@ -231,8 +231,13 @@ class ReplicaDriver:
                     memory_bytes=self._memory_of(entry, residents),
                     loaded=True,
                     loading=loading,
-                    # A higher priority than the incoming model protects like a pin.
-                    pinned=bool(owner and (owner.pinned or owner.priority > incoming_priority)),
+                    pinned=bool(owner and owner.pinned),
+                    # A higher priority than the incoming model protects like a pin, named so.
+                    protected=(
+                        "higher priority"
+                        if owner and owner.priority > incoming_priority
+                        else ""
+                    ),
                     in_flight=in_flight + (owner.in_use if owner else 0),
                     last_used=float(last_used),
                     load_cost_s=self._load_cost(entry),

@@ -27,7 +27,9 @@ from shoal.manifest import Manifest, ManifestError
 
 log = logging.getLogger(__name__)
 
-REMOVE_DEADLINE_S = 30.0  # a removal gives up on a replica that does not answer within this
+REMOVE_DEADLINE_S = 30.0
+# Eviction.for_entry of an eviction no model asked for (a replica brought within its budget).
+FOR_BUDGET = "budget"  # a removal gives up on a replica that does not answer within this
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ class Placer:
             except ReplicaUnreachable as exc:
                 log.info("budget not enforced on %s: %s", replica.name, exc)
                 continue
-            evictions.extend(Eviction(replica.name, e, "budget") for e in evicted)
+            evictions.extend(Eviction(replica.name, e, FOR_BUDGET) for e in evicted)
         return evictions
 
     async def models_per_replica(self, replicas: Sequence[Replica]) -> dict[str, int]:

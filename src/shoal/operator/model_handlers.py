@@ -25,7 +25,7 @@ from typing import Any
 
 import kopf
 
-from shoal.fleet.placer import KnownModel, PlacementResult
+from shoal.fleet.placer import FOR_BUDGET, KnownModel, PlacementResult
 from shoal.manifest import Manifest, ManifestError
 from shoal.operator import metrics
 from shoal.operator.conditions import set_condition, status_changes
@@ -47,7 +47,6 @@ from shoal.operator.specs import ModelSpec, PoolSpec, SpecError, model_spec, poo
 from shoal.sizes import format_size
 
 MODEL = (GROUP, VERSION, MODEL_PLURAL)
-BUDGET = "budget"  # Placer.enforce_budget's Eviction.for_entry: no model asked for the room
 POOL = (GROUP, VERSION, POOL_PLURAL)
 log = logging.getLogger(__name__)
 
@@ -472,7 +471,7 @@ def announce_evictions(
     for eviction in evictions:
         why = (
             f"to make room for {eviction.for_entry} (eviction policy)"
-            if eviction.for_entry not in ("", BUDGET)
+            if eviction.for_entry not in ("", FOR_BUDGET)
             else "to bring the replica within the pool's memoryPerReplica"
         )
         message = f"evicted {eviction.entry} from replica {eviction.replica} {why}"
