@@ -181,6 +181,13 @@ def test_a_clients_restricted_api_header_is_dropped(restricted_triton) -> None:
         rpc = grpcclient.InferenceServerClient(running.grpc_address)
         with pytest.raises(InferenceServerException, match="restricted"):
             rpc.get_model_config("alpha", headers=headers)
+        # Over gRPC, Triton reads the header under its protocol prefix: that spelling passes
+        # straight to Triton and is dropped by the router.
+        grpc_headers = {"triton-grpc-protocol-shoal-admin-key": "secret"}
+        direct_rpc = grpcclient.InferenceServerClient(restricted_triton.grpc_address)
+        assert direct_rpc.get_model_config("alpha", headers=grpc_headers).config.name == "alpha"
+        with pytest.raises(InferenceServerException, match="restricted"):
+            rpc.get_model_config("alpha", headers=grpc_headers)
 
 
 def test_unknown_grpc_methods_are_unimplemented(router) -> None:

@@ -57,7 +57,10 @@ class GrpcFrontDoor(grpc.GenericRpcHandler):
         self.router = router
         self.settings = settings
         self.upstream = GrpcUpstream(settings.max_grpc_message_bytes)
-        self._dropped = {*DROPPED_METADATA, settings.restricted_api_header.lower()}
+        header = settings.restricted_api_header.lower()
+        # Triton 2.51 reads a gRPC restricted-protocol header with this prefix (its refusal
+        # message names it); drop both spellings.
+        self._dropped = {*DROPPED_METADATA, header, f"triton-grpc-protocol-{header}"}
         own: dict[str, Unary] = {
             "ServerLive": self.server_live,
             "ServerReady": self.server_live,
