@@ -39,7 +39,10 @@ MEMORY_PATTERN = (
     rf"|[0-9]{{1,3}}{_FRACTION}[eE]\+?[0-9]{{1,2}}"
     r")$"
 )
-MAX_MEMORY_BYTES = 2**63 - 1
+# The API server holds a schema's `maximum` as a float64: 2**63 - 1 rounds up to 2**63, which
+# overflows to -2**63 when compared with an integer and refuses every value. 2**53 (8 PiB) is
+# exact in a float64 and far above any replica's memory.
+MAX_MEMORY_BYTES = 2**53
 # Bounds that keep every count within what Deployments (int32 replicas), KEDA and the status
 # hold, and far above any real pool: a value beyond them is a typing mistake.
 MAX_REPLICAS = 1000
