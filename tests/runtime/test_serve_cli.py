@@ -83,7 +83,7 @@ def test_serve_embed_and_sigterm(tmp_path, tiny_model):
 
 def test_serve_names_a_missing_repository(tmp_path):
     done = shoal("serve", str(tmp_path / "nothing"))
-    assert done.returncode == 2 and "nothing" in done.stderr and "is not a folder" in done.stderr
+    assert done.returncode == 2 and "nothing" in done.stderr and "does not exist" in done.stderr
 
 
 def test_serve_rejects_an_unreadable_budget(tmp_path):
