@@ -76,8 +76,11 @@ def test_missing_source_and_bad_names_and_options(tmp_path, tiny_model):
 
 
 @pytest.mark.slow
-def test_existing_name_needs_overwrite_and_is_then_swapped(exported, tiny_model):
-    repository, manifest = exported("bert")
+def test_existing_name_needs_overwrite_and_is_then_swapped(exported, tiny_model, tmp_path):
+    shared, manifest = exported("bert")
+    # A copy: the session's exported entries are shared with other tests, never rewritten.
+    repository = tmp_path / "repository"
+    shutil.copytree(shared, repository)
     before = sorted(p.name for p in repository.iterdir())
     with pytest.raises(ExportError, match="already exists.*--overwrite"):
         export_model(tiny_model("bert"), manifest.name, repository)
