@@ -83,6 +83,8 @@ CASES = [
     Case(("serve", "{dir}/repo"), "listy/shoal.json: must be a JSON object"),
     Case(("serve", "{dir}/empty"), "nvidia-pytriton is not installed", env="no-triton"),
     Case(("serve", "{dir}/good-repo", "--memory-budget", "lots"), "'lots'"),
+    Case(("serve", "{dir}/good-repo", "--load-timeout", "0"), "'0' must be more than 0 seconds"),
+    Case(("serve", "{dir}/good-repo", "--load-timeout", "soon"), "'soon' is not a number"),
     Case(("serve", "{dir}/good-repo", "--memory-budget", "1.5m"), "'1.5m'"),
     Case(("serve", "{dir}/good-repo", "--http-port", "eighty"), "'eighty'"),
     Case(("serve", "{dir}/good-repo", "--policy", "random"), "'random'"),
