@@ -37,6 +37,9 @@ class MemoryReplica:
     async def observe(self) -> ReplicaObservation:
         return ReplicaObservation(states=dict(self.states), last_inference_ms=dict(self.last))
 
+    async def ready_models(self) -> set[str]:
+        return {name for name, state in self.states.items() if state == "READY"}
+
     async def load(self, name: str, timeout_s: float = 0.0) -> None:
         if self.fail:
             raise LoadFailed(name, self.replica.name, self.fail)

@@ -63,9 +63,10 @@ class Kube:
         """What the endpoints controller would write for ready pods: their IPs (each test
         replica's network-namespace address, `bind_address`) grouped by ports, named after the
         pod. A replica is a TritonServer or anything with bind_address/http_port/metrics_port."""
-        by_ports: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        by_ports: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
         for pod, server in sorted(replicas.items()):
-            by_ports.setdefault((server.http_port, server.metrics_port), []).append(
+            ports = (server.http_port, server.metrics_port, getattr(server, "grpc_port", 0))
+            by_ports.setdefault(ports, []).append(
                 {
                     "ip": server.bind_address,
                     "targetRef": {"kind": "Pod", "name": pod, "namespace": self.namespace},
@@ -77,9 +78,10 @@ class Kube:
                 "ports": [
                     {"name": "http", "port": http, "protocol": "TCP"},
                     {"name": "metrics", "port": metrics, "protocol": "TCP"},
+                    *([{"name": "grpc", "port": grpc, "protocol": "TCP"}] if grpc else []),
                 ],
             }
-            for (http, metrics), addresses in sorted(by_ports.items())
+            for (http, metrics, grpc), addresses in sorted(by_ports.items())
         ]
         body = {
             "apiVersion": "v1",

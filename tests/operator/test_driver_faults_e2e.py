@@ -160,3 +160,50 @@ def test_operator_killed_during_a_load_resumes_without_loading_twice(
     # The restarted operator did not load it again.
     assert _successful_loads(replica, "resumed") == 1, "\n".join(loads) + operator_log
     print(f"converged {took:.1f} s after the operator restart")
+
+
+def test_status_follows_a_replica_that_restarted_empty_within_two_seconds(
+    kube, repository, start_replica, tmp_path
+):
+    """A Triton that restarts between two readiness probes never leaves the endpoints, and no
+    handler of the model runs: the placement observer sees the model gone, writes the truth
+    within 2 s (the router routes by it) and loads the model back. The drift timer is set to
+    5 minutes here so that it cannot be what answers."""
+    write_entry(repository, "kept", 50 * MiB)
+    replica = start_replica(repository)
+    create_pool(kube, repository, {"gpu-a-0": replica})
+    env = {**os.environ, "SHOAL_OPERATOR_DRIFT_INTERVAL_S": "300"}
+    log = open(tmp_path / "operator.log", "ab")  # noqa: SIM115  (closed with the process)
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "kopf", "run", "-m", "shoal.operator.handlers",
+         "--standalone", "--namespace", kube.namespace],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        kube.create("inferencemodels", "InferenceModel", "kept", {"pool": POOL})
+        status = wait_phase(kube, "kept", "Ready", CONVERGE_S)
+        assert status["replicas"] == ["gpu-a-0"]
+        assert status["replicaAddresses"] == [{
+            "pod": "gpu-a-0",
+            "http": f"{replica.bind_address}:{replica.http_port}",
+            "grpc": f"{replica.bind_address}:{replica.grpc_port}",
+        }]  # fmt: skip
+
+        os.kill(replica.pid, signal.SIGKILL)
+        replica.stop()
+        restarted = start_replica(repository, host=replica.host)  # same pod, same address
+        started = time.monotonic()
+        wait_for(lambda: not model_status(kube, "kept").get("replicas"), 10,
+                 what="status.replicas emptied")  # fmt: skip
+        noticed = time.monotonic() - started
+        wait_for(lambda: model_status(kube, "kept").get("replicas") == ["gpu-a-0"]
+                 and model_status(kube, "kept").get("phase") == "Ready", CONVERGE_S,
+                 what="the model loaded again")  # fmt: skip
+        back = time.monotonic() - started
+        assert len(infer(restarted, "kept")) == EMBEDDING_DIMS
+    finally:
+        operator.send_signal(signal.SIGTERM)
+        operator.wait(timeout=30)
+    operator_log = (tmp_path / "operator.log").read_text(errors="replace")[-4000:]
+    assert noticed < 2.0, operator_log
+    print(f"status emptied {noticed:.1f} s after the restart, loaded again after {back:.1f} s")

@@ -145,6 +145,33 @@ class Placer:
                 errors[replica.name] = result
         return seen, errors
 
+    async def ready_models(
+        self, replicas: Sequence[Replica]
+    ) -> tuple[dict[str, set[str]], dict[str, str]]:
+        """The Triton models READY on each replica that answers (one index call each, without
+        the driver's lock: a look, not a control call), and errors of those that do not."""
+
+        async def look(replica: Replica) -> set[str] | str:
+            try:
+                return await self.driver(replica).client.ready_models()
+            except ReplicaUnreachable as exc:
+                return str(exc)
+
+        results = await asyncio.gather(*(look(r) for r in replicas))
+        ready: dict[str, set[str]] = {}
+        errors: dict[str, str] = {}
+        for replica, result in zip(replicas, results, strict=True):
+            if isinstance(result, str):
+                errors[replica.name] = result
+            else:
+                ready[replica.name] = result
+        return ready, errors
+
+    def placing(self, namespace: str, entry: str) -> bool:
+        """Whether a placement or removal of `entry` is under way (its lock is held)."""
+        lock = self._entry_locks.get((namespace, entry))
+        return lock is not None and lock.locked()
+
     async def _observe_or_error(self, replica: Replica) -> ReplicaObservation | str:
         try:
             return await self.driver(replica).observe()
@@ -189,9 +216,7 @@ class Placer:
             if len(result.loaded_on) >= wanted:
                 return result
             residents = _residents(known, budget_bytes)
-            target = Resident(
-                model.entry, memory_bytes, model.pinned, model.priority, model.in_use
-            )
+            target = Resident(model.entry, memory_bytes, model.pinned, model.priority, model.in_use)
             # Most free memory first: spreads models and evicts least.
             candidates = sorted(
                 (r for r in replicas if r.name in seen and r.name not in result.loaded_on),

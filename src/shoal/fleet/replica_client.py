@@ -87,6 +87,15 @@ class ReplicaClient:
                     log.debug("no metrics from %s: %s", self.replica.name, exc.summary)
         return observation
 
+    async def ready_models(self) -> set[str]:
+        """The Triton models READY on the replica: one index call (the operator's frequent look,
+        shoal.operator.placement_observer)."""
+        async with self._control() as control:
+            try:
+                return {entry.name for entry in await control.index(ready_only=True)}
+            except TritonControlError as exc:
+                raise self._unreachable(exc) from exc
+
     async def load(self, triton_model: str, timeout_s: float) -> None:
         async with self._control() as control:
             try:

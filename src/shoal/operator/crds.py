@@ -383,7 +383,20 @@ def model_crd() -> dict[str, Any]:
         "replicas": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "Replicas (pods) where the model is loaded.",
+            "description": "Replicas (pods) where the model is READY: the router routes by it.",
+        },
+        "replicaAddresses": {
+            "type": "array",
+            "description": "Where each of `replicas` answers: its pod, and host:port of Triton's "
+            "HTTP and gRPC endpoints.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "pod": {"type": "string"},
+                    "http": {"type": "string"},
+                    "grpc": {"type": "string"},
+                },
+            },
         },
         "lastUsed": {"type": "string", "format": "date-time", "nullable": True},
         "lastError": {

@@ -4,6 +4,7 @@ handlers load (after `shoal operator run` has set it from its flags)."""
 
 DRIFT_INTERVAL_S = 30.0
 POOL_STATUS_INTERVAL_S = 15.0
+OBSERVE_INTERVAL_S = 1.0
 RETRY_BASE_S = 5.0
 RETRY_MAX_S = 300.0
 UNLOAD_DEADLINE_S = 30.0

@@ -1,8 +1,8 @@
 """An evicted model's status, at once: the replica it left is taken out of `status.replicas`
-(and `loadedReplicas`) by whoever evicted it, right after the eviction, so that the router, which
-routes by that list, stops sending there within a second instead of at the victim's next drift
-run. Only those two fields are written here; the victim's own handlers still own its phase and
-conditions, and its next run (drift timer) decides them from what Triton says.
+(and `replicaAddresses`, `loadedReplicas`) by whoever evicted it, right after the eviction, so
+that the router, which routes by that list, stops sending there at once. Only those fields are
+written here; the victim's own handlers' code still decides its phase and conditions (the
+placement observer sees it Ready below its wanted replicas and has that code run at once).
 
 Called by the model handlers (placement) and the pool handlers (budget enforcement) with the
 evictions shoal.fleet.placer reports.
@@ -34,10 +34,18 @@ async def withdraw_evicted(
             if eviction.replica not in replicas:
                 continue
             replicas.remove(eviction.replica)
+            addresses = [
+                a for a in body["status"].get("replicaAddresses") or []
+                if a.get("pod") != eviction.replica
+            ]  # fmt: skip
             await kube.patch_model_status(
                 victim.namespace,
                 victim.name,
-                {"replicas": replicas, "loadedReplicas": len(replicas)},
+                {
+                    "replicas": replicas,
+                    "replicaAddresses": addresses,
+                    "loadedReplicas": len(replicas),
+                },
             )
         except ApiException as exc:  # the victim's drift run corrects it later
             log.info("status of evicted %s/%s not updated: %s", victim.namespace, victim.name, exc)

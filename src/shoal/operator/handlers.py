@@ -1,9 +1,9 @@
 """The operator as kopf sees it: `kopf run -m shoal.operator.handlers` (or `shoal operator run`).
 
 Importing this module registers every handler: startup/cleanup here, the InferencePool handlers
-(pool_handlers.py), the InferenceModel handlers (model_handlers.py) and a router's asks
-(demand_handlers.py). Per-run state (the Kubernetes client, the placer with its per-replica locks)
-lives in kopf's memo, created at startup, so that several runs in one process (tests) never share
+(pool_handlers.py), the InferenceModel handlers (model_handlers.py), the placement observer
+(placement_observer.py) and a router's asks (demand_handlers.py). Per-run state (the Kubernetes
+client, the placer with its per-replica locks) lives in kopf's memo, created at startup, so that several runs in one process (tests) never share
 asyncio objects across event loops.
 """
 
@@ -20,6 +20,7 @@ from shoal.operator import (  # noqa: F401  (registers handlers)
     demand_handlers,
     metrics,
     model_handlers,
+    placement_observer,
     pool_handlers,
 )
 from shoal.operator import settings as shoal_settings

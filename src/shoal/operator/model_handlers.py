@@ -41,7 +41,7 @@ from shoal.operator.model_status import (
     shows_loading,
 )
 from shoal.operator.outages import tolerates_api_outage
-from shoal.operator.replicas import replicas_from_endpoints
+from shoal.operator.replicas import replica_addresses, replicas_from_endpoints
 from shoal.operator.settings import DRIFT_INTERVAL_S, UNLOAD_DEADLINE_S, retry_delay
 from shoal.operator.specs import ModelSpec, PoolSpec, SpecError, model_spec, pool_spec
 from shoal.sizes import format_size
@@ -180,23 +180,60 @@ async def inferencepool_gone(
 
 
 async def _reconcile(
+    *, raise_for_retry: bool, patch: kopf.Patch, retry: int = 0, **kwargs: Any
+) -> None:
+    """One placement of the model from one of its handlers: the status goes into kopf's patch."""
+    outcome = await _decide(**kwargs)
+    if outcome is None:
+        return
+    previous, decision = outcome
+    _post(kwargs["body"], decision)
+    _write(patch, previous, decision.status)
+    if decision.retry and raise_for_retry:
+        raise kopf.TemporaryError(decision.retry, delay=retry_delay(retry))
+
+
+async def refresh(
+    memo: kopf.Memo, namespace: str, name: str, index: kopf.Index, router_use: kopf.Index | None
+) -> None:
+    """Place a model again now, as its drift timer would (loading where it fits, evicting
+    nothing), because its replicas changed behind the operator's back (a restarted Triton, a
+    model unloaded by hand, a pod gone: shoal.operator.placement_observer). Its status is
+    decided by the same code as in its own handlers and patched directly."""
+    body = await memo.kube.get_model(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    outcome = await _decide(
+        allow_evict=False, body=body, spec=body.get("spec") or {}, name=name,
+        namespace=namespace, meta=body["metadata"], status=body.get("status") or {}, memo=memo,
+        inferencemodel_by_pool=index, inferencemodel_router_use=router_use,
+    )  # fmt: skip
+    if outcome is None:
+        return
+    previous, decision = outcome
+    _post(body, decision)
+    changes = status_changes(previous, decision.status)
+    if changes:
+        await memo.kube.patch_model_status(namespace, name, changes)
+
+
+async def _decide(
     *,
     allow_evict: bool,
-    raise_for_retry: bool,
-    body: kopf.Body,
-    spec: kopf.Spec,
+    body: kopf.Body | dict[str, Any],
+    spec: kopf.Spec | dict[str, Any],
     name: str,
     namespace: str,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    patch: kopf.Patch,
+    meta: kopf.Meta | dict[str, Any],
+    status: kopf.Status | dict[str, Any],
     memo: kopf.Memo,
     inferencemodel_by_pool: kopf.Index,
     inferencemodel_router_use: kopf.Index | None = None,
-    retry: int = 0,
     stopped: kopf.DaemonStopped | None = None,
     **_: Any,
-) -> None:
+) -> tuple[dict[str, Any], StatusDecision] | None:
+    """Place the model and decide its status: (the status it was decided from, the decision),
+    or None when there is nothing to write (deleted or stopped meanwhile)."""
     generation = meta.get("generation")
     previous = dict(status)
     try:
@@ -216,13 +253,11 @@ async def _reconcile(
         is_stopped = (lambda: stopped.is_set()) if stopped is not None else None
         attempt = _Attempt(memo, body, model, pool, memory, meta.get("uid"), allow_evict)
         attempt.router_use = inferencemodel_router_use
-        decision = await attempt.run(previous, generation, inferencemodel_by_pool, is_stopped)
-        if decision is None:
-            return
-    _post(body, decision)
-    _write(patch, previous, decision.status)
-    if decision.retry and raise_for_retry:
-        raise kopf.TemporaryError(decision.retry, delay=retry_delay(retry))
+        found = await attempt.run(previous, generation, inferencemodel_by_pool, is_stopped)
+        if found is None:
+            return None
+        decision = found
+    return previous, decision
 
 
 class _Attempt:
@@ -294,7 +329,7 @@ class _Attempt:
             moved_from = None
         return placed(previous, generation, Placed(
             model, pool.name, self.memory, len(replicas), result, self.allow_evict,
-            tuple(duplicates), moved_from,
+            tuple(duplicates), moved_from, replica_addresses(result.loaded_on, replicas),
         ))  # fmt: skip
 
     async def _unload_extra_copies(self, replicas: list[Any], result: PlacementResult) -> None:

@@ -11,7 +11,7 @@ this module says what the status becomes, which Events to post and whether to re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,9 @@ ANNOUNCED = ("Valid", "Loaded", "DuplicateEntry")
 # Loaded-condition reasons counted in shoal_operator_reconcile_errors at every attempt.
 FAILURES = ("EntryInvalid", "LoadTimeout", "LoadFailed", "ReplicaUnreachable")
 # Where the model is placed: cleared when that placement is gone (a deleted pool).
-PLACEMENT_FIELDS = ("pool", "entry", "replicas", "loadedReplicas", "lastUsed", "movedFrom")
+PLACEMENT_FIELDS = (
+    "pool", "entry", "replicas", "replicaAddresses", "loadedReplicas", "lastUsed", "movedFrom",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Placed:
     allow_evict: bool  # a person asked (create, spec change); drift and resume do not evict
     duplicates: Sequence[str] = field(default_factory=tuple)  # other models of the same entry
     moved_from: dict[str, str] | None = None  # the old target still to unload after a move
+    addresses: Sequence[Mapping[str, str]] = ()  # pod and host:ports of each loaded replica
 
 
 def shows_loading(previous: dict[str, Any], generation: int | None, wanted: int) -> bool:
@@ -105,6 +108,7 @@ def placed(previous: dict[str, Any], generation: int | None, attempt: Placed) ->
         "entry": model.entry,
         "memoryBytes": attempt.memory_bytes,
         "replicas": result.loaded_on,
+        "replicaAddresses": [dict(a) for a in attempt.addresses],
         "loadedReplicas": loaded,
         "movedFrom": attempt.moved_from,
     }

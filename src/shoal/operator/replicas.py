@@ -1,16 +1,34 @@
 """A pool's replicas, as the pool Service's Endpoints list them.
 
-Used by the model handlers (handlers.py) to find where to load. A replica is named after its pod
+Used by the model handlers to find where to load and to say where a model answers
+(`status.replicaAddresses`), and by the router. A replica is named after its pod
 (the address's targetRef) so that a restarted container keeps its identity; an address without a
 targetRef is named by ip:port.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from shoal.fleet.replica import Replica
 from shoal.operator.resources import GRPC_PORT, HTTP_PORT, METRICS_PORT
+
+
+def replica_addresses(names: Iterable[str], replicas: Iterable[Replica]) -> list[dict[str, str]]:
+    """`status.replicaAddresses` of a model READY on `names`: pod and host:port of each, in the
+    order of `names` (replicas no longer among the endpoints have no address and are left out)."""
+    by_name = {r.name: r for r in replicas}
+    addresses = []
+    for name in names:
+        replica = by_name.get(name)
+        if replica is None:
+            continue
+        address = {"pod": name, "http": f"{replica.host}:{replica.http_port}"}
+        if replica.grpc_target:
+            address["grpc"] = replica.grpc_target
+        addresses.append(address)
+    return addresses
 
 
 def replicas_from_endpoints(endpoints: dict[str, Any] | None) -> list[Replica]:

@@ -40,6 +40,9 @@ DRIFT_INTERVAL_S = _seconds("SHOAL_OPERATOR_DRIFT_INTERVAL_S", defaults.DRIFT_IN
 POOL_STATUS_INTERVAL_S = _seconds(
     "SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", defaults.POOL_STATUS_INTERVAL_S
 )
+# How often each pool's replicas are asked which models are READY, so that a model's status
+# follows a restarted replica or a model unloaded behind the operator (placement_observer.py).
+OBSERVE_INTERVAL_S = _seconds("SHOAL_OPERATOR_OBSERVE_INTERVAL_S", defaults.OBSERVE_INTERVAL_S)
 # Retries after a failed load or an unreachable replica: base * 2**attempt, capped.
 RETRY_BASE_S = _seconds("SHOAL_OPERATOR_RETRY_BASE_S", defaults.RETRY_BASE_S)
 RETRY_MAX_S = _seconds("SHOAL_OPERATOR_RETRY_MAX_S", defaults.RETRY_MAX_S)
