@@ -263,3 +263,16 @@ def test_a_lowered_min_replicas_unloads_the_copies_beyond_it_within_10_s(
 
         _timed("copies beyond the lowered minReplicas unloaded", one_copy, 10)
         assert _status(kube, "wide")["phase"] == "Ready"
+
+        # A shared entry keeps as many copies as the most any of its models wants.
+        _model(kube, "wide-too", "gpu-a", entry="wide", minReplicas=2)
+        assert _wait_phase(kube, "wide-too", "Ready")["loadedReplicas"] == 2
+        kube.patch_spec("inferencemodels", "wide", {"minReplicas": 1, "priority": 1})
+        time.sleep(3)  # a placement of "wide" alone would unload the second copy by now
+        assert all("wide" in loaded_entries(r) for r in replicas.values())
+        kube.patch_spec("inferencemodels", "wide-too", {"minReplicas": 1})
+        _timed(
+            "the shared entry's copies beyond the most wanted unloaded",
+            lambda: sum("wide" in loaded_entries(r) for r in replicas.values()) == 1,
+            10,
+        )

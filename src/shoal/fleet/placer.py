@@ -44,6 +44,7 @@ class KnownModel:
     priority: int = 0
     uid: str | None = None  # to post Events on the InferenceModel
     in_use: int = 0  # held and in-flight requests the router reports
+    min_replicas: int = 1  # replicas its owner wants it on
 
     def resident(self, default_memory: int) -> Resident:
         memory = self.memory_bytes if self.memory_bytes is not None else default_memory

@@ -52,6 +52,7 @@ def known(model: ModelSpec, memory: int | None, uid: str | None) -> KnownModel:
         pinned=model.pinned,
         priority=model.priority,
         uid=uid,
+        min_replicas=model.min_replicas,
     )
 
 
@@ -63,7 +64,7 @@ def users_of(entries: Iterable[KnownModel], entry: str, besides: str) -> list[st
 def known_on_pool(entries: Iterable[KnownModel], pool: PoolSpec) -> dict[str, KnownModel]:
     """By entry, with every memory filled in. Models sharing an entry merge: the copy is
     pinned if any of them pins it, as protected as the highest priority, as large as the
-    largest. A model whose InferenceModel has not recorded its memory yet (created a moment
+    largest, on as many replicas as the most any of them wants. A model whose InferenceModel has not recorded its memory yet (created a moment
     ago) counts with its manifest, else the whole budget: placement never counts a loaded model
     as free."""
     merged: dict[str, KnownModel] = {}
@@ -76,6 +77,7 @@ def known_on_pool(entries: Iterable[KnownModel], pool: PoolSpec) -> dict[str, Kn
                 pinned=seen.pinned or info.pinned,
                 priority=max(seen.priority, info.priority),
                 memory_bytes=max(seen.memory_bytes or 0, info.memory_bytes or 0),
+                min_replicas=max(seen.min_replicas, info.min_replicas),
             )
         merged[info.entry] = info
     return merged

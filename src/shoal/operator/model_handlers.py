@@ -319,8 +319,10 @@ class _Attempt:
             "%s/%s placed (evict=%s): loaded on %s, blocked: %s",
             model.namespace, model.name, self.allow_evict, result.loaded_on, result.blocked or "-",
         )  # fmt: skip
-        if self.allow_evict and not duplicates:
-            await self._unload_extra_copies(replicas, result)
+        if self.allow_evict:
+            # Shared entries keep as many copies as the most any of their models wants.
+            wanted = known_models[model.entry].min_replicas
+            await self._unload_extra_copies(replicas, result, wanted)
         moved_from = _moved_from(previous, pool.name, model.entry)
         new_copy_ready = len(result.loaded_on) >= min(model.min_replicas, len(replicas)) and (
             bool(result.loaded_on) or model.min_replicas == 0
@@ -332,9 +334,12 @@ class _Attempt:
             tuple(duplicates), moved_from, replica_addresses(result.loaded_on, replicas),
         ))  # fmt: skip
 
-    async def _unload_extra_copies(self, replicas: list[Any], result: PlacementResult) -> None:
-        """A lowered minReplicas (a spec change) is enforced: copies beyond it are unloaded."""
-        extra = set(result.loaded_on[self.model.min_replicas :])
+    async def _unload_extra_copies(
+        self, replicas: list[Any], result: PlacementResult, wanted: int
+    ) -> None:
+        """A lowered minReplicas (a spec change) is enforced: copies beyond `wanted` are
+        unloaded."""
+        extra = set(result.loaded_on[wanted:])
         if not extra:
             return
         targets = [r for r in replicas if r.name in extra]
@@ -344,7 +349,7 @@ class _Attempt:
         result.loaded_on = [r for r in result.loaded_on if r not in extra or r in errors]
         kopf.info(self.body, reason="Unloaded", message=(
             f"unloaded {self.model.entry} from {len(extra) - len(errors)} replica(s) beyond "
-            f"minReplicas {self.model.min_replicas}"
+            f"minReplicas {wanted}"
         ))  # fmt: skip
 
     async def _unload_old_copy(self, moved_from: dict[str, str], index: kopf.Index) -> bool:
