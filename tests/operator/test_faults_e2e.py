@@ -93,11 +93,18 @@ def test_a_model_moved_to_another_pool_loads_there_first_then_leaves_the_old_one
         _pool(kube, repository, "gpu-a")
         _pool(kube, repository, "gpu-b")
         kube.write_endpoints("gpu-a", {"gpu-a-0": old})
-        kube.write_endpoints("gpu-b", {"gpu-b-0": new})
         _model(kube, "mover", "gpu-a")
         _wait_phase(kube, "mover", "Ready")
         assert "mover" in loaded_entries(old)
         kube.patch_spec("inferencemodels", "mover", {"pool": "gpu-b"})
+        # gpu-b has no ready replica yet: the old copy keeps serving, and status says where.
+        wait_for(
+            lambda: _status(kube, "mover").get("movedFrom")
+            == {"pool": "gpu-a", "entry": "mover", "replicas": ["gpu-a-0"]},
+            30,
+            what="the old copy's replicas in status.movedFrom",
+        )
+        kube.write_endpoints("gpu-b", {"gpu-b-0": new})
 
         def moved():
             status = _status(kube, "mover")

@@ -85,6 +85,18 @@ async def test_routes_follow_status_and_endpoints_within_a_second(kube, source):
     await asyncio.to_thread(kube.write_endpoints, POOL, {"gpu-a-0": pod("198.18.0.2")})
     await until(source, lambda: not source.route("minilm").ready, 5, "minilm unrouted")
 
+    # Moving to another pool: the old copy serves until the operator unloads it.
+    kube.write_endpoints("gpu-b", {"gpu-b-0": pod("198.18.0.9")})
+    moving = {"pool": "gpu-b", "replicas": [],
+              "movedFrom": {"pool": POOL, "entry": "minilm", "replicas": ["gpu-a-0"]}}  # fmt: skip
+    await asyncio.to_thread(set_status, kube, "minilm", moving)
+    await until(source, lambda: source.route("minilm").ready, 5, "old copy routed")
+    assert [r.name for r in source.route("minilm").ready] == ["gpu-a-0"]
+    moved = {"replicas": ["gpu-b-0"], "movedFrom": None}
+    await asyncio.to_thread(set_status, kube, "minilm", moved)
+    await until(source, lambda: [r.name for r in source.route("minilm").ready] == ["gpu-b-0"],
+                5, "new copy only")  # fmt: skip
+
     # A spec that can never work: held requests fail at once with the operator's message.
     invalid = {
         "phase": "Failed",

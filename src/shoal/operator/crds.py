@@ -375,8 +375,13 @@ def model_crd() -> dict[str, Any]:
         "movedFrom": {
             "type": "object",
             "nullable": True,
-            "description": "The pool and entry of a moved model's old copy, until it is unloaded.",
-            "properties": {"pool": {"type": "string"}, "entry": {"type": "string"}},
+            "description": "The pool and entry of a moved model's old copy, until it is "
+            "unloaded, and the replicas (pods) of that pool where it is READY meanwhile.",
+            "properties": {
+                "pool": {"type": "string"},
+                "entry": {"type": "string"},
+                "replicas": {"type": "array", "items": {"type": "string"}},
+            },
         },
         "memoryBytes": {"type": "integer"},
         "loadedReplicas": {"type": "integer"},

@@ -11,7 +11,7 @@ changes, or the router asks for it.
 
 A model that moves (spec.pool, spec.entry or the gpuClass's pool changes) is loaded on its new
 target first; its old copy is unloaded once the new one is Ready (`status.movedFrom` remembers it
-until then). Several InferenceModels may use one entry on one pool: the copy is unloaded only when
+until then, with the replicas where it is READY: the router serves from it meanwhile). Several InferenceModels may use one entry on one pool: the copy is unloaded only when
 the last of them goes, and each carries a `DuplicateEntry` condition naming the others.
 """
 
@@ -329,6 +329,9 @@ class _Attempt:
         )
         if moved_from and new_copy_ready and await self._unload_old_copy(moved_from, index):
             moved_from = None
+        if moved_from:
+            # Until it is unloaded the old copy serves: the router routes there meanwhile.
+            moved_from["replicas"] = await self._old_copy_replicas(moved_from)
         return placed(previous, generation, Placed(
             model, pool.name, self.memory, len(replicas), result, self.allow_evict,
             tuple(duplicates), moved_from, replica_addresses(result.loaded_on, replicas),
@@ -351,6 +354,15 @@ class _Attempt:
             f"unloaded {self.model.entry} from {len(extra) - len(errors)} replica(s) beyond "
             f"minReplicas {wanted}"
         ))  # fmt: skip
+
+    async def _old_copy_replicas(self, moved_from: dict[str, Any]) -> list[str]:
+        """The old pool's ready replicas where the old copy is READY (empty when its pool is
+        gone or none answers)."""
+        replicas = replicas_from_endpoints(
+            await self.kube.get_endpoints(self.model.namespace, moved_from["pool"])
+        )
+        ready, _ = await self.placer.ready_models(replicas)
+        return sorted(name for name, models in ready.items() if moved_from["entry"] in models)
 
     async def _unload_old_copy(self, moved_from: dict[str, str], index: kopf.Index) -> bool:
         """After a move, once the new copy is Ready: unload the old one, unless another
@@ -375,14 +387,14 @@ def _repository(pool: PoolSpec) -> Path | None:
     return Path(pool.local_repository) if pool.local_repository else None
 
 
-def _moved_from(previous: dict[str, Any], pool: str, entry: str) -> dict[str, str] | None:
+def _moved_from(previous: dict[str, Any], pool: str, entry: str) -> dict[str, Any] | None:
     """The old target of a moved model that still holds a copy; None when there is none."""
     old = previous.get("movedFrom")
     if not old and previous.get("pool"):
         old = {"pool": previous["pool"], "entry": previous.get("entry") or entry}
     if not old or (old["pool"], old["entry"]) == (pool, entry):
         return None
-    return dict(old)
+    return {"pool": old["pool"], "entry": old["entry"]}
 
 
 def _targets(model: ModelSpec, status: dict[str, Any]) -> list[tuple[str, str]]:

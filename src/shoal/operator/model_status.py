@@ -55,7 +55,7 @@ class Placed:
     result: PlacementResult
     allow_evict: bool  # a person asked (create, spec change); drift and resume do not evict
     duplicates: Sequence[str] = field(default_factory=tuple)  # other models of the same entry
-    moved_from: dict[str, str] | None = None  # the old target still to unload after a move
+    moved_from: dict[str, Any] | None = None  # the old copy still to unload after a move
     addresses: Sequence[Mapping[str, str]] = ()  # pod and host:ports of each loaded replica
 
 

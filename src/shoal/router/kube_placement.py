@@ -7,7 +7,9 @@ would call Triton; InferenceModels and pools of other namespaces are not seen. T
 of one entry (on two pools) route to whichever has ready replicas (else the first by name).
 
 - `route(entry).ready`: the pool's ready endpoints (shoal.operator.replicas) whose pod names are
-  in the model's `status.replicas` (the operator lists there the pods where it is READY);
+  in the model's `status.replicas` (the operator lists there the pods where it is READY), and
+  while a model moves to another pool under the same entry, those of its old copy
+  (`status.movedFrom.replicas`) until the operator unloads it;
   `max_hold_s` from `spec.maxHoldSeconds`; `permanent_error` while the spec is invalid (the
   `Valid` condition is False: a person must change something); `manifest` from a mounted copy of
   the model repository, where given (the OpenAI endpoints need it).
@@ -37,6 +39,7 @@ import aiohttp
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from shoal.fleet.replica import Replica
 from shoal.manifest import Manifest, ManifestError
 from shoal.operator.crds import GROUP, MODEL_PLURAL, VERSION
 from shoal.operator.demand_annotations import (
@@ -263,10 +266,11 @@ class KubePlacement:
     def _route_of(self, body: dict[str, Any]) -> ModelRoute:
         spec, status = body.get("spec") or {}, body.get("status") or {}
         pool = status.get("pool") or spec.get("pool") or ""
-        loaded_on = set(status.get("replicas") or [])
-        ready = tuple(
-            r for r in replicas_from_endpoints(self._endpoints.get(pool)) if r.name in loaded_on
-        )
+        ready = self._ready_in(pool, status.get("replicas"))
+        moved_from = status.get("movedFrom") or {}
+        if moved_from.get("pool") and moved_from.get("entry") == _entry(body):
+            # A moving model's old copy serves until the operator unloads it.
+            ready += self._ready_in(moved_from["pool"], moved_from.get("replicas"))
         return ModelRoute(
             name=_entry(body),
             pool=pool,
@@ -275,6 +279,12 @@ class KubePlacement:
             permanent_error=_permanent_error(body),
             manifest=self._manifest_of(_entry(body)),
         )
+
+    def _ready_in(self, pool: str, loaded_on: list[str] | None) -> tuple[Replica, ...]:
+        """The pool's ready endpoints whose pods are in `loaded_on`."""
+        names = set(loaded_on or ())
+        endpoints = replicas_from_endpoints(self._endpoints.get(pool))
+        return tuple(r for r in endpoints if r.name in names)
 
     def _manifest_of(self, entry: str) -> Manifest | None:
         if self._repository is None:
