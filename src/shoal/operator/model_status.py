@@ -1,7 +1,12 @@
 """An InferenceModel's status, decided from what one reconciliation learned. Pure: no I/O.
 
-Called by model_handlers.py (placement, drift, a deleted pool). The handler observes and acts;
-this module says what the status becomes, which Events to post and whether to retry. The rules:
+Called by model_handlers.py (placement, drift, a router's ask, a deleted pool, and a refresh the
+placement observer starts). The handler observes and acts; this module says what the status
+becomes, which Events to post and whether to retry. It is the one writer of a model's phase and
+conditions: whichever handler ran, the decision is made here from the status as it is now. Two
+fields are also written outside it, as facts, never as decisions: `replicas`/`replicaAddresses`/
+`loadedReplicas` where an eviction or the placement observer saw a copy go (evicted_status.py,
+placement_observer.py), and `phase: Loading` shown once before a load. The rules:
 - a condition's `lastTransitionTime` moves only when its status does (conditions.set_condition);
 - an Event is posted only when a condition's meaning changes: its status or reason, or the spec
   generation it was judged against (a person changed the spec). A drift run that finds the same
