@@ -37,8 +37,8 @@ class MemoryReplica:
     async def observe(self) -> ReplicaObservation:
         return ReplicaObservation(states=dict(self.states), last_inference_ms=dict(self.last))
 
-    async def ready_models(self) -> set[str]:
-        return {name for name, state in self.states.items() if state == "READY"}
+    async def ready_models(self) -> dict[str, str]:
+        return {name: "1" for name, state in self.states.items() if state == "READY"}
 
     async def load(self, name: str, timeout_s: float = 0.0) -> None:
         if self.fail:

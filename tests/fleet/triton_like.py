@@ -69,8 +69,8 @@ class TritonLikeReplica:
                 self.states[name] = "UNAVAILABLE"
         return ReplicaObservation(states=dict(self.states), last_inference_ms=dict(self.last))
 
-    async def ready_models(self) -> set[str]:
-        return {name for name, state in self.states.items() if state == "READY"}
+    async def ready_models(self) -> dict[str, str]:
+        return {name: "1" for name, state in self.states.items() if state == "READY"}
 
     async def load(self, name: str, timeout_s: float = 0.0) -> None:
         # A client that gives up (cancels) does not stop the load in the server.

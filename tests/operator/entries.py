@@ -24,14 +24,18 @@ WEIGHTS = np.arange(1, HIDDEN + 1, dtype=np.float32)
 EMBEDDING_DIMS = DIMS  # what `infer` gets back from every entry
 
 
-def write_entry(repository: Path, model: str, memory_bytes: int, broken: str | None = None) -> None:
-    """An entry whose manifest says it needs `memory_bytes` (replacing one of that name).
-    `broken`: an operator name onnxruntime does not know, put in the graph: the entry passes
-    `shoal repo check` but its encode step fails to load in Triton, naming it."""
+def write_entry(
+    repository: Path, model: str, memory_bytes: int, broken: str | None = None, version: int = 1
+) -> None:
+    """An entry whose manifest says it needs `memory_bytes` (replacing one of that name), in
+    Triton version folder `version` (a re-export writes the next one). `broken`: an operator
+    name onnxruntime does not know, put in the graph: the entry passes `shoal repo check` but
+    its encode step fails to load in Triton, naming it."""
     manifest = dataclasses.replace(
         sample_manifest(Task.EMBED, name=model),
         memory_bytes=memory_bytes,
         weights_bytes=memory_bytes // 2,
+        version=version,
     )
     sources = repository.parent / f"{repository.name}-sources" / model
     shutil.rmtree(sources, ignore_errors=True)

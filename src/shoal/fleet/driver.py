@@ -44,6 +44,7 @@ from shoal.fleet.errors import (
 from shoal.fleet.hot_swap import (
     entry_of,
     holds_memory,
+    light_step_names,
     light_steps_ready,
     models_to_evict,
     models_to_load,
@@ -83,6 +84,7 @@ class Resident:
     pinned: bool = False
     priority: int = 0
     in_use: int = 0  # held and in-flight requests the router reports: never evicted meanwhile
+    version: int | None = None  # the entry version to serve (its manifest's); None: any
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class Client(Protocol):
 
     async def observe(self) -> ReplicaObservation: ...
 
-    async def ready_models(self) -> set[str]: ...
+    async def ready_models(self) -> dict[str, str]: ...
 
     async def load(self, triton_model: str, timeout_s: float) -> None: ...
 
@@ -141,7 +143,8 @@ class ReplicaDriver:
         self.client: Client = client or ReplicaClient(replica)
         self.policy = policy or make_policy(DEFAULT_POLICY)
         self._entry_check = entry_check
-        self._checked_ok: set[str] = set()  # passed once: hot swaps do not hash again
+        # (entry, version) that passed once: hot swaps do not hash again
+        self._checked_ok: set[tuple[str, int | None]] = set()
         self._unowned_memory = unowned_memory
         self.load_deadline = load_deadline
         self._on_event = on_event
@@ -274,16 +277,19 @@ class ReplicaDriver:
                 f"{wait:.0f} s)",
                 error=backoff.error,
             )
-        problems = await self.entry_problems(target.entry)
+        problems = await self.entry_problems(target.entry, target.version)
         if problems:
             error = EntryInvalid(target.entry, problems)
             return LoadOutcome(False, reason=str(error), error=error)
         async with self.lock:
             observation = await self.observe()  # fresh, inside the lock
-            if observation.ready(target.entry) and observation.ready(
+            if observation.serves(target.entry, target.version) and observation.ready(
                 step_name(target.entry, STEP_ENCODE)
             ):
                 return LoadOutcome(True, reason="already loaded")
+            # READY at another version: a re-export is rolled out by reloading the whole entry
+            # (Triton serves the old version until the new one is READY; the caller drains
+            # the replica first, shoal.operator.model_handlers).
             if _loading(target.entry, observation) and target.entry not in self._loading:
                 # An earlier load (one that outlived its deadline, or a previous operator's) is
                 # still running in Triton: wait for it, keep reporting why.
@@ -328,19 +334,24 @@ class ReplicaDriver:
                         f"after {RELEASE_WAIT_S:.0f} s (requests in flight); retrying",
                     )
             try:
-                await self._load_entry(target, observation)
+                # A failed new version must not take the old one down with it.
+                rolling = observation.ready(target.entry)
+                await self._load_entry(target, observation, clean_up=not rolling)
             except (LoadFailed, LoadTimedOut) as exc:
                 self._note_failure(target.entry, exc)
                 return LoadOutcome(False, evicted, reason=str(exc), error=exc)
             self._backoff.pop(target.entry, None)
             return LoadOutcome(True, evicted, reason="loaded")
 
-    async def _load_entry(self, target: Resident, observation: ReplicaObservation) -> None:
+    async def _load_entry(
+        self, target: Resident, observation: ReplicaObservation, clean_up: bool = True
+    ) -> None:
         entry = target.entry
         deadline_s = self.load_deadline(target.memory_bytes)
-        targets = models_to_load(
-            entry, light_steps_ready(entry, observation.states), self.keep_light_steps
+        light_ready = light_steps_ready(entry, observation.states) and all(
+            observation.serves(name, target.version) for name in light_step_names(entry)
         )
+        targets = models_to_load(entry, light_ready, self.keep_light_steps)
         self._loading.add(entry)
         started = self._clock()
         try:
@@ -367,7 +378,8 @@ class ReplicaDriver:
             raise
         except LoadFailed as exc:
             self._emit("load_failed", entry, self._clock() - started, str(exc))
-            await self._clean_up_after_failed_load(entry)
+            if clean_up:
+                await self._clean_up_after_failed_load(entry)
             raise
         finally:
             self._loading.discard(entry)
@@ -394,19 +406,20 @@ class ReplicaDriver:
     def forget_failures(self, entry: str) -> None:
         """The entry changed (new spec, re-export): try it again at once."""
         self._backoff.pop(entry, None)
-        self._checked_ok.discard(entry)
+        self._checked_ok = {key for key in self._checked_ok if key[0] != entry}
 
     def failure(self, entry: str) -> FleetError | None:
         backoff = self._backoff.get(entry)
         return backoff.error if backoff else None
 
-    async def entry_problems(self, entry: str) -> list[str]:
-        """What `shoal repo check` finds wrong with the entry (remembered once it passes)."""
-        if self._entry_check is None or entry in self._checked_ok:
+    async def entry_problems(self, entry: str, version: int | None = None) -> list[str]:
+        """What `shoal repo check` finds wrong with the entry (remembered once it passes, per
+        version: a re-export is checked again)."""
+        if self._entry_check is None or (entry, version) in self._checked_ok:
             return []
         problems = await asyncio.to_thread(self._entry_check, entry)  # hashes files: off the loop
         if not problems:
-            self._checked_ok.add(entry)
+            self._checked_ok.add((entry, version))
         return problems
 
     # -- evicting and removing ----------------------------------------------------------------

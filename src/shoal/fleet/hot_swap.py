@@ -47,8 +47,14 @@ def models_to_remove(entry: str) -> list[str]:
     return [entry, *(step_name(entry, s) for s in STEPS)]
 
 
+def light_step_names(entry: str) -> list[str]:
+    return [step_name(entry, s) for s in LIGHT_STEPS]
+
+
 def light_steps_ready(entry: str, states: TritonStates) -> bool:
-    return all(states.get(step_name(entry, s)) == "READY" for s in LIGHT_STEPS)
+    """Whether the light steps stayed READY (at which version is the caller's to check: a
+    reload within a version loads the encode step only, a new version reloads everything)."""
+    return all(states.get(name) == "READY" for name in light_step_names(entry))
 
 
 def models_to_load(entry: str, light_ready: bool, keep_light_steps: bool = True) -> list[str]:

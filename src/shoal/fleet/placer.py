@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +83,7 @@ class Eviction:
 @dataclass
 class PlacementResult:
     loaded_on: list[str] = field(default_factory=list)  # replicas with the entry READY
+    versions: dict[str, str] = field(default_factory=dict)  # replica -> version it serves
     evictions: list[Eviction] = field(default_factory=list)
     load_errors: dict[str, str] = field(default_factory=dict)  # replica -> Triton's message
     timed_out: dict[str, str] = field(default_factory=dict)  # replica -> LoadTimedOut message
@@ -148,18 +149,19 @@ class Placer:
 
     async def ready_models(
         self, replicas: Sequence[Replica]
-    ) -> tuple[dict[str, set[str]], dict[str, str]]:
-        """The Triton models READY on each replica that answers (one index call each, without
-        the driver's lock: a look, not a control call), and errors of those that do not."""
+    ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        """The Triton models READY on each replica that answers, with their versions (one index
+        call each, without the driver's lock: a look, not a control call), and errors of those
+        that do not."""
 
-        async def look(replica: Replica) -> set[str] | str:
+        async def look(replica: Replica) -> dict[str, str] | str:
             try:
                 return await self.driver(replica).client.ready_models()
             except ReplicaUnreachable as exc:
                 return str(exc)
 
         results = await asyncio.gather(*(look(r) for r in replicas))
-        ready: dict[str, set[str]] = {}
+        ready: dict[str, dict[str, str]] = {}
         errors: dict[str, str] = {}
         for replica, result in zip(replicas, results, strict=True):
             if isinstance(result, str):
@@ -191,8 +193,11 @@ class Placer:
         allow_evict: bool,
         stopped: Callable[[], bool] | None = None,
         repository: Path | None = None,
+        version: int | None = None,
     ) -> PlacementResult:
         """Make `model` loaded on at least `min_replicas` of `replicas` (all of them if fewer).
+        New copies serve `version` (the entry's manifest version, where the caller knows it);
+        copies READY at another version count as loaded (they serve) until `roll_out`.
 
         `known` maps entry names on this pool to their owners (memory, pinned, priority, use).
         With `allow_evict` False, load only where the model fits without evicting (the drift
@@ -209,6 +214,7 @@ class Placer:
                 self.driver(replica, repository)
             seen, result.unreachable = await self.observe_all(replicas)
             result.loaded_on = sorted(n for n, o in seen.items() if o.ready(model.entry))
+            result.versions = _versions(model.entry, result.loaded_on, seen)
             result.last_used = _last_used(model.entry, seen.values())
             if not replicas:
                 result.blocked = "the pool has no ready replicas (its Service has no endpoints)"
@@ -217,7 +223,9 @@ class Placer:
             if len(result.loaded_on) >= wanted:
                 return result
             residents = _residents(known, budget_bytes)
-            target = Resident(model.entry, memory_bytes, model.pinned, model.priority, model.in_use)
+            target = Resident(
+                model.entry, memory_bytes, model.pinned, model.priority, model.in_use, version
+            )
             # Most free memory first: spreads models and evicts least.
             candidates = sorted(
                 (r for r in replicas if r.name in seen and r.name not in result.loaded_on),
@@ -235,6 +243,8 @@ class Placer:
                 )
                 if why is None:
                     result.loaded_on.append(replica.name)
+                    if version is not None:
+                        result.versions[replica.name] = str(version)
                 else:
                     reasons.append(f"{replica.name}: {why}")
             result.loaded_on.sort()
@@ -243,6 +253,50 @@ class Placer:
                 result.blocked = f"{missing} more replica(s) wanted; " + (
                     "; ".join(reasons) or "no replica answered"
                 )
+        return result
+
+    async def roll_out(
+        self,
+        model: KnownModel,
+        memory_bytes: int,
+        version: int,
+        replicas: Sequence[Replica],
+        budget_bytes: int,
+        known: Mapping[str, KnownModel],
+        drain: Callable[[str, Mapping[str, str]], Awaitable[None]],
+        repository: Path | None = None,
+    ) -> PlacementResult:
+        """Bring every replica of `replicas` that serves `model` at another version to
+        `version`, one replica at a time: `drain(replica name, versions served now)` first (the
+        caller stops routing there), then the whole entry reloaded. Returns where it is loaded and at which version
+        afterwards, with the failures, as `place` does. Nothing else places this entry
+        meanwhile (the entry's lock is held throughout)."""
+        result = PlacementResult()
+        async with self._entry_locks[(model.namespace, model.entry)]:
+            for replica in replicas:
+                self.driver(replica, repository)
+            seen, result.unreachable = await self.observe_all(replicas)
+            result.loaded_on = sorted(n for n, o in seen.items() if o.ready(model.entry))
+            result.versions = _versions(model.entry, result.loaded_on, seen)
+            residents = _residents(known, budget_bytes)
+            target = Resident(
+                model.entry, memory_bytes, model.pinned, model.priority, model.in_use, version
+            )
+            stale = [r for r in replicas if r.name in result.loaded_on and not seen[r.name].serves(
+                model.entry, version
+            )]  # fmt: skip
+            for replica in stale:
+                await drain(replica.name, dict(result.versions))
+                why = await self._place_on(replica, target, budget_bytes, residents, False, result)
+                if why is not None:
+                    result.blocked = f"version {version} not rolled out on {replica.name}: {why}"
+                    break  # the others keep serving the old version; retried later
+                result.versions[replica.name] = str(version)
+                log.info("%s: version %s rolled out on %s", model.entry, version, replica.name)
+            if stale:  # what serves now, each at which version
+                seen, result.unreachable = await self.observe_all(replicas)
+                result.loaded_on = sorted(n for n, o in seen.items() if o.ready(model.entry))
+                result.versions = _versions(model.entry, result.loaded_on, seen)
         return result
 
     async def _place_on(
@@ -328,6 +382,13 @@ def _residents(known: Mapping[str, KnownModel], budget_bytes: int) -> dict[str, 
 def triton_models(entry: str) -> list[str]:
     """Every Triton model of an entry."""
     return models_to_remove(entry)
+
+
+def _versions(
+    entry: str, replicas: Sequence[str], seen: Mapping[str, ReplicaObservation]
+) -> dict[str, str]:
+    """The version each replica's READY ensemble serves ("" where Triton does not say)."""
+    return {name: seen[name].versions.get(entry, "") for name in replicas}
 
 
 def _last_used(entry: str, observations: object) -> datetime | None:

@@ -35,9 +35,18 @@ class ReplicaObservation:
     last_inference_ms: dict[str, int] = field(default_factory=dict)
     inference_count: dict[str, int] = field(default_factory=dict)  # since the model loaded
     pending_requests: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # triton model -> its READY version
 
     def ready(self, triton_model: str) -> bool:
         return self.states.get(triton_model) == "READY"
+
+    def serves(self, triton_model: str, version: int | None) -> bool:
+        """READY, and at `version` where one is asked for (an index row without a version, as
+        from servers that do not report it, counts as any version)."""
+        if not self.ready(triton_model):
+            return False
+        served = self.versions.get(triton_model)
+        return version is None or served is None or served == str(version)
 
 
 class ReplicaClient:
@@ -72,6 +81,8 @@ class ReplicaClient:
                     observation.states[entry.name] = entry.state or ""
                     if entry.reason:
                         observation.reasons[entry.name] = entry.reason
+                if entry.state == "READY" and entry.version:
+                    observation.versions[entry.name] = entry.version
             for stat in stats:
                 previous = observation.last_inference_ms.get(stat.name, 0)
                 observation.last_inference_ms[stat.name] = max(stat.last_inference_ms, previous)
@@ -87,12 +98,14 @@ class ReplicaClient:
                     log.debug("no metrics from %s: %s", self.replica.name, exc.summary)
         return observation
 
-    async def ready_models(self) -> set[str]:
-        """The Triton models READY on the replica: one index call (the operator's frequent look,
+    async def ready_models(self) -> dict[str, str]:
+        """The Triton models READY on the replica, with the version each serves ("" where the
+        server does not say): one index call (the operator's frequent look,
         shoal.operator.placement_observer)."""
         async with self._control() as control:
             try:
-                return {entry.name for entry in await control.index(ready_only=True)}
+                rows = await control.index(ready_only=True)
+                return {row.name: row.version or "" for row in rows}
             except TritonControlError as exc:
                 raise self._unreachable(exc) from exc
 

@@ -400,8 +400,15 @@ def model_crd() -> dict[str, Any]:
                     "pod": {"type": "string"},
                     "http": {"type": "string"},
                     "grpc": {"type": "string"},
+                    "version": {"type": "string", "description": "The entry version it serves."},
                 },
             },
+        },
+        "servedVersion": {
+            "type": "string",
+            "nullable": True,
+            "description": "The entry version the replicas serve (the manifest's `version`); "
+            "during a rollout the versions served, e.g. \"1, 2\".",
         },
         "lastUsed": {"type": "string", "format": "date-time", "nullable": True},
         "lastError": {

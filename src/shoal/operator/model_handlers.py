@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -299,10 +300,14 @@ class _Attempt:
             previous, generation, min(model.min_replicas, len(replicas))
         ):
             await self.kube.patch_model_status(model.namespace, model.name, {"phase": "Loading"})
+        version = _manifest_version(model, pool)
         result = await self.placer.place(
             self.me, self.memory, model.min_replicas, replicas, pool.memory_per_replica,
             known_models, self.allow_evict, stopped=stopped, repository=_repository(pool),
+            version=version,
         )  # fmt: skip
+        if version is not None and _stale(result, version) and not (stopped and stopped()):
+            result = await self._roll_out(version, replicas, known_models, result)
         if stopped is not None and stopped():
             return None
         # Decide from the status as it is now, not as it was when this run began: a placement
@@ -334,8 +339,47 @@ class _Attempt:
             moved_from["replicas"] = await self._old_copy_replicas(moved_from)
         return placed(previous, generation, Placed(
             model, pool.name, self.memory, len(replicas), result, self.allow_evict,
-            tuple(duplicates), moved_from, replica_addresses(result.loaded_on, replicas),
+            tuple(duplicates), moved_from,
+            replica_addresses(result.loaded_on, replicas, result.versions),
         ))  # fmt: skip
+
+    async def _roll_out(
+        self,
+        version: int,
+        replicas: list[Any],
+        known_models: dict[str, KnownModel],
+        placed: PlacementResult,
+    ) -> PlacementResult:
+        """A re-exported entry (a new manifest version) reaches every replica that serves the
+        old one, one replica at a time; each is taken out of `status.replicas` first, so the
+        router sends its requests to the others (or holds them while none serves) and no
+        request fails. The placement's evictions and failures are kept in the result."""
+        model = self.model
+        loaded = list(placed.loaded_on)
+
+        async def drain(name: str, versions: Mapping[str, str]) -> None:
+            serving = [r for r in loaded if r != name]
+            await self.kube.patch_model_status(model.namespace, model.name, {
+                "replicas": serving,
+                "replicaAddresses": replica_addresses(serving, replicas, versions),
+                "loadedReplicas": len(serving),
+            })  # fmt: skip
+            kopf.info(self.body, reason="RollingOut", message=(
+                f"loading version {version} of {model.entry} on {name} (taken out of routing "
+                "meanwhile)"
+            ))  # fmt: skip
+
+        rolled = await self.placer.roll_out(
+            self.me, self.memory, version, replicas, self.pool.memory_per_replica, known_models,
+            drain, repository=_repository(self.pool),
+        )  # fmt: skip
+        rolled.evictions = placed.evictions + rolled.evictions
+        rolled.load_errors = {**placed.load_errors, **rolled.load_errors}
+        rolled.timed_out = {**placed.timed_out, **rolled.timed_out}
+        rolled.invalid_entry = rolled.invalid_entry or placed.invalid_entry
+        rolled.blocked = rolled.blocked or placed.blocked
+        rolled.last_used = placed.last_used
+        return rolled
 
     async def _unload_extra_copies(
         self, replicas: list[Any], result: PlacementResult, wanted: int
@@ -495,6 +539,22 @@ def _memory_of(model: ModelSpec, pool: PoolSpec) -> int:
             "variant (shorter max length, fp16/int8)",
         )
     return memory
+
+
+def _manifest_version(model: ModelSpec, pool: PoolSpec) -> int | None:
+    """The entry version to serve: its manifest's, where the operator can read the pool's
+    repository (None otherwise: any version serves, and nothing is rolled out)."""
+    if not pool.local_repository:
+        return None
+    try:
+        return Manifest.read(Path(pool.local_repository) / model.entry).version
+    except ManifestError:
+        return None
+
+
+def _stale(result: PlacementResult, version: int) -> bool:
+    """Whether a replica serves the entry at another version (a re-export to roll out)."""
+    return any(v and v != str(version) for v in result.versions.values())
 
 
 def _manifest_memory(model: ModelSpec, pool: PoolSpec) -> int:

@@ -3,8 +3,8 @@
 Called by model_handlers.py (placement, drift, a router's ask, a deleted pool, and a refresh the
 placement observer starts). The handler observes and acts; this module says what the status
 becomes, which Events to post and whether to retry. It is the one writer of a model's phase and
-conditions: whichever handler ran, the decision is made here from the status as it is now. Two
-fields are also written outside it, as facts, never as decisions: `replicas`/`replicaAddresses`/
+conditions: whichever handler ran, the decision is made here from the status as it is now.
+Some fields are also written outside it, as facts, never as decisions: `replicas`/`replicaAddresses`/
 `loadedReplicas` where an eviction or the placement observer saw a copy go (evicted_status.py,
 placement_observer.py), and `phase: Loading` shown once before a load. The rules:
 - a condition's `lastTransitionTime` moves only when its status does (conditions.set_condition);
@@ -114,6 +114,7 @@ def placed(previous: dict[str, Any], generation: int | None, attempt: Placed) ->
         "memoryBytes": attempt.memory_bytes,
         "replicas": result.loaded_on,
         "replicaAddresses": [dict(a) for a in attempt.addresses],
+        "servedVersion": served_version(attempt.addresses),
         "loadedReplicas": loaded,
         "movedFrom": attempt.moved_from,
     }
@@ -139,6 +140,16 @@ def placed(previous: dict[str, Any], generation: int | None, attempt: Placed) ->
     events = _announcements(previous, conditions)
     metric = reason if reason in FAILURES else ""
     return StatusDecision(status, events, retry, metric)
+
+
+def served_version(addresses: Sequence[Mapping[str, str]]) -> str | None:
+    """The entry version the replicas serve; during a rollout each version served ("1, 2")."""
+    versions = sorted({a["version"] for a in addresses if a.get("version")}, key=_version_order)
+    return ", ".join(versions) or None
+
+
+def _version_order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (0, version)
 
 
 def _loaded(

@@ -117,7 +117,7 @@ async def inferencepool_observe(
 def observed(
     model: PlacedModel,
     replicas: list[Replica],
-    ready: Mapping[str, set[str]],
+    ready: Mapping[str, Mapping[str, str]],
     unreachable: Mapping[str, str],
 ) -> tuple[tuple[str, ...], tuple[tuple[tuple[str, str], ...], ...]]:
     """(replicas, addresses) as the status should say them: the pool's ready replicas where the
@@ -129,7 +129,11 @@ def observed(
         if model.entry in ready.get(r.name, ())
         or (r.name in unreachable and r.name in model.replicas)
     )
-    return tuple(names), _frozen(replica_addresses(names, replicas))
+    said = {dict(a).get("pod", ""): dict(a).get("version", "") for a in model.addresses}
+    versions = {
+        name: ready[name][model.entry] if name in ready else said.get(name, "") for name in names
+    }
+    return tuple(names), _frozen(replica_addresses(names, replicas, versions))
 
 
 def _ready_below_wanted(model: PlacedModel, loaded: int, endpoints: int) -> bool:

@@ -8,16 +8,19 @@ targetRef is named by ip:port.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shoal.fleet.replica import Replica
 from shoal.operator.resources import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 
-def replica_addresses(names: Iterable[str], replicas: Iterable[Replica]) -> list[dict[str, str]]:
-    """`status.replicaAddresses` of a model READY on `names`: pod and host:port of each, in the
-    order of `names` (replicas no longer among the endpoints have no address and are left out)."""
+def replica_addresses(
+    names: Iterable[str], replicas: Iterable[Replica], versions: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """`status.replicaAddresses` of a model READY on `names`: pod, host:port of each and the
+    entry version it serves (where known), in the order of `names` (replicas no longer among
+    the endpoints have no address and are left out)."""
     by_name = {r.name: r for r in replicas}
     addresses = []
     for name in names:
@@ -27,6 +30,8 @@ def replica_addresses(names: Iterable[str], replicas: Iterable[Replica]) -> list
         address = {"pod": name, "http": f"{replica.host}:{replica.http_port}"}
         if replica.grpc_target:
             address["grpc"] = replica.grpc_target
+        if versions and versions.get(name):
+            address["version"] = versions[name]
         addresses.append(address)
     return addresses
 

@@ -146,7 +146,7 @@ class KubePlacement:
         # A copy of the pools' model repository (mounted): entries' manifests, which the OpenAI
         # endpoints need; None: only the KServe v2 endpoints serve the models.
         self._repository = repository
-        self._manifests: dict[str, Manifest | None] = {}
+        self._manifests: dict[tuple[str, str | None], Manifest | None] = {}
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._request_interval_s = request_interval_s
@@ -277,7 +277,7 @@ class KubePlacement:
             ready=ready,
             max_hold_s=float(spec.get("maxHoldSeconds") or DEFAULT_MAX_HOLD_S),
             permanent_error=_permanent_error(body),
-            manifest=self._manifest_of(_entry(body)),
+            manifest=self._manifest_of(_entry(body), status.get("servedVersion")),
         )
 
     def _ready_in(self, pool: str, loaded_on: list[str] | None) -> tuple[Replica, ...]:
@@ -286,16 +286,19 @@ class KubePlacement:
         endpoints = replicas_from_endpoints(self._endpoints.get(pool))
         return tuple(r for r in endpoints if r.name in names)
 
-    def _manifest_of(self, entry: str) -> Manifest | None:
+    def _manifest_of(self, entry: str, served_version: str | None) -> Manifest | None:
+        """The entry's manifest, read again when the version its replicas serve changes (a
+        re-export rolled out by the operator)."""
         if self._repository is None:
             return None
-        if entry not in self._manifests:
+        key = (entry, served_version)
+        if key not in self._manifests:
             try:
-                self._manifests[entry] = Manifest.read(self._repository / entry)
+                self._manifests[key] = Manifest.read(self._repository / entry)
             except ManifestError as exc:
                 log.warning("no manifest for %s (/v1 endpoints off for it): %s", entry, exc)
-                self._manifests[entry] = None
-        return self._manifests[entry]
+                self._manifests[key] = None
+        return self._manifests[key]
 
     # -- watch callbacks ------------------------------------------------------------------------
     def _reset(self, store: dict[str, dict[str, Any]], items: list[dict[str, Any]]) -> None:

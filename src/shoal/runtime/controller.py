@@ -172,7 +172,13 @@ class LocalController:
         self._require(name)
         entry = self.entries[name]
         outcome = await self.driver.load(
-            Resident(name, entry.memory_bytes, entry.pinned, in_use=entry.in_use),
+            Resident(
+                name,
+                entry.memory_bytes,
+                entry.pinned,
+                in_use=entry.in_use,
+                version=self.manifests[name].version,  # a hot swap stays within this version
+            ),
             self.budget_bytes,
             self.residents(),
         )
