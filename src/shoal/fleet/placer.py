@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from shoal.fleet.driver import DriverEvent, ReplicaDriver, Resident, default_load_deadline
 from shoal.fleet.errors import EntryInvalid, LoadFailed, LoadTimedOut, ReplicaUnreachable
@@ -26,6 +27,7 @@ from shoal.fleet.replica_client import ReplicaObservation
 from shoal.manifest import Manifest, ManifestError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REMOVE_DEADLINE_S = 30.0
 # Eviction.for_entry of an eviction no model asked for (a replica brought within its budget).
@@ -135,17 +137,7 @@ class Placer:
         self, replicas: Sequence[Replica]
     ) -> tuple[dict[str, ReplicaObservation], dict[str, str]]:
         """Observations of every replica that answers, and errors of those that do not."""
-        # Each child returns its error instead of raising it: a child still connecting when the
-        # operator stops would otherwise surface as a failed task at shutdown.
-        results = await asyncio.gather(*(self._observe_or_error(r) for r in replicas))
-        seen: dict[str, ReplicaObservation] = {}
-        errors: dict[str, str] = {}
-        for replica, result in zip(replicas, results, strict=True):
-            if isinstance(result, ReplicaObservation):
-                seen[replica.name] = result
-            else:
-                errors[replica.name] = result
-        return seen, errors
+        return await _ask_each(replicas, lambda r: self.driver(r).observe())
 
     async def ready_models(
         self, replicas: Sequence[Replica]
@@ -153,33 +145,12 @@ class Placer:
         """The Triton models READY on each replica that answers, with their versions (one index
         call each, without the driver's lock: a look, not a control call), and errors of those
         that do not."""
-
-        async def look(replica: Replica) -> dict[str, str] | str:
-            try:
-                return await self.driver(replica).client.ready_models()
-            except ReplicaUnreachable as exc:
-                return str(exc)
-
-        results = await asyncio.gather(*(look(r) for r in replicas))
-        ready: dict[str, dict[str, str]] = {}
-        errors: dict[str, str] = {}
-        for replica, result in zip(replicas, results, strict=True):
-            if isinstance(result, str):
-                errors[replica.name] = result
-            else:
-                ready[replica.name] = result
-        return ready, errors
+        return await _ask_each(replicas, lambda r: self.driver(r).client.ready_models())
 
     def placing(self, namespace: str, entry: str) -> bool:
         """Whether a placement or removal of `entry` is under way (its lock is held)."""
         lock = self._entry_locks.get((namespace, entry))
         return lock is not None and lock.locked()
-
-    async def _observe_or_error(self, replica: Replica) -> ReplicaObservation | str:
-        try:
-            return await self.driver(replica).observe()
-        except ReplicaUnreachable as exc:
-            return str(exc)
 
     # -- placing ------------------------------------------------------------------------------
     async def place(
@@ -372,6 +343,30 @@ class Placer:
 
     def driver_by_name(self, name: str) -> ReplicaDriver:
         return self._drivers[name]
+
+
+async def _ask_each(
+    replicas: Sequence[Replica], ask: Callable[[Replica], Awaitable[T]]
+) -> tuple[dict[str, T], dict[str, str]]:
+    """`ask` every replica at once: answers by replica, and the errors of those that did not
+    answer. Each child returns its error instead of raising it: a child still connecting when
+    the operator stops would otherwise surface as a failed task at shutdown."""
+
+    async def one(replica: Replica) -> tuple[bool, T | str]:
+        try:
+            return True, await ask(replica)
+        except ReplicaUnreachable as exc:
+            return False, str(exc)
+
+    answers: dict[str, T] = {}
+    errors: dict[str, str] = {}
+    results = await asyncio.gather(*(one(r) for r in replicas))
+    for replica, (answered, result) in zip(replicas, results, strict=True):
+        if answered:
+            answers[replica.name] = result  # type: ignore[assignment]
+        else:
+            errors[replica.name] = result  # type: ignore[assignment]
+    return answers, errors
 
 
 def _residents(known: Mapping[str, KnownModel], budget_bytes: int) -> dict[str, Resident]:
