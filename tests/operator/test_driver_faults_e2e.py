@@ -187,7 +187,9 @@ def test_status_follows_a_replica_that_restarted_empty_within_two_seconds(
             "pod": "gpu-a-0",
             "http": f"{replica.bind_address}:{replica.http_port}",
             "grpc": f"{replica.bind_address}:{replica.grpc_port}",
+            "version": "1",
         }]  # fmt: skip
+        assert status["servedVersion"] == "1"
 
         os.kill(replica.pid, signal.SIGKILL)
         replica.stop()
