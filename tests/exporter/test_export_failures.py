@@ -150,3 +150,30 @@ def test_cli_prints_user_errors_without_traceback(tmp_path, capsys):
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_checkpoint_whose_head_shoal_does_not_export_is_refused_unless_asked(
+    tiny_model, tmp_path
+):
+    """A token-classification checkpoint used to export silently as an embedder without its
+    head. Refused now, naming the head; an explicit --task exports the backbone alone."""
+    import shutil
+
+    from transformers import BertConfig, BertForTokenClassification
+
+    from shoal.exporter import ExportOptions, export_model
+
+    source = tmp_path / "ner"
+    shutil.copytree(tiny_model("bert"), source)
+    config = BertConfig.from_pretrained(source, num_labels=3)
+    BertForTokenClassification(config).save_pretrained(source)
+    with pytest.raises(ExportError) as refused:
+        export_model(source, "ner", tmp_path / "repository", ExportOptions(max_length=16))
+    message = str(refused.value)
+    assert "BertForTokenClassification" in message and "token classification head" in message
+    assert "--task embed" in message
+    assert not (tmp_path / "repository" / "ner").exists()
+    manifest = export_model(
+        source, "ner", tmp_path / "repository", ExportOptions(task="embed", max_length=16)
+    )
+    assert manifest.task == "embed"

@@ -21,6 +21,19 @@ from shoal.tokenization import TokenizationError, tokenization_config
 log = logging.getLogger(__name__)
 
 DENSE_TASKS = (Task.EMBED, Task.MULTI)
+# Hugging Face head classes (by class-name suffix) that give a checkpoint its task. A family
+# exports some (`Adapter.heads`); a checkpoint with any other is refused unless the task is asked
+# for explicitly, so that a head is never dropped without the user saying so.
+HEAD_TASKS = {
+    "ForTokenClassification": "token classification",
+    "ForSequenceClassification": "sequence classification",
+    "ForQuestionAnswering": "question answering",
+    "ForMultipleChoice": "multiple choice",
+    "ForNextSentencePrediction": "next-sentence prediction",
+    "ForMaskedLM": "masked language modelling",
+    "ForPreTraining": "pre-training",
+    "ForCausalLM": "causal language modelling",
+}
 # Weights a checkpoint may lack without changing what shoal exports (unused by every graph).
 IGNORABLE_MISSING_PREFIXES = ("pooler.",)
 
@@ -39,6 +52,9 @@ class Adapter:
     # ModernBERT); the onnxruntime optimizer is asked to fuse when the model_type supports it.
     attention_implementation: ClassVar[str] = "eager"
     auto_class: ClassVar[str] = "AutoModel"
+    # Head classes (HEAD_TASKS suffixes) this family exports, or leaves out as the usual
+    # practice for its task: a plain encoder's embeddings ignore a pre-training head.
+    heads: ClassVar[tuple[str, ...]] = ("ForMaskedLM", "ForPreTraining")
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
@@ -60,7 +76,26 @@ class Adapter:
         """Width of the dense (or ColBERT) vectors before Matryoshka truncation."""
         return self.hidden_size
 
+    def unexported_heads(self) -> list[str]:
+        """The checkpoint's architectures whose head this family would drop."""
+        return [
+            architecture
+            for architecture in self.checkpoint.architectures
+            for suffix in HEAD_TASKS
+            if architecture.endswith(suffix) and suffix not in self.heads
+        ]
+
     def plan(self, options: ExportOptions) -> ExportPlan:
+        dropped = self.unexported_heads()
+        if dropped and not options.task:
+            suffix = next(s for s in HEAD_TASKS if dropped[0].endswith(s))
+            raise ExportError(
+                f"{self.checkpoint.path / 'config.json'} names {dropped[0]}: a "
+                f"{HEAD_TASKS[suffix]} head, which shoal does not export (family {self.name!r} "
+                f"would export the backbone's {self.tasks[0].value} output and drop the head). "
+                f"To export the backbone alone, ask for it: --task {self.tasks[0].value} (in a "
+                f"catalog, task: {self.tasks[0].value})"
+            )
         task = Task(options.task) if options.task else self.tasks[0]
         if task not in self.tasks:
             raise ExportError(

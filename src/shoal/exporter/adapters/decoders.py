@@ -14,6 +14,8 @@ from shoal.exporter.options import ExportPlan
 class DecoderAdapter(Adapter):
     default_pooling = Pooling.LAST_TOKEN
     padding_side = "left"
+    # Decoder embedders (gte-Qwen2, Qwen3-Embedding) ship as *ForCausalLM; the LM head is unused.
+    heads = ("ForCausalLM",)
 
     def graph_module(self, model: Any, plan: ExportPlan) -> Any:
         from shoal.exporter.adapters.graph_modules import DecoderHiddenStates

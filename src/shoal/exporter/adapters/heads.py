@@ -42,6 +42,7 @@ class RerankerAdapter(Adapter):
     default_pooling = None
     detection_priority = 10
     auto_class = "AutoModelForSequenceClassification"
+    heads = ("ForSequenceClassification",)
 
     @classmethod
     def matches(cls, checkpoint: Any) -> bool:
@@ -215,6 +216,7 @@ class SpladeAdapter(Adapter):
     token_type_ids = True
     detection_priority = 5
     auto_class = "AutoModelForMaskedLM"
+    heads = ("ForMaskedLM",)
 
     @classmethod
     def matches(cls, checkpoint: Any) -> bool:
