@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 # Where a client looks when given no URL: Triton's standard ports, where `shoal serve` listens.
 DEFAULT_URLS = {"http": "http://localhost:8000", "grpc": "localhost:8001"}
+PROTOCOL_NAMES = {"http": "HTTP", "grpc": "gRPC"}
 CONNECT_TIMEOUT_S = 10.0  # HTTP: opening the connection; an answer may take a cold load longer
 
 # The command that calls each task's entries, as a person types it.
@@ -50,6 +51,10 @@ class ServerUnreachable(ModelCallError):
 
 class WrongTask(ModelCallError):
     """The model answers another task than the call needs; the message names what fits."""
+
+
+class InvalidText(ModelCallError):
+    """A text that cannot be sent as UTF-8 (found before anything is sent)."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,23 @@ def _texts(module: Any, name: str, texts: list[str]) -> Any:
     import numpy as np  # noqa: PLC0415
 
     tensor = module.InferInput(name, [len(texts), 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
+    tensor.set_data_from_numpy(np.array([[t] for t in utf8(name, texts)], dtype=object))
     return tensor
+
+
+def utf8(name: str, texts: list[str]) -> list[bytes]:
+    """The texts as UTF-8; InvalidText names the row that has no UTF-8 form (a lone surrogate,
+    as Python makes of bytes that were not UTF-8 on a command line)."""
+    encoded = []
+    for row, text in enumerate(texts):
+        try:
+            encoded.append(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InvalidText(
+                f"{name}[{row}] is not valid UTF-8 text (character {exc.start} is "
+                f"{text[exc.start]!r}); give texts in UTF-8"
+            ) from None
+    return encoded
 
 
 def strip_scheme(url: str) -> str:
@@ -118,7 +138,7 @@ def ensure_live(client: Any, url: str | None, protocol: str) -> None:
     if protocol == "grpc":
         hint = f" (gRPC has its own port: `shoal serve` listens on {DEFAULT_URLS['grpc']})"
     raise ServerUnreachable(
-        f"nothing answers over {protocol.upper()} at {tried}: {reason}. Start a server with "
+        f"nothing answers over {PROTOCOL_NAMES[protocol]} at {tried}: {reason}. Start a server with "
         f"`shoal serve REPOSITORY`, or pass --url with the address of a running one{hint}"
     )
 
@@ -164,7 +184,8 @@ def require_task(interface: ModelInterface, output: str, command: str) -> None:
         else "no shoal command calls it: call it with tritonclient (docs/tasks.md)"
     )
     raise WrongTask(
-        f"model {name!r} is a {task.value} model (it answers {answers}, not {output}); {advice}"
+        f"model {name!r} serves the {task.value} task (it answers {answers}, not {output}); "
+        + advice
     )
 
 
