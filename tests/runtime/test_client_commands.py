@@ -3,7 +3,8 @@ standard ports inside a network namespace (its own localhost, where nothing else
 the commands' default URLs: over HTTP (localhost:8000) and gRPC (localhost:8001), more texts than
 the entry's batch size are split and joined in order; a command on the wrong kind of entry says
 which command fits; a client's mistake is one line. With nothing listening, the error says what
-was tried and what to do: exit code 2, no traceback.
+was tried and what to do: exit code 2, no traceback (tests/runtime/test_client_unreachable.py:
+closed ports, silent and garbled servers).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shoal.runtime.triton import free_port
+from tests.runtime.commands import SRC, refused, shoal
 from tests.support.netns import NetnsHost, netns_hosts
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -29,26 +30,6 @@ MAX_BATCH_SIZE = 4
 MAX_TEXT_BYTES = 1024
 TEXTS = [f"text number {i} about fish" for i in range(MAX_BATCH_SIZE * 2 + 1)]
 DOCUMENTS = [f"document {i}: fish live in water" for i in range(MAX_BATCH_SIZE + 2)]
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def shoal(*args: str, namespace: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`shoal ARGS` in a fresh process (inside `namespace` when given), this checkout first."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), *sys.path]))
-    prefix = ["ip", "netns", "exec", namespace] if namespace else []
-    command = [*prefix, sys.executable, "-m", "shoal.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
-
-
-def refused(done: subprocess.CompletedProcess[str], *words: str) -> str:
-    """The one-line error of a command that failed on its input."""
-    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    for word in words:
-        assert word in lines[0], done.stderr
-    return lines[0]
 
 
 def vectors(done: subprocess.CompletedProcess[str], texts: list[str]) -> np.ndarray:
@@ -167,23 +148,13 @@ def test_with_nothing_listening_the_default_urls_say_what_was_tried(hosts) -> No
     empty = hosts.create()  # a localhost where nothing listens
     over_http = refused(
         shoal("embed", "m", "hello", namespace=empty.name),
-        "nothing answers over HTTP at http://localhost:8000",
+        "no KServe v2 server answers over HTTP at http://localhost:8000",
         "`shoal serve REPOSITORY`",
         "--url",
     )
     assert "onnection refused" in over_http
     refused(
         shoal("rerank", "m", "q", "doc", "--protocol", "grpc", namespace=empty.name),
-        "nothing answers over gRPC at localhost:8001",
+        "no KServe v2 server answers over gRPC at localhost:8001",
         "`shoal serve REPOSITORY`",
     )
-
-
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_a_closed_port_is_one_line_naming_it(protocol) -> None:
-    url = f"127.0.0.1:{free_port()}"  # free now: nothing listens there
-    if protocol == "http":
-        url = f"http://{url}"
-    done = shoal("embed", "m", "hello", "--url", url, "--protocol", protocol)
-    name = {"http": "HTTP", "grpc": "gRPC"}[protocol]
-    refused(done, f"nothing answers over {name} at {url}", "shoal serve")

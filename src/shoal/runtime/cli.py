@@ -241,7 +241,7 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
     url = args.url or triton_client.DEFAULT_URLS[args.protocol]
     client = triton_client.connect(url, args.protocol)
     try:
-        triton_client.ensure_live(client, args.url, args.protocol)
+        triton_client.ensure_live(args.url, args.protocol)
         if not client.is_model_ready(args.model):
             try:
                 known = [m["name"] for m in _index(client)]

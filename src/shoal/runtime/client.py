@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_URLS = {"http": "http://localhost:8000", "grpc": "localhost:8001"}
 PROTOCOL_NAMES = {"http": "HTTP", "grpc": "gRPC"}
 CONNECT_TIMEOUT_S = 10.0  # HTTP: opening the connection; an answer may take a cold load longer
+LIVENESS_TIMEOUT_S = 5.0  # the first question, "is a server there?", is answered at once or never
 
 # The command that calls each task's entries, as a person types it.
 COMMAND_FOR_TASK = {
@@ -121,26 +122,57 @@ def connect(url: str | None = None, protocol: str = "http") -> Any:
     return module.InferenceServerClient(address)
 
 
-def ensure_live(client: Any, url: str | None, protocol: str) -> None:
-    """Raise ServerUnreachable, saying what was tried and what to do, unless the server is live."""
+def ensure_live(url: str | None, protocol: str) -> None:
+    """Raise ServerUnreachable, saying what was tried and what to do, unless a KServe v2 server
+    answers at `url` (default: DEFAULT_URLS) within LIVENESS_TIMEOUT_S."""
+    tried = url or DEFAULT_URLS[protocol]
+    try:
+        live = _probe_live(_module(protocol), strip_scheme(tried), protocol)
+        reason = "" if live else "it answered, but not as a live KServe v2 server"
+    # Any failure of this one probe means the same to the caller: nothing usable answers there.
+    except Exception as exc:  # noqa: BLE001
+        reason = _failure_reason(exc)
+    if not reason:
+        return
+    raise ServerUnreachable(
+        f"no KServe v2 server answers over {PROTOCOL_NAMES[protocol]} at {tried}: {reason}. "
+        "Start one with `shoal serve REPOSITORY`, or pass --url with the address of a running "
+        f"one (HTTP and gRPC have their own ports; `shoal serve` listens on {DEFAULT_URLS['http']}"
+        f" and {DEFAULT_URLS['grpc']})"
+    )
+
+
+def _probe_live(module: Any, address: str, protocol: str) -> bool:
+    if protocol == "http":
+        probe = module.InferenceServerClient(
+            address, connection_timeout=LIVENESS_TIMEOUT_S, network_timeout=LIVENESS_TIMEOUT_S
+        )
+        try:
+            return probe.is_server_live()
+        finally:
+            probe.close()
+    probe = module.InferenceServerClient(address)
+    try:
+        return probe.is_server_live(client_timeout=LIVENESS_TIMEOUT_S)
+    finally:
+        probe.close()
+
+
+def _failure_reason(exc: Exception) -> str:
+    """The first line of what went wrong, in the words of whoever said it."""
     from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
-    try:
-        if client.is_server_live():
-            return
-        reason = "it answered, but not as a live KServe v2 server"
-    except InferenceServerException as exc:  # gRPC: UNAVAILABLE, with gRPC's own words
-        reason = (exc.message() or str(exc.status())).splitlines()[0]
-    except OSError as exc:  # HTTP: refused, unknown host, timed out
-        reason = exc.strerror or str(exc) or type(exc).__name__
-    tried = url or DEFAULT_URLS[protocol]
-    hint = ""
-    if protocol == "grpc":
-        hint = f" (gRPC has its own port: `shoal serve` listens on {DEFAULT_URLS['grpc']})"
-    raise ServerUnreachable(
-        f"nothing answers over {PROTOCOL_NAMES[protocol]} at {tried}: {reason}. Start a server with "
-        f"`shoal serve REPOSITORY`, or pass --url with the address of a running one{hint}"
-    )
+    timed_out = isinstance(exc, TimeoutError)
+    if isinstance(exc, InferenceServerException):  # gRPC: UNAVAILABLE, DEADLINE_EXCEEDED
+        timed_out = exc.status() == "StatusCode.DEADLINE_EXCEEDED"
+        text = exc.message() or str(exc.status())
+    elif isinstance(exc, OSError):  # refused, unknown host
+        text = exc.strerror or str(exc)
+    else:  # an answer the HTTP client could not parse
+        text = f"its answer is not HTTP ({exc})"
+    if timed_out:
+        return f"no answer within {LIVENESS_TIMEOUT_S:.0f} s"
+    return (text.strip() or type(exc).__name__).splitlines()[0]
 
 
 def wait_until_ready(client: Any, model: str, timeout_s: float) -> None:
