@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from shoal.model_repository.layout import EntryLayout
 from shoal.router.static_source import routes_from_repository
 from shoal.runtime import client as shoal_client
 from tests.router.support import RouterThread, replica_of
+from tests.runtime.entries import export_embedder_and_reranker
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -38,19 +40,11 @@ MODULES = {"http": httpclient, "grpc": grpcclient}
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_model, tmp_path_factory):
-    from shoal.exporter import ExportOptions, export_model
-    from shoal.model_repository.entry import EntryOptions
-
+def repository(tiny_model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("client-mistakes") / "repository"
-    options = ExportOptions(
-        runtime="portable",
-        max_length=32,
-        max_batch_size=MAX_BATCH_SIZE,
-        entry=EntryOptions(encode_threads=1, max_text_bytes=MAX_TEXT_BYTES),
+    export_embedder_and_reranker(
+        tiny_model, path, max_batch_size=MAX_BATCH_SIZE, max_text_bytes=MAX_TEXT_BYTES
     )
-    for family, name in (("bert", "embedder"), ("reranker", "reranker")):
-        export_model(str(tiny_model(family)), name, path, options)
     return path
 
 

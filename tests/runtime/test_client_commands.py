@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from tests.runtime.commands import SRC, refused, shoal
+from tests.runtime.entries import export_embedder_and_reranker
 from tests.support.netns import NetnsHost, netns_hosts
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -47,18 +48,10 @@ def scores(done: subprocess.CompletedProcess[str]) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def repository(tiny_model, tmp_path_factory) -> Path:
-    from shoal.exporter import ExportOptions, export_model
-    from shoal.model_repository.entry import EntryOptions
-
     path = tmp_path_factory.mktemp("client-commands") / "repository"
-    options = ExportOptions(
-        runtime="portable",
-        max_length=32,
-        max_batch_size=MAX_BATCH_SIZE,
-        entry=EntryOptions(encode_threads=1, max_text_bytes=MAX_TEXT_BYTES),
+    export_embedder_and_reranker(
+        tiny_model, path, max_batch_size=MAX_BATCH_SIZE, max_text_bytes=MAX_TEXT_BYTES
     )
-    for family, name in (("bert", "embedder"), ("reranker", "reranker")):
-        export_model(str(tiny_model(family)), name, path, options)
     return path
 
 
