@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--dims", type=int, help="Matryoshka truncation of dense vectors")
     export.add_argument(
+        "--matryoshka",
+        action="store_true",
+        help="the model was trained with a Matryoshka loss: clients may ask for fewer "
+        "dimensions (the router's OpenAI `dimensions`); implied by --dims",
+    )
+    export.add_argument(
         "--dtype",
         choices=[d.value for d in Dtype],
         default=Dtype.FP32.value,
@@ -110,6 +116,7 @@ def run_export(args: argparse.Namespace) -> int:
             normalize=args.normalize,
             max_length=args.max_length,
             dims=args.dims,
+            matryoshka=args.matryoshka,
             dtype=args.dtype,
             opset=args.opset,
             runtime=args.runtime,

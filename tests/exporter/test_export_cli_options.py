@@ -1,7 +1,9 @@
-"""`shoal export --device gpu`: the command line writes the GPU instance group and the
-onnxruntime accelerator that a catalog's `instance_kind`/`gpu_accelerator`/`instance_count` keys
-write, and the entry passes `shoal repo check` (no GPU is needed to export for one: the parity
-check runs on the CPU)."""
+"""Options of `shoal export` that change how an entry is served.
+
+`--device gpu`: the command line writes the GPU instance group and the onnxruntime accelerator
+that a catalog's `instance_kind`/`gpu_accelerator`/`instance_count` keys write, and the entry passes
+`shoal repo check` (no GPU is needed to export for one: the parity check runs on the CPU).
+`--matryoshka`/`--dims`: the manifest says whether clients may ask for fewer dimensions."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from shoal.cli import main
+from shoal.manifest import Manifest
 from shoal.model_repository.repository import check_entry
 
 KIND_GPU = model_config_pb2.ModelInstanceGroup.KIND_GPU
@@ -43,3 +46,18 @@ def test_export_for_a_gpu_pool_from_the_command_line(tiny_model, tmp_path, capsy
         assert group.kind == KIND_CPU
     assert not check_entry(repository, "trt").problems
     assert not check_entry(repository, "cuda").problems
+
+
+def test_the_manifest_says_whether_fewer_dimensions_may_be_asked_for(tiny_model, tmp_path, capsys):
+    repository = tmp_path / "repository"
+    base = ["export", str(tiny_model("bert")), "--repository", str(repository), "--max-length",
+            "16"]  # fmt: skip
+    assert main([*base, "--name", "plain"]) == 0
+    assert main([*base, "--name", "nested", "--matryoshka"]) == 0
+    assert main([*base, "--name", "cut", "--dims", "8"]) == 0
+    capsys.readouterr()
+    extra = {n: Manifest.read(repository / n).extra for n in ("plain", "nested", "cut")}
+    assert [extra[n]["matryoshka"] for n in ("plain", "nested", "cut")] == [False, True, True]
+    colbert = ["export", str(tiny_model("colbert")), "--repository", str(repository)]
+    assert main([*colbert, "--name", "late", "--matryoshka"]) == 2
+    assert "--matryoshka apply to dense embeddings" in capsys.readouterr().err
