@@ -64,7 +64,7 @@ class ModelInterface:
 
     name: str
     outputs: tuple[str, ...]
-    max_batch_size: int  # 0: the model takes no batch dimension limit from Triton
+    max_batch_size: int  # 0: Triton does not batch the model: every row goes in one request
 
     @property
     def task(self) -> Task | None:
