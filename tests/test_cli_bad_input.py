@@ -64,13 +64,31 @@ CASES = [
         "'chat'",
     ),
     Case(
-        ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--accelerator",
-         "cuda"),
+        (
+            "export",
+            "{dir}/ckpt",
+            "--name",
+            "ok",
+            "--repository",
+            "{dir}/r",
+            "--accelerator",
+            "cuda",
+        ),
         "--accelerator cuda applies to GPU instances: add --device gpu",
     ),  # fmt: skip
     Case(
-        ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--device", "gpu",
-         "--accelerator", "tensorrt"),
+        (
+            "export",
+            "{dir}/ckpt",
+            "--name",
+            "ok",
+            "--repository",
+            "{dir}/r",
+            "--device",
+            "gpu",
+            "--accelerator",
+            "tensorrt",
+        ),
         "add --runtime onnxruntime",
     ),  # fmt: skip
     Case(

@@ -41,8 +41,8 @@ async def test_the_budget_is_never_exceeded_whatever_the_interleaving(seed):
     in_use = {name: rng.random() < 0.2 for name in sizes}
     residents = {n: Resident(n, s, in_use=int(in_use[n])) for n, s in sizes.items()}
     evicted_in_use: list[str] = []
-    driver._on_event = lambda e: e.kind == "evicted" and in_use[e.entry] and evicted_in_use.append(
-        e.entry
+    driver._on_event = lambda e: (
+        e.kind == "evicted" and in_use[e.entry] and evicted_in_use.append(e.entry)
     )
 
     async def ask(name: str) -> None:

@@ -73,7 +73,9 @@ def test_presence_and_entry_names():
 def _setup(**kwargs):
     replica = Replica("r0", "10.0.0.1", 8000)
     triton = TritonLikeReplica(replica, **kwargs)
-    placer = Placer(driver_factory=lambda r: ReplicaDriver(r, client=triton, policy=LeastRecentlyUsed()))
+    placer = Placer(
+        driver_factory=lambda r: ReplicaDriver(r, client=triton, policy=LeastRecentlyUsed())
+    )
     known = {e: KnownModel(e, "ns", e, 100 * MiB) for e in ("a", "b", "c", "d")}
     return placer, replica, triton, known
 

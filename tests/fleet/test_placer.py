@@ -84,9 +84,7 @@ async def test_evicts_least_recently_used_but_not_higher_priority_models():
 
 async def test_a_model_nobody_owns_counts_with_its_memory_and_is_evicted_by_policy():
     # "foreign" was loaded straight through Triton: no InferenceModel, never used since.
-    placer, replica, memory, budget = _setup(
-        {"foreign": 0, "old": 2, "recent": 9}, budget_models=3
-    )
+    placer, replica, memory, budget = _setup({"foreign": 0, "old": 2, "recent": 9}, budget_models=3)
     known = {k.entry: k for k in (_known("old"), _known("recent"), _known("new"))}
     result = await placer.place(
         known["new"], 100 * MiB, 1, [replica], budget, known, allow_evict=True

@@ -33,11 +33,22 @@ class _Response:
         self.output_tensors, self.error = output_tensors or [], error
 
 
+class _Error(str):
+    """pb_utils.TritonError: the message, and the code Triton answers with."""
+
+    INTERNAL, INVALID_ARG = "INTERNAL", "INVALID_ARG"
+
+    def __new__(cls, message: str, code: str = INTERNAL) -> _Error:
+        error = super().__new__(cls, message)
+        error.code = code
+        return error
+
+
 def _fake_pb_utils() -> types.ModuleType:
     module = types.ModuleType("triton_python_backend_utils")
     module.Tensor = _Tensor
     module.InferenceResponse = _Response
-    module.TritonError = lambda message: message
+    module.TritonError = _Error
     module.get_input_tensor_by_name = lambda request, name: request.get(name)
     module.triton_string_to_numpy = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32}.__getitem__
     module.Logger = types.SimpleNamespace(log_info=lambda message: None)
@@ -127,6 +138,16 @@ def test_a_request_the_graph_cannot_run_fails_alone(step) -> None:
         [request([[1, 2]]), request([[1, VOCAB + 5]]), request([[3, 4, 5]])]
     )
     assert bad.error is not None and "onnxruntime" in bad.error
+    assert bad.error.code == "INTERNAL"  # the graph's failure, not a client's mistake
     assert good.error is None and also_good.error is None
     np.testing.assert_array_equal(good.output_tensors[0].as_numpy()[0, 0], [4, 5, 6, 7])
     assert also_good.output_tensors[0].as_numpy().shape == (1, 3, HIDDEN)
+
+
+def test_tensors_of_different_shapes_are_the_clients_mistake(step) -> None:
+    bad = request([[1, 2]])
+    bad["attention_mask"] = _Tensor("attention_mask", np.ones((1, 3), dtype=np.int64))
+    refused, good = step.execute([bad, request([[3, 4]])])
+    assert refused.error.code == "INVALID_ARG"
+    assert "[batch, tokens] of one shape" in refused.error
+    assert good.error is None

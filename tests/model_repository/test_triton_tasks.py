@@ -277,9 +277,13 @@ def test_one_request_may_mix_queries_and_documents(server, exported) -> None:
 # ------------------------------------------------------------------ bad input
 
 
+# How Triton says "the client's mistake" (the python steps answer INVALID_ARG), per protocol.
+CLIENT_MISTAKE = {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}
+
+
 def expect_error(server, exported, make_inputs, fragment: str, family: str = "bert") -> None:
-    """The request fails with `fragment` in its message over HTTP and gRPC, and the server then
-    still answers a good request."""
+    """The request fails as the client's mistake (400 / INVALID_ARGUMENT) with `fragment` in its
+    message over HTTP and gRPC, and the server then still answers a good request."""
     _, entries = exported
     entry = entries[family]
     for protocol in ("http", "grpc"):
@@ -287,6 +291,7 @@ def expect_error(server, exported, make_inputs, fragment: str, family: str = "be
         with pytest.raises(InferenceServerException) as caught:
             client.infer(entry.name, make_inputs(module))
         assert fragment in str(caught.value), str(caught.value)
+        assert caught.value.status() == CLIENT_MISTAKE[protocol], str(caught.value)
         good_inputs = [_bytes_input(module, INPUT_TEXT, ["fish"])]
         if entry.task is Task.RERANK:
             good_inputs.append(_bytes_input(module, INPUT_QUERY, ["fish?"]))

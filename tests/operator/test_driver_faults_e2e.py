@@ -77,9 +77,7 @@ def test_triton_killed_during_a_load_converges_after_its_restart(
     with run_operator():
         create_pool(kube, repository, {"gpu-a-0": replica})
         kube.create("inferencemodels", "InferenceModel", "victim", {"pool": POOL})
-        wait_for(
-            lambda: "victim__tokenize" in replica.log_text(), 30, what="the load under way"
-        )
+        wait_for(lambda: "victim__tokenize" in replica.log_text(), 30, what="the load under way")
         os.kill(replica.pid, signal.SIGKILL)
         replica.stop()
         started = time.monotonic()
@@ -116,7 +114,9 @@ def test_a_hanging_load_times_out_and_the_replicas_other_models_load(
 
 
 def _loaded_condition(kube, name):
-    return next((c for c in model_status(kube, name).get("conditions") or [] if c["type"] == "Loaded"), None)
+    return next(
+        (c for c in model_status(kube, name).get("conditions") or [] if c["type"] == "Loaded"), None
+    )
 
 
 def test_operator_killed_during_a_load_resumes_without_loading_twice(
@@ -138,9 +138,7 @@ def test_operator_killed_during_a_load_resumes_without_loading_twice(
     first = operator_process()
     try:
         kube.create("inferencemodels", "InferenceModel", "resumed", {"pool": POOL})
-        wait_for(
-            lambda: "resumed__tokenize" in replica.log_text(), 60, what="the load under way"
-        )
+        wait_for(lambda: "resumed__tokenize" in replica.log_text(), 60, what="the load under way")
         first.kill()  # SIGKILL: no cleanup, no finalizer work, mid-load
         first.wait(timeout=10)
         started = time.monotonic()
@@ -155,7 +153,9 @@ def test_operator_killed_during_a_load_resumes_without_loading_twice(
         if first.poll() is None:
             first.kill()
     assert status["replicas"] == ["gpu-a-0"]
-    loads = [line for line in replica.log_text().splitlines() if "resumed" in line and "load" in line]
+    loads = [
+        line for line in replica.log_text().splitlines() if "resumed" in line and "load" in line
+    ]
     operator_log = (tmp_path / "operator.log").read_text(errors="replace")[-6000:]
     # The restarted operator did not load it again.
     assert _successful_loads(replica, "resumed") == 1, "\n".join(loads) + operator_log

@@ -99,8 +99,10 @@ def test_a_model_moved_to_another_pool_loads_there_first_then_leaves_the_old_one
         kube.patch_spec("inferencemodels", "mover", {"pool": "gpu-b"})
         # gpu-b has no ready replica yet: the old copy keeps serving, and status says where.
         wait_for(
-            lambda: _status(kube, "mover").get("movedFrom")
-            == {"pool": "gpu-a", "entry": "mover", "replicas": ["gpu-a-0"]},
+            lambda: (
+                _status(kube, "mover").get("movedFrom")
+                == {"pool": "gpu-a", "entry": "mover", "replicas": ["gpu-a-0"]}
+            ),
             30,
             what="the old copy's replicas in status.movedFrom",
         )

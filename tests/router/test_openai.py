@@ -203,5 +203,6 @@ def test_an_error_from_the_entry_keeps_tritons_status_and_message(router, triton
     with pytest.raises(Exception) as direct_error:
         direct(triton, "embedder", {INPUT_TEXT: [text]}, OUTPUT_EMBEDDING)
     error = answer.json()["error"]
-    assert answer.status_code == int(direct_error.value.status())
+    assert answer.status_code == int(direct_error.value.status()) == 400  # the client's mistake
     assert "over the limit of" in error["message"] and error["code"] == "replica_error"
+    assert error["type"] == "invalid_request_error"

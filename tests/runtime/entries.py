@@ -18,3 +18,21 @@ def export_tiny_embedders(checkpoint: Path, repository: Path, names: list[str]) 
         return
     for name in names:
         export_model(str(checkpoint), name, repository, ExportOptions(runtime="portable"))
+
+
+def export_embedder_and_reranker(
+    tiny_model, repository: Path, *, max_batch_size: int, max_text_bytes: int
+) -> None:
+    """`embedder` (tiny BERT) and `reranker` (tiny cross-encoder), portable runtime, with small
+    limits so that tests reach them with a few short texts."""
+    from shoal.exporter import ExportOptions, export_model
+    from shoal.model_repository.entry import EntryOptions
+
+    options = ExportOptions(
+        runtime="portable",
+        max_length=32,
+        max_batch_size=max_batch_size,
+        entry=EntryOptions(encode_threads=1, max_text_bytes=max_text_bytes),
+    )
+    for family, name in (("bert", "embedder"), ("reranker", "reranker")):
+        export_model(str(tiny_model(family)), name, repository, options)

@@ -108,18 +108,20 @@ async def test_a_triton_that_keeps_dying_ends_serving_with_its_log(repository):
             os.kill(pid, signal.SIGKILL)
             # The next kill goes to the restarted server once it answers (or serving ended).
             await _until(
-                lambda pid=pid: supervisor.done()
-                or (serving.server.pid != pid and _answers(serving.server.http_url)),
+                lambda pid=pid: (
+                    supervisor.done()
+                    or (serving.server.pid != pid and _answers(serving.server.http_url))
+                ),
                 60,
                 "a restart",
             )
-        with pytest.raises(TritonCrashLoop, match=r"(?s)died 3 times within 60 s.*tritonserver log"):
+        with pytest.raises(
+            TritonCrashLoop, match=r"(?s)died 3 times within 60 s.*tritonserver log"
+        ):
             await asyncio.wait_for(supervisor, 30)
 
 
-async def test_a_hanging_load_times_out_and_the_other_models_load_and_serve(
-    repository, tmp_path
-):
+async def test_a_hanging_load_times_out_and_the_other_models_load_and_serve(repository, tmp_path):
     hanging = tmp_path / "repository"
     shutil.copytree(repository, hanging)
     model_py = hanging / "sb__tokenize" / "1" / "model.py"

@@ -239,9 +239,7 @@ class ReplicaDriver:
                     pinned=bool(owner and owner.pinned),
                     # A higher priority than the incoming model protects like a pin, named so.
                     protected=(
-                        "higher priority"
-                        if owner and owner.priority > incoming_priority
-                        else ""
+                        "higher priority" if owner and owner.priority > incoming_priority else ""
                     ),
                     in_flight=in_flight + (owner.in_use if owner else 0),
                     last_used=float(last_used),

@@ -53,9 +53,7 @@ class ReplicaClient:
     """One replica over shoal.fleet.triton_control (one short-lived HTTP client per operation;
     the driver serializes control calls per replica)."""
 
-    def __init__(
-        self, replica: Replica, *, log_reader: Callable[[], str] | None = None
-    ) -> None:
+    def __init__(self, replica: Replica, *, log_reader: Callable[[], str] | None = None) -> None:
         self.replica = replica
         self._log_reader = log_reader  # a local server's log, to explain failed loads
 

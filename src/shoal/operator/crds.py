@@ -408,7 +408,7 @@ def model_crd() -> dict[str, Any]:
             "type": "string",
             "nullable": True,
             "description": "The entry version the replicas serve (the manifest's `version`); "
-            "during a rollout the versions served, e.g. \"1, 2\".",
+            'during a rollout the versions served, e.g. "1, 2".',
         },
         "lastUsed": {"type": "string", "format": "date-time", "nullable": True},
         "lastError": {

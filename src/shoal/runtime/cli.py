@@ -12,10 +12,9 @@ import signal
 import sys
 
 from shoal.fleet.placement import DEFAULT_POLICY, POLICIES  # pure, stdlib only: light
+from shoal.runtime.client import DEFAULT_URLS  # light: numpy and tritonclient load in the calls
 
 log = logging.getLogger(__name__)
-
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _quiet_http_logs() -> None:
@@ -82,8 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         else:
             parser.add_argument("texts", nargs="+", metavar="TEXT")
             parser.add_argument("--text-type", choices=["query", "document"])
-        parser.add_argument("--url", default=DEFAULT_URL, help=f"Triton (default {DEFAULT_URL})")
-        parser.add_argument("--protocol", choices=["http", "grpc"], default="http")
+        parser.add_argument(
+            "--url",
+            help="the server: `shoal serve` or a Triton (default: "
+            f"{DEFAULT_URLS['http']} for HTTP, {DEFAULT_URLS['grpc']} for gRPC)",
+        )
+        parser.add_argument(
+            "--protocol", choices=["http", "grpc"], default="http", help="(default: http)"
+        )
         parser.add_argument(
             "--load-timeout", type=float, default=120.0, help="seconds to wait for a cold model"
         )
@@ -233,10 +238,10 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
     from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime import client as triton_client  # noqa: PLC0415
 
-    client = triton_client.connect(args.url, args.protocol)
+    url = args.url or triton_client.DEFAULT_URLS[args.protocol]
+    client = triton_client.connect(url, args.protocol)
     try:
-        if not client.is_server_live():
-            raise UserError(f"no Triton answering at {args.url}; start one with `shoal serve DIR`")
+        triton_client.ensure_live(args.url, args.protocol)
         if not client.is_model_ready(args.model):
             try:
                 known = [m["name"] for m in _index(client)]
@@ -246,7 +251,7 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
                 return client
             if args.model not in known:
                 raise UserError(
-                    f"no model named {args.model!r} at {args.url}; models: "
+                    f"no model named {args.model!r} at {url}; models: "
                     f"{', '.join(n for n in known if '__' not in n) or 'none'}"
                 )
             log.info("%s is not loaded: loading it", args.model)
@@ -254,7 +259,7 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
             triton_client.wait_until_ready(client, args.model, args.load_timeout)
     except InferenceServerException as exc:
         client.close()
-        raise UserError(f"model {args.model!r} at {args.url}: {exc.message()}") from exc
+        raise UserError(f"model {args.model!r} at {url}: {exc.message()}") from exc
     except triton_client.ModelCallError as exc:
         client.close()
         raise UserError(str(exc)) from exc
@@ -262,8 +267,25 @@ def _ready_client(args: argparse.Namespace):  # noqa: ANN202
         client.close()
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"cannot reach Triton at {args.url}: {exc}") from exc
+        raise UserError(f"the server at {url} stopped answering: {exc}") from exc
     return client
+
+
+def _call_model(args: argparse.Namespace, call):  # noqa: ANN001, ANN202
+    """`call(client)` on a ready client; the server's refusals and a lost server as one line."""
+    from shoal.errors import UserError  # noqa: PLC0415
+    from shoal.runtime import client as triton_client  # noqa: PLC0415
+
+    client = _ready_client(args)
+    try:
+        return call(client)
+    except triton_client.ModelCallError as exc:
+        raise UserError(str(exc)) from exc
+    except OSError as exc:  # HTTP: the connection broke mid-call
+        url = args.url or triton_client.DEFAULT_URLS[args.protocol]
+        raise UserError(f"the server at {url} stopped answering: {exc}") from exc
+    finally:
+        client.close()
 
 
 def _index(client) -> list[dict]:  # noqa: ANN001
@@ -274,18 +296,14 @@ def _index(client) -> list[dict]:  # noqa: ANN001
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime import client as triton_client  # noqa: PLC0415
 
-    client = _ready_client(args)
-    try:
-        vectors = triton_client.embed(
+    vectors = _call_model(
+        args,
+        lambda client: triton_client.embed(
             client, args.model, args.texts, protocol=args.protocol, text_type=args.text_type
-        )
-    except triton_client.ModelCallError as exc:
-        raise UserError(str(exc)) from exc
-    finally:
-        client.close()
+        ),
+    )
     for text, vector in zip(args.texts, vectors, strict=True):
         json.dump({"text": text, "embedding": [round(float(v), 6) for v in vector]}, sys.stdout)
         sys.stdout.write("\n")
@@ -293,18 +311,14 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_rerank(args: argparse.Namespace) -> int:
-    from shoal.errors import UserError  # noqa: PLC0415
     from shoal.runtime import client as triton_client  # noqa: PLC0415
 
-    client = _ready_client(args)
-    try:
-        scores = triton_client.rerank(
+    scores = _call_model(
+        args,
+        lambda client: triton_client.rerank(
             client, args.model, args.query, args.texts, protocol=args.protocol
-        )
-    except triton_client.ModelCallError as exc:
-        raise UserError(str(exc)) from exc
-    finally:
-        client.close()
+        ),
+    )
     ranked = sorted(zip(scores.tolist(), args.texts, strict=True), key=lambda p: -p[0])
     for score, text in ranked:
         print(f"{score:10.4f}  {text}")

@@ -10,6 +10,8 @@ side, run in one onnxruntime call, and split back: rows per request, and per-tok
 non-batch dimension variable) cut back to that request's own length.
 Padding adds only masked positions, which the exported graphs ignore (verified on padded batches).
 When the joined run fails, each request runs alone, so only the one the graph cannot run fails.
+Tensors of the wrong shape (a client calling this step directly) are the client's mistake:
+INVALID_ARG (HTTP 400 / gRPC INVALID_ARGUMENT); a graph that cannot run a request is INTERNAL.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 STEP_CONFIG = "step.json"
+
+
+class RequestError(ValueError):
+    """What is wrong with the tensors of one request, said so that the caller can fix it."""
+
+
+def error_response(exc: Exception):
+    """INVALID_ARG (Triton answers 400 / INVALID_ARGUMENT) for a client's mistake, else INTERNAL."""
+    mistake = isinstance(exc, RequestError)
+    code = pb_utils.TritonError.INVALID_ARG if mistake else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
 
 
 class TritonPythonModel:
@@ -76,12 +89,12 @@ class TritonPythonModel:
         for name in self.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
-                raise ValueError(f"input {name!r} is missing")
+                raise RequestError(f"input {name!r} is missing")
             arrays[name] = tensor.as_numpy().astype(self.input_dtypes[name], copy=False)
         shapes = {a.shape for a in arrays.values()}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             detail = {n: a.shape for n, a in arrays.items()}
-            raise ValueError(f"inputs must all be [batch, tokens] of one shape, got {detail}")
+            raise RequestError(f"inputs must all be [batch, tokens] of one shape, got {detail}")
         return arrays
 
     def _pad(self, array: np.ndarray, length: int) -> np.ndarray:
@@ -98,7 +111,7 @@ class TritonPythonModel:
             try:
                 batch.append((index, self._read(request)))
             except Exception as exc:  # noqa: BLE001  one bad request must not fail the others
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                responses[index] = error_response(exc)
         if not batch:
             return responses
         try:
@@ -108,9 +121,8 @@ class TritonPythonModel:
                 try:
                     self._run([item], responses)
                 except Exception as exc:  # noqa: BLE001
-                    responses[item[0]] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"onnxruntime failed on this request: {exc}")
-                    )
+                    failure = RuntimeError(f"onnxruntime failed on this request: {exc}")
+                    responses[item[0]] = error_response(failure)
         return responses
 
     def _run(self, batch: list[tuple[int, dict[str, np.ndarray]]], responses: list) -> None:

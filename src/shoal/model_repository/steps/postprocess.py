@@ -7,7 +7,8 @@ imports: it runs inside Triton with numpy only.
 
 Each request is its own batch here: ragged outputs (sparse terms, ColBERT vectors) are padded per
 request, and requests arrive with their own sequence lengths. One response per request; an error
-answers that request only.
+answers that request only, as INTERNAL (HTTP 500): this step's inputs come from the entry's own
+steps, so a failure here is the server's, never the client's (the tokenize step answers those).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ shoal copies this file to `<model>__tokenize/1/model.py`, beside `tokenization.p
 standalone TextEncoder, the same code its parity check ran), `tokenizer/` and `step.json`. No shoal
 imports: it runs inside Triton with numpy and `tokenizers` only.
 
-Per request (one response each; a bad request gets an error response, the others are served):
+Per request (one response each; a bad request gets an error response, the others are served).
+A client's mistake (a RequestError) is answered as INVALID_ARG, which Triton sends as HTTP 400 /
+gRPC INVALID_ARGUMENT; anything else is the server's fault (INTERNAL: 500).
 - TEXT (and QUERY for rerankers) must be UTF-8: otherwise the error names the row and byte offset.
 - A text over `max_text_bytes` is refused; a text over the model's max length in tokens is
   TRUNCATED to it (special tokens included), as the exported graph was verified with.
@@ -29,11 +31,24 @@ DOCUMENT = "document"
 TEXT_TYPES = ("query", "document")
 
 
+TEXT_ADVICE = "split the text (it would be truncated to the model's max length anyway)"
+
+
 class RequestError(ValueError):
     """What is wrong with one request, said so that the caller can fix it."""
 
 
-def decode_texts(name: str, values: np.ndarray, max_bytes: int) -> list[str]:
+def error_response(exc: Exception):
+    """The response for a request that failed: INVALID_ARG for the client's mistakes (Triton
+    answers 400 / INVALID_ARGUMENT, which clients and the router do not retry), INTERNAL else."""
+    mistake = isinstance(exc, RequestError)
+    code = pb_utils.TritonError.INVALID_ARG if mistake else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
+
+
+def decode_texts(
+    name: str, values: np.ndarray, max_bytes: int, advice: str = TEXT_ADVICE
+) -> list[str]:
     """A [batch, 1] BYTES tensor -> str per row; errors name the tensor, row and problem."""
     texts = []
     for row, value in enumerate(values.reshape(-1)):
@@ -41,7 +56,7 @@ def decode_texts(name: str, values: np.ndarray, max_bytes: int) -> list[str]:
         if len(raw) > max_bytes:
             raise RequestError(
                 f"{name}[{row}] is {len(raw)} bytes, over the limit of {max_bytes} bytes per text; "
-                "split the text (it would be truncated to the model's max length anyway)"
+                + advice
             )
         try:
             texts.append(raw.decode("utf-8"))
@@ -101,7 +116,7 @@ class TritonPythonModel:
             try:
                 responses.append(self._tokenize(request))
             except Exception as exc:  # noqa: BLE001  one bad request must not fail the others
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                responses.append(error_response(exc))
         return responses
 
     def _read(self, request, name: str) -> np.ndarray | None:
@@ -112,7 +127,7 @@ class TritonPythonModel:
         values = self._read(request, TEXT_TYPE)
         if values is None:
             return [DOCUMENT] * rows
-        types = decode_texts(TEXT_TYPE, values, 64)
+        types = decode_texts(TEXT_TYPE, values, 64, f"use one of {TEXT_TYPES}")
         if len(types) != rows:
             raise RequestError(
                 f"{TEXT_TYPE} has {len(types)} rows but {TEXT} has {rows}; give one per text"
