@@ -36,11 +36,11 @@ from pathlib import Path
 import httpx
 
 from shoal.runtime.installation import STUB_NAME, TritonInstallation, locate_triton
+from shoal.runtime.ports import STANDARD_PORTS
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-STANDARD_PORTS = (8000, 8001, 8002)  # http, grpc, metrics: Triton's defaults, a pod's ports
 SHM_DIR = Path("/dev/shm")
 
 
