@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.metadata
 import sys
@@ -29,17 +30,25 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     uses), unless its help already says it. Flags (no value), None and empty lists have nothing
     worth showing."""
 
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _has_default_to_show(action):  # argparse skips an empty help
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        default = action.default
-        if (
-            action.option_strings
-            and action.nargs != 0
-            and default not in (None, argparse.SUPPRESS, [])
-            and "default" not in text
-        ):
+        if _has_default_to_show(action) and "default" not in text:
             text += " (default: %(default)s)"
         return text
+
+
+def _has_default_to_show(action: argparse.Action) -> bool:
+    return (
+        bool(action.option_strings)
+        and action.nargs != 0
+        and action.default not in (None, argparse.SUPPRESS, [])
+    )
 
 
 class ShoalParser(argparse.ArgumentParser):

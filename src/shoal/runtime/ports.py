@@ -19,6 +19,7 @@ METRICS_PORT = 8002
 STANDARD_PORTS = (HTTP_PORT, GRPC_PORT, METRICS_PORT)
 
 _LISTEN = "0A"  # TCP state in /proc/net/tcp
+_ROLE_NAMES = {"http": "HTTP", "grpc": "gRPC", "metrics": "metrics"}
 
 
 class PortTaken(OSError):
@@ -33,7 +34,7 @@ class PortTaken(OSError):
 
     def describe(self) -> str:
         by = f" by {self.holder}" if self.holder else ""
-        return f"{self.role} port {self.port} is already in use{by}"
+        return f"{_ROLE_NAMES.get(self.role, self.role)} port {self.port} is already in use{by}"
 
 
 def port_number(text: str) -> int:

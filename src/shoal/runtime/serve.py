@@ -152,7 +152,7 @@ class LocalServing:
             self.controller = LocalController(
                 self.server.http_url,
                 self.manifests,
-                log_reader=self.server.log_text,
+                log_reader=self.server.readable_log,
                 budget_bytes=self._budget,
                 policy=self._policy,
                 pinned=self._pinned,
