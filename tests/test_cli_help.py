@@ -1,6 +1,7 @@
 """`shoal --help` conventions, checked over every subcommand the parser has (so a new option is
 checked as soon as it exists): each option with a value and a default says that default in its
-help; developer-only flags stay out of it; `shoal --version` prints the package's version."""
+help; developer-only flags stay out of it; -v is taken anywhere; `shoal --version` prints the
+package's version."""
 
 from __future__ import annotations
 
@@ -86,6 +87,14 @@ def test_developer_only_flags_stay_out_of_help():
     crds = PARSERS["shoal operator crds"]
     assert "--write" not in crds.format_help()
     assert crds.parse_args(["--write"]).write  # still there for scripts/sync-chart-crds.sh
+
+
+def test_verbose_is_taken_before_or_after_the_subcommand():
+    parse = build_parser().parse_args
+    assert parse(["-v", "serve", "models"]).verbose
+    assert parse(["serve", "models", "-v"]).verbose
+    assert parse(["operator", "run", "-A", "--verbose"]).verbose
+    assert parse(["serve", "models"]).verbose is False
 
 
 def test_shoal_version_prints_the_package_version():

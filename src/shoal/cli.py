@@ -53,11 +53,21 @@ def _has_default_to_show(action: argparse.Action) -> bool:
 
 class ShoalParser(argparse.ArgumentParser):
     """The parser of `shoal` and of every subcommand (argparse makes subparsers of the same
-    class), so each help shows its defaults."""
+    class): each help shows its defaults, and each takes -v (`shoal -v export` and `shoal export
+    ... -v` alike)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+        self.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            # Unset unless given here, so a subcommand does not undo `shoal -v` (the top level
+            # sets False).
+            default=argparse.SUPPRESS,
+            help="debug logging, and the progress bars and warnings of the libraries shoal uses",
+        )
 
 
 def package_version() -> str:
@@ -71,14 +81,13 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ShoalParser(prog="shoal", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"shoal {package_version()}")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="debug logging, and the progress bars and warnings of the libraries shoal uses",
+    parser = ShoalParser(
+        prog="shoal",
+        description="Run fleets of small models (embedders, rerankers, ColBERT and sparse "
+        "encoders) on NVIDIA Triton Inference Server. `shoal COMMAND --help` for each command.",
     )
+    parser.add_argument("--version", action="version", version=f"shoal {package_version()}")
+    parser.set_defaults(verbose=False)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
