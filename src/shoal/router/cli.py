@@ -165,10 +165,27 @@ def run_router(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if args.namespace:
         return run_cluster_router(args, settings)
-    make_source = functools.partial(
-        StaticPlacement, tuple(static_routes(args)), probe_interval_s=args.probe_interval
-    )
+    routes = tuple(static_routes(args))
+    ensure_ports_free(settings)
+    make_source = functools.partial(StaticPlacement, routes, probe_interval_s=args.probe_interval)
     return run_workers(args.workers, make_source, settings, args.event_loop)
+
+
+def ensure_ports_free(settings: RouterSettings) -> None:
+    """Before any worker starts: a taken port is one line naming it and the option to change.
+    (In cluster mode the router has its pod's ports to itself.)"""
+    from shoal.cli import UserError
+    from shoal.runtime.ports import PortTaken, check_free, taken_message
+
+    ports = {
+        "http": settings.http_port,
+        "grpc": settings.grpc_port or 0,
+        "metrics": settings.metrics_port or 0,
+    }
+    try:
+        check_free(settings.host, ports)
+    except PortTaken as taken:
+        raise UserError(taken_message(taken, f"--{taken.role}-port")) from None
 
 
 def run_cluster_router(args: argparse.Namespace, settings: RouterSettings) -> int:

@@ -18,6 +18,7 @@ from shoal.runtime.ports import (  # stdlib only: light
     METRICS_PORT,
     PortTaken,
     port_number,
+    taken_message,
 )
 
 log = logging.getLogger(__name__)
@@ -202,11 +203,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except PortTaken as exc:
-        option = PORT_OPTIONS[exc.role][0]
-        raise UserError(
-            f"{exc.describe()}; stop what holds it, or serve on another port with "
-            f"{option} PORT (0: any free port)"
-        ) from None
+        raise UserError(taken_message(exc, PORT_OPTIONS[exc.role][0])) from None
     except (UnknownModel, PlacementRefused, FleetError) as exc:
         raise UserError(str(exc)) from exc
     except TritonCrashLoop as exc:

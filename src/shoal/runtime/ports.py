@@ -37,6 +37,14 @@ class PortTaken(OSError):
         return f"{_ROLE_NAMES.get(self.role, self.role)} port {self.port} is already in use{by}"
 
 
+def taken_message(taken: PortTaken, option: str) -> str:
+    """One line for a person: the port, its holder, and the option that changes it."""
+    return (
+        f"{taken.describe()}; stop what holds it, or listen on another port with {option} PORT "
+        "(0: any free port)"
+    )
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 0 to 65535."""
     if not text.isdigit() or int(text) > 65535:
