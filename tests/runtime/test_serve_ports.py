@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shoal.cli import build_parser
@@ -153,3 +154,21 @@ async def test_a_port_taken_between_the_check_and_the_bind_is_named_and_nothing_
     assert serving.server is not None and not serving.server.is_running()
     assert tritonservers_serving(repository) == []
     assert is_free(LOOPBACK, http_port), "the HTTP port bound before the failure was released"
+
+
+@pytest.mark.triton
+async def test_ports_given_as_0_are_picked_reported_and_released_at_stop(repository):
+    settings = RouterSettings(host=LOOPBACK, http_port=0, grpc_port=0, metrics_port=0)
+    serving = LocalServing(repository, router=settings)
+    await asyncio.wait_for(serving.start(), 60)
+    try:
+        router = serving.router
+        ports = (router.http_port, router.grpc_port, router.metrics_port)
+        assert all(ports), ports
+        metrics = await asyncio.to_thread(
+            httpx.get, f"http://{LOOPBACK}:{router.metrics_port}/metrics", timeout=10
+        )
+        assert "shoal_router" in metrics.text
+    finally:
+        await serving.stop()
+    assert all(is_free(LOOPBACK, port) for port in ports), "a port outlived the server"
