@@ -15,4 +15,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.support.fixtures import tiny_model  # noqa: E402, F401  (a session fixture)
 from tests.support.kube import kube_cluster  # noqa: E402, F401  (a session fixture)
+from tests.support.memory_guard import MemoryGuard  # noqa: E402
 from tests.support.netns import _netns_session, netns_host  # noqa: E402, F401  (fixtures)
+
+_memory_guard = MemoryGuard()
+
+
+def pytest_sessionstart(session) -> None:  # noqa: ANN001
+    _memory_guard.start()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ANN001
+    _memory_guard.stop()
+
+
+def pytest_runtest_logstart(nodeid: str, location) -> None:  # noqa: ANN001
+    _memory_guard.current_test = nodeid

@@ -63,6 +63,24 @@ CASES = [
         ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--task", "chat"),
         "'chat'",
     ),
+    Case(
+        ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--accelerator",
+         "cuda"),
+        "--accelerator cuda applies to GPU instances: add --device gpu",
+    ),  # fmt: skip
+    Case(
+        ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--device", "gpu",
+         "--accelerator", "tensorrt"),
+        "add --runtime onnxruntime",
+    ),  # fmt: skip
+    Case(
+        ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--instances", "0"),
+        "--instances must be at least 1, got 0",
+    ),
+    Case(
+        ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--device", "tpu"),
+        "'tpu'",
+    ),
     # verify: broken manifests, wrong places
     Case(("verify", "{dir}/repo/listy"), "listy/shoal.json: must be a JSON object, got a list"),
     Case(("verify", "{dir}/repo/latin1"), "latin1/shoal.json is not UTF-8"),

@@ -94,6 +94,7 @@ EXPORT_KEYS: dict[str, Kind] = {
     "normalize": Boolean(),
     "max_length": Integer(2),
     "dims": Integer(1),
+    "matryoshka": Boolean(),
     "dtype": Choice(Dtype),
     "runtime": Choice(Runtime),
     "max_batch_size": Integer(1),

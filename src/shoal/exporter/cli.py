@@ -8,6 +8,7 @@ import logging
 
 from shoal.contract import Dtype, Pooling, Runtime, Task
 from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
+from shoal.model_repository.entry import EntryOptions, GpuAccelerator, InstanceKind
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dims", type=int, help="Matryoshka truncation of dense vectors (default: all dims)"
     )
     export.add_argument(
+        "--matryoshka",
+        action="store_true",
+        help="the model was trained with a Matryoshka loss: clients may ask for fewer "
+        "dimensions (the router's OpenAI `dimensions`); implied by --dims",
+    )
+    export.add_argument(
         "--dtype",
         choices=[d.value for d in Dtype],
         default=Dtype.FP32.value,
@@ -62,6 +69,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_MAX_BATCH_SIZE,
         help="texts per request (Triton max_batch_size)",
+    )
+    export.add_argument(
+        "--device",
+        choices=[k.value for k in InstanceKind],
+        default=InstanceKind.CPU.value,
+        help="where Triton runs the encode step (its instance group kind); gpu for GPU pools "
+        "(default: cpu)",
+    )
+    export.add_argument(
+        "--accelerator",
+        choices=[a.value for a in GpuAccelerator],
+        help="with --runtime onnxruntime --device gpu: onnxruntime's execution provider, "
+        "tensorrt (an engine built at load, fp16 kernels allowed) or cuda (no engine build: "
+        "faster loads and hot swaps); see docs/gpu.md (default: tensorrt)",
+    )
+    export.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="encode-step instances per replica (Triton instance group count) (default: 1)",
     )
     export.add_argument("--query-prefix", help="text put before queries (TEXT_TYPE=query)")
     export.add_argument("--document-prefix", help="text put before documents")
@@ -98,6 +125,7 @@ def run_export(args: argparse.Namespace) -> int:
             normalize=args.normalize,
             max_length=args.max_length,
             dims=args.dims,
+            matryoshka=args.matryoshka,
             dtype=args.dtype,
             opset=args.opset,
             runtime=args.runtime,
@@ -107,6 +135,7 @@ def run_export(args: argparse.Namespace) -> int:
             family=args.family,
             overwrite=args.overwrite,
             optimize=args.optimize,
+            entry=serving_options(args),
         )
         with sigterm_as_interrupt():  # SIGTERM cleans up as Ctrl-C does
             manifest = export_model(args.source, args.name, Path(args.repository), options)
@@ -118,6 +147,29 @@ def run_export(args: argparse.Namespace) -> int:
     )
     print(format_table(manifest.parity))
     return 0
+
+
+def serving_options(args: argparse.Namespace) -> EntryOptions:
+    """How Triton serves the entry, from --device/--accelerator/--instances: the same
+    EntryOptions fields (and checks) as a catalog's `instance_kind`, `gpu_accelerator` and
+    `instance_count` keys. ValueError for a combination that would be silently ignored."""
+    if args.instances < 1:
+        raise ValueError(f"--instances must be at least 1, got {args.instances}")
+    if args.accelerator is not None:
+        if args.device != InstanceKind.GPU.value:
+            raise ValueError(
+                f"--accelerator {args.accelerator} applies to GPU instances: add --device gpu"
+            )
+        if args.runtime != Runtime.ONNXRUNTIME.value:
+            raise ValueError(
+                f"--accelerator {args.accelerator} is an onnxruntime-backend setting: add "
+                "--runtime onnxruntime (the portable runtime uses CUDA on GPU instances by itself)"
+            )
+    return EntryOptions(
+        instance_kind=InstanceKind(args.device),
+        gpu_accelerator=GpuAccelerator(args.accelerator or GpuAccelerator.TENSORRT.value),
+        instance_count=args.instances,
+    )
 
 
 def run_verify(args: argparse.Namespace) -> int:

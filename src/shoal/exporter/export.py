@@ -339,6 +339,9 @@ def build_manifest(
         "architectures": checkpoint.architectures,
         **plan.extra,
     }
+    if dims is not None and plan.task in (Task.EMBED, Task.MULTI):
+        # Whether a client may ask for a prefix of the vector (router: OpenAI `dimensions`).
+        extra["matryoshka"] = options.matryoshka or plan.dims is not None
     return Manifest(
         name=name,
         source=str(checkpoint.path.resolve()),

@@ -20,6 +20,9 @@ class ExportOptions:
     normalize: bool | None = None
     max_length: int | None = None
     dims: int | None = None  # Matryoshka truncation of dense outputs
+    # Trained with a Matryoshka loss: clients may ask for fewer dims (the router's OpenAI
+    # `dimensions`); implied by `dims`.
+    matryoshka: bool = False
     dtype: str = Dtype.FP32.value
     opset: int = DEFAULT_OPSET
     runtime: str = Runtime.PORTABLE.value

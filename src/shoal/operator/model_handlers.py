@@ -11,8 +11,12 @@ changes, or the router asks for it.
 
 A model that moves (spec.pool, spec.entry or the gpuClass's pool changes) is loaded on its new
 target first; its old copy is unloaded once the new one is Ready (`status.movedFrom` remembers it
-until then, with the replicas where it is READY: the router serves from it meanwhile). Several InferenceModels may use one entry on one pool: the copy is unloaded only when
-the last of them goes, and each carries a `DuplicateEntry` condition naming the others.
+until then, with the replicas where it is READY: the router serves from it meanwhile). Several
+InferenceModels may use one entry on one pool: the copy is unloaded only when the last of them
+goes, and each carries a `DuplicateEntry` condition naming the others.
+
+A re-exported entry (a new version in its manifest, where the pool's repository is readable) is
+rolled out replica by replica, each drained from `status.replicas` while it reloads.
 """
 
 from __future__ import annotations

@@ -69,9 +69,9 @@ class Adapter:
             )
         st = self.checkpoint.sentence_transformers
         dense = task in DENSE_TASKS
-        if not dense and (options.pooling or options.dims):
+        if not dense and (options.pooling or options.dims or options.matryoshka):
             raise ExportError(
-                f"--pooling/--dims apply to dense embeddings (tasks embed, multi), not {task.value!r}"
+                f"--pooling/--dims/--matryoshka apply to dense embeddings (tasks embed, multi), not {task.value!r}"
             )
         pooling = None
         if dense:
