@@ -123,6 +123,8 @@ CASES = [
     Case(("serve", "{dir}/good-repo", "--load-timeout", "soon"), "'soon' is not a number"),
     Case(("serve", "{dir}/good-repo", "--memory-budget", "1.5m"), "'1.5m'"),
     Case(("serve", "{dir}/good-repo", "--http-port", "eighty"), "'eighty'"),
+    Case(("serve", "{dir}/good-repo", "--grpc-port", "70000"), "'70000' is not a port number"),
+    Case(("serve", "{dir}/good-repo", "--metrics-port", "-1"), "'-1' is not a port number"),
     Case(("serve", "{dir}/good-repo", "--policy", "random"), "'random'"),
     # quickstart
     Case(("quickstart", "--repository", "{dir}/afile"), "afile is a file"),

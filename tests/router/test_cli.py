@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,3 +100,20 @@ def test_bad_flags_get_one_line_errors(args: list[str], words: str) -> None:
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 2, output
     assert words in output and "Traceback" not in output
+
+
+def test_a_taken_port_is_one_line_naming_it_its_holder_and_the_option() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        process = shoal(
+            "router", "run", "--route", "alpha=http://127.0.0.1:1", "--host", "127.0.0.1",
+            "--http-port", "0", "--grpc-port", str(port), "--metrics-port", "-1",
+        )  # fmt: skip
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, output
+    (line,) = output.strip().splitlines()  # one line, no traceback
+    assert line.startswith(f"shoal router: error: gRPC port {port} is already in use by pid ")
+    assert f"pid {os.getpid()} (" in line  # this test process holds it
+    assert line.endswith("another port with --grpc-port PORT (0: any free port)"), line

@@ -165,7 +165,8 @@ def test_serve_without_the_router_puts_triton_on_the_given_port(repository, tmp_
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "shoal.cli", "serve", str(repository), "--no-router",
-         "--http-port", str(port), "--load", "ma", "--log-file", str(tmp_path / "triton.log")],
+         "--http-port", str(port), "--grpc-port", "0", "--metrics-port", "0", "--load", "ma",
+         "--log-file", str(tmp_path / "triton.log")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

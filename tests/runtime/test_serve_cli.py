@@ -15,6 +15,7 @@ import pytest
 
 from shoal.runtime.triton import stub_pids_with_prefix
 from tests.runtime.entries import export_tiny_embedders
+from tests.support.triton import SERVE_ON_FREE_PORTS
 
 SHOAL = str(Path(sys.executable).parent / "shoal")  # the console script
 
@@ -46,6 +47,7 @@ def test_serve_embed_and_sigterm(tmp_path, tiny_model):
             "1GiB",
             "--log-file",
             str(log_file),
+            *SERVE_ON_FREE_PORTS,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -21,6 +21,7 @@ from shoal.fleet.driver import default_load_deadline
 from shoal.fleet.errors import LoadTimedOut
 from shoal.runtime.serve import CRASH_LIMIT, LocalServing, TritonCrashLoop
 from tests.runtime.entries import export_tiny_embedders
+from tests.support.triton import SERVE_ON_FREE_PORTS
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -143,7 +144,7 @@ async def test_a_hanging_load_times_out_and_the_other_models_load_and_serve(repo
 def test_ctrl_c_stops_shoal_serve_within_seconds_even_during_a_load(repository, tmp_path):
     serve = subprocess.Popen(
         [sys.executable, "-m", "shoal.cli", "serve", str(repository), "--log-file",
-         str(tmp_path / "triton.log")],
+         str(tmp_path / "triton.log"), *SERVE_ON_FREE_PORTS],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

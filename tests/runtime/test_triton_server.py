@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from shoal.runtime.triton import TritonServer, TritonStartError
+from shoal.runtime.triton import (
+    CUDA_UNAVAILABLE,
+    NVIDIA_DRIVER_DEVICE,
+    TritonServer,
+    TritonStartError,
+)
 from tests.support.triton import write_doubler
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(120)]
@@ -101,6 +106,19 @@ def test_a_missing_model_fails_startup_with_the_log_tail(triton_server, tmp_path
         triton_server(tmp_path, load_models=["no_such_model"], startup_timeout_s=60)
     assert "no_such_model" in str(failure.value)
     assert "tritonserver log" in str(failure.value)
+
+
+@pytest.mark.skipif(
+    NVIDIA_DRIVER_DEVICE.exists(), reason="a GPU host: there CUDA lines may be the problem"
+)
+def test_on_a_cpu_host_the_log_tail_leaves_out_that_cuda_is_missing(triton_server, tmp_path):
+    log = tmp_path / "triton.log"
+    (tmp_path / "repository").mkdir()
+    with pytest.raises(TritonStartError) as failure:
+        triton_server(tmp_path / "repository", load_models=["no_such_model"], log_path=log)
+    assert CUDA_UNAVAILABLE.search(log.read_text()), "Triton printed no CUDA lines to leave out"
+    assert "no_such_model" in str(failure.value)
+    assert not CUDA_UNAVAILABLE.search(str(failure.value)), str(failure.value)
 
 
 def test_a_repository_that_does_not_exist_is_named(tmp_path):

@@ -26,6 +26,10 @@ from shoal.runtime.triton import TritonServer
 
 TritonServerFactory = Callable[..., TritonServer]
 
+# `shoal serve` arguments for any free ports: by default it takes Triton's standard 8000-8002,
+# and tests run beside other servers.
+SERVE_ON_FREE_PORTS = ("--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+
 DOUBLER_CONFIG = """
 name: "{name}"
 backend: "python"

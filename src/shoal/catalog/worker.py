@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from shoal.exporter.options import ExportOptions
+from shoal.logging_setup import configure_logging
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -46,11 +47,13 @@ def serve(connection: Connection, threads: int, log_level: int) -> None:
     for variable in THREAD_VARIABLES:
         os.environ[variable] = str(threads)  # before torch/onnxruntime start their pools
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a catalog names local folders only
-    if log_level > logging.DEBUG:  # progress bars of many processes garble a CI log
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    verbose = log_level <= logging.DEBUG
+    if not verbose:  # the warnings of many processes garble a CI log and the live table
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
+    configure_logging(
+        verbose,
+        shoal_level=log_level,
+        fmt="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
     )
     import torch
 

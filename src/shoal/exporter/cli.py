@@ -7,6 +7,7 @@ import argparse
 import logging
 
 from shoal.contract import Dtype, Pooling, Runtime, Task
+from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
 from shoal.model_repository.entry import EntryOptions, GpuAccelerator, InstanceKind
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="L2-normalize dense vectors (default: as the checkpoint does)",
     )
     export.add_argument(
-        "--max-length", type=int, help="tokens per text (longer texts are truncated)"
+        "--max-length",
+        type=int,
+        help="tokens per text, longer texts are truncated (default: the checkpoint's "
+        "sentence-transformers max_seq_length, else its tokenizer's and position limit)",
     )
-    export.add_argument("--dims", type=int, help="Matryoshka truncation of dense vectors")
+    export.add_argument(
+        "--dims", type=int, help="Matryoshka truncation of dense vectors (default: all dims)"
+    )
     export.add_argument(
         "--matryoshka",
         action="store_true",
@@ -50,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=Dtype.FP32.value,
         help="fp16 for GPU pools, int8 (dynamic quantization) for CPU pools",
     )
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset (14-21)")
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (14-21)")
     export.add_argument(
         "--runtime",
         choices=[r.value for r in Runtime],
@@ -59,7 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "portable: the same ONNX in a python-backend model",
     )
     export.add_argument(
-        "--max-batch-size", type=int, default=32, help="texts per request (Triton max_batch_size)"
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="texts per request (Triton max_batch_size)",
     )
     export.add_argument(
         "--device",

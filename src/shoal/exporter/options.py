@@ -7,10 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shoal.contract import Dtype, Pooling, Runtime, Task
+from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
 from shoal.model_repository.entry import EntryOptions
-
-DEFAULT_OPSET = 17  # TorchScript export; attention fuses at this opset (see optimize.py)
-DEFAULT_MAX_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import sys
 
 from shoal.errors import UserError
 from shoal.operator import defaults
+from shoal.runtime.ports import port_number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     run.add_argument(
         "--metrics-port",
-        type=_port,
+        type=port_number,
         default=defaults.METRICS_PORT,
         help=f"Prometheus /metrics port (0: off; default {defaults.METRICS_PORT})",
     )
@@ -40,16 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(func=_run)
 
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions as YAML")
-    crds.add_argument(
-        "--write", action="store_true", help="regenerate the CRD files shipped in the package"
+    crds.add_argument(  # a developer's step (regenerating the package's files): out of help
+        "--write", action="store_true", help=argparse.SUPPRESS
     )
     crds.set_defaults(func=_crds)
-
-
-def _port(raw: str) -> int:
-    if not raw.isdigit() or int(raw) > 65535:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number (0-65535)")
-    return int(raw)
 
 
 def _crds(args: argparse.Namespace) -> int:

@@ -54,13 +54,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "addresses (default: $SHOAL_ROUTER_SERVICE; none: this router's demand alone)",
     )  # fmt: skip
     run.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
-    run.add_argument("--http-port", type=int, default=DEFAULTS.http_port)
+    run.add_argument(
+        "--http-port", type=int, default=DEFAULTS.http_port, help="KServe v2 and /v1 HTTP; 0: pick"
+    )
     run.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port, help="0: pick; -1: off")
     run.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port, help="-1: off")
     run.add_argument("--workers", type=int, default=1, help="router processes on the same ports")
-    run.add_argument("--max-body-bytes", type=int, default=DEFAULTS.max_body_bytes)
-    run.add_argument("--max-grpc-message-bytes", type=int, default=DEFAULTS.max_grpc_message_bytes)
-    run.add_argument("--max-held-per-model", type=int, default=DEFAULTS.max_held_per_model)
+    run.add_argument(
+        "--max-body-bytes", type=int, default=DEFAULTS.max_body_bytes,
+        help="largest HTTP request body",
+    )  # fmt: skip
+    run.add_argument(
+        "--max-grpc-message-bytes", type=int, default=DEFAULTS.max_grpc_message_bytes,
+        help="largest gRPC message, either way",
+    )  # fmt: skip
+    run.add_argument(
+        "--max-held-per-model", type=int, default=DEFAULTS.max_held_per_model,
+        help="requests held for one model while it is not ready; more are refused (503)",
+    )  # fmt: skip
     run.add_argument(
         "--max-hold-seconds", type=float, default=DEFAULT_MAX_HOLD_S,
         help="hold a request this long for its model when the client sends no timeout",
@@ -154,10 +165,27 @@ def run_router(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if args.namespace:
         return run_cluster_router(args, settings)
-    make_source = functools.partial(
-        StaticPlacement, tuple(static_routes(args)), probe_interval_s=args.probe_interval
-    )
+    routes = tuple(static_routes(args))
+    ensure_ports_free(settings)
+    make_source = functools.partial(StaticPlacement, routes, probe_interval_s=args.probe_interval)
     return run_workers(args.workers, make_source, settings, args.event_loop)
+
+
+def ensure_ports_free(settings: RouterSettings) -> None:
+    """Before any worker starts: a taken port is one line naming it and the option to change.
+    (In cluster mode the router has its pod's ports to itself.)"""
+    from shoal.cli import UserError
+    from shoal.runtime.ports import PortTaken, check_free, taken_message
+
+    ports = {
+        "http": settings.http_port,
+        "grpc": settings.grpc_port or 0,
+        "metrics": settings.metrics_port or 0,
+    }
+    try:
+        check_free(settings.host, ports)
+    except PortTaken as taken:
+        raise UserError(taken_message(taken, f"--{taken.role}-port")) from None
 
 
 def run_cluster_router(args: argparse.Namespace, settings: RouterSettings) -> int:

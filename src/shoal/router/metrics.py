@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -76,5 +77,8 @@ class RouterMetrics:
             )
         return children
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "0.0.0.0") -> WSGIServer:
+        """Serve /metrics from a thread; the caller shuts the returned server down (port 0: its
+        `server_port` is the one picked)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

@@ -12,6 +12,7 @@ import multiprocessing
 import signal
 from collections.abc import Callable
 from dataclasses import replace
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from aiohttp import web
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class RouterServer:
     """`await RouterServer(source, settings).start()`; ports given as 0 are picked by the OS and
-    readable after start (`http_port`, `grpc_port`)."""
+    readable after start (`http_port`, `grpc_port`, `metrics_port`)."""
 
     def __init__(self, source: PlacementSource, settings: RouterSettings) -> None:
         self.settings = settings
@@ -36,6 +37,8 @@ class RouterServer:
         self.grpc = GrpcFrontDoor(self.router, settings)
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
+        self.metrics_port = settings.metrics_port
+        self._metrics_server: WSGIServer | None = None
         self._runner: web.AppRunner | None = None
         self._grpc_server: grpc.aio.Server | None = None
 
@@ -75,10 +78,15 @@ class RouterServer:
             )
             await self._grpc_server.start()
         if settings.metrics_port is not None:
-            self.router.metrics.serve(settings.metrics_port, settings.host)
+            self._metrics_server = self.router.metrics.serve(settings.metrics_port, settings.host)
+            self.metrics_port = self._metrics_server.server_port
         return self
 
     async def stop(self) -> None:
+        if self._metrics_server is not None:  # frees its port for the next server
+            await asyncio.to_thread(self._metrics_server.shutdown)  # waits out its poll
+            self._metrics_server.server_close()
+            self._metrics_server = None
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=1.0)
             await self.grpc.upstream.close()

@@ -13,8 +13,23 @@ import sys
 
 from shoal.fleet.placement import DEFAULT_POLICY, POLICIES  # pure, stdlib only: light
 from shoal.runtime.client import DEFAULT_URLS  # light: numpy and tritonclient load in the calls
+from shoal.runtime.ports import (  # stdlib only: light
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    PortTaken,
+    port_number,
+    taken_message,
+)
 
 log = logging.getLogger(__name__)
+
+# The ports `shoal serve` listens on for clients, by role: (option, default, what is served).
+PORT_OPTIONS = {
+    "http": ("--http-port", HTTP_PORT, "HTTP (KServe v2, /v1)"),
+    "grpc": ("--grpc-port", GRPC_PORT, "gRPC (KServe v2)"),
+    "metrics": ("--metrics-port", METRICS_PORT, "Prometheus /metrics"),
+}
 
 
 def _quiet_http_logs() -> None:
@@ -28,16 +43,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve", help="serve a model repository on a local Triton (explicit mode, memory budget)"
     )
     serve.add_argument("repository", help="model repository folder (made by `shoal export`)")
-    serve.add_argument("--http-port", type=int, help="the router's HTTP port; default: a free port")
-    serve.add_argument("--grpc-port", type=int, help="the router's gRPC port; default: a free port")
-    serve.add_argument(
-        "--metrics-port", type=int, help="the router's Prometheus metrics; default: none"
-    )
+    for option, port, served in PORT_OPTIONS.values():
+        serve.add_argument(
+            option,
+            type=port_number,
+            default=port,
+            metavar="PORT",
+            help=f"{served} port: the router's, or Triton's with --no-router; 0: any free port",
+        )
     serve.add_argument(
         "--no-router",
         action="store_true",
         help="no router in front: clients talk to Triton on the ports above and load cold models "
-        "themselves (by default the router holds a request for a cold model while it loads)",
+        "themselves (by default the router holds a request for a cold model while it loads, and "
+        "Triton listens on free loopback ports behind it)",
     )
     serve.add_argument(
         "--load",
@@ -119,7 +138,7 @@ def run_serve(args: argparse.Namespace) -> int:
         RepositoryProblem,
         TritonCrashLoop,
     )
-    from shoal.runtime.triton import TritonStartError  # noqa: PLC0415
+    from shoal.runtime.triton import LOOPBACK, TritonStartError  # noqa: PLC0415
     from shoal.sizes import parse_size  # noqa: PLC0415
 
     _quiet_http_logs()
@@ -132,13 +151,18 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     try:
         budget = parse_size(args.memory_budget) if args.memory_budget else None
-        ports = {"http_port": args.http_port, "grpc_port": args.grpc_port}
+        # 0 asks for any free port: None to Triton, 0 to the router.
+        ports = {
+            "http_port": args.http_port or None,
+            "grpc_port": args.grpc_port or None,
+            "metrics_port": args.metrics_port or None,
+        }
         router = None
         if not args.no_router:  # the router takes the ports; Triton's are free loopback ones
             router = RouterSettings(
-                host="127.0.0.1",
-                http_port=args.http_port or 0,
-                grpc_port=args.grpc_port or 0,
+                host=LOOPBACK,
+                http_port=args.http_port,
+                grpc_port=args.grpc_port,
                 metrics_port=args.metrics_port,
             )
             ports = {}
@@ -147,7 +171,6 @@ def run_serve(args: argparse.Namespace) -> int:
             budget_bytes=budget,
             policy=make_policy(args.policy),
             pinned=frozenset(args.pin),
-            metrics_port=None if router else args.metrics_port,
             log_path=args.log_file,
             load_timeout_s=args.load_timeout,
             router=router,
@@ -184,6 +207,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except PortTaken as exc:
+        raise UserError(taken_message(exc, PORT_OPTIONS[exc.role][0])) from None
     except (UnknownModel, PlacementRefused, FleetError) as exc:
         raise UserError(str(exc)) from exc
     except TritonCrashLoop as exc:
@@ -200,7 +225,7 @@ def _banner(serving) -> str:  # noqa: ANN001
     if serving.router is None:
         return f"shoal serve: Triton on {triton}"
     router = serving.router
-    metrics = router.settings.metrics_port
+    metrics = router.metrics_port
     return (
         f"shoal serve: router on HTTP http://{router.http_address}  gRPC {router.grpc_address}"
         + (f"  metrics http://127.0.0.1:{metrics}/metrics" if metrics else "")

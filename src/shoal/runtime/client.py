@@ -24,12 +24,13 @@ from shoal.contract import (
     OUTPUTS_BY_TASK,
     Task,
 )
+from shoal.runtime.ports import GRPC_PORT, HTTP_PORT
 
 if TYPE_CHECKING:
     import numpy as np
 
 # Where a client looks when given no URL: Triton's standard ports, where `shoal serve` listens.
-DEFAULT_URLS = {"http": "http://localhost:8000", "grpc": "localhost:8001"}
+DEFAULT_URLS = {"http": f"http://localhost:{HTTP_PORT}", "grpc": f"localhost:{GRPC_PORT}"}
 PROTOCOL_NAMES = {"http": "HTTP", "grpc": "gRPC"}
 CONNECT_TIMEOUT_S = 10.0  # HTTP: opening the connection; an answer may take a cold load longer
 LIVENESS_TIMEOUT_S = 5.0  # the first question, "is a server there?", is answered at once or never

@@ -111,6 +111,7 @@ def run_quickstart(
     )
 
     async def serve_and_query() -> np.ndarray:
+        # Free ports, not `shoal serve`'s standard 8000-8002: it runs beside a `shoal serve`.
         async with LocalServing(repository) as serving:
             assert serving.server is not None and serving.controller is not None
             await serving.controller.ensure_loaded(MODEL_NAME)

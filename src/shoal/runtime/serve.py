@@ -10,7 +10,9 @@ Reads the entries' manifests (memory for placement), builds the serving view (po
 for entries exported for the onnxruntime backend), starts Triton on loopback, and stops it all in
 reverse order. With `router=RouterSettings(...)` the router (shoal.router) listens in front on the
 settings' ports and Triton's stay private: a request for an entry that is not loaded is held,
-the entry loaded (evicting by policy), and the request answered. While running it supervises
+the entry loaded (evicting by policy), and the request answered. The ports clients use (the
+router's, or Triton's without it) are checked free before anything starts: one that is taken is a
+PortTaken naming it and its holder, with nothing left running. While running it supervises
 Triton: a server that dies is started again on the
 same ports and gets back what it had loaded; one that dies CRASH_LIMIT times within
 CRASH_WINDOW_S ends serving with TritonCrashLoop and the tail of its log.
@@ -35,7 +37,8 @@ from shoal.router.settings import RouterSettings
 from shoal.runtime.controller import LocalController
 from shoal.runtime.fallback import ServingView, serving_view
 from shoal.runtime.installation import locate_triton
-from shoal.runtime.triton import TritonServer, TritonStartError
+from shoal.runtime.ports import PortTaken, check_free
+from shoal.runtime.triton import LOOPBACK, TritonServer, TritonStartError
 
 if TYPE_CHECKING:
     from shoal.router.server import RouterServer
@@ -114,7 +117,25 @@ class LocalServing:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def public_ports(self) -> dict[str, int]:
+        """The ports clients use, by role (http, grpc, metrics): the router's, or Triton's without
+        a router; only those given (None or 0: a free port is picked)."""
+        settings = self._router_settings
+        if settings is not None:
+            ports = {
+                "http": settings.http_port,
+                "grpc": settings.grpc_port,
+                "metrics": settings.metrics_port,
+            }
+        else:
+            ports = {role.removesuffix("_port"): port for role, port in self._ports.items()}
+        return {role: port for role, port in ports.items() if port}
+
+    def _public_host(self) -> str:
+        return self._router_settings.host if self._router_settings else LOOPBACK
+
     async def start(self) -> None:
+        check_free(self._public_host(), self.public_ports())  # before anything starts
         installation = locate_triton()
         try:
             self.view = serving_view(
@@ -131,7 +152,7 @@ class LocalServing:
             self.controller = LocalController(
                 self.server.http_url,
                 self.manifests,
-                log_reader=self.server.log_text,
+                log_reader=self.server.readable_log,
                 budget_bytes=self._budget,
                 policy=self._policy,
                 pinned=self._pinned,
@@ -145,8 +166,15 @@ class LocalServing:
             )
             if self._router_settings is not None:
                 await self._start_router(self._router_settings)
-        except BaseException:
+        except BaseException as exc:
             await self.stop()
+            if isinstance(exc, TritonStartError | OSError | RuntimeError):
+                # Another process may have bound a port since the check: say so, not how the
+                # bind failed (a Triton log tail, an aiohttp OSError, a gRPC RuntimeError).
+                try:
+                    check_free(self._public_host(), self.public_ports())
+                except PortTaken as taken:
+                    raise taken from exc
             raise
 
     async def _start_router(self, settings: RouterSettings) -> None:
@@ -160,7 +188,8 @@ class LocalServing:
             "local", server.bind_address, server.http_port, server.metrics_port, server.grpc_port
         )
         self.placement = LocalPlacement(self.controller, replica)
-        self.router = await RouterServer(self.placement, settings).start()
+        self.router = RouterServer(self.placement, settings)  # set first: stop() closes a half start
+        await self.router.start()
 
     def _entry_problems(self, name: str) -> list[str]:
         from shoal.model_repository.repository import check_entry  # noqa: PLC0415

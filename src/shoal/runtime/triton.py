@@ -2,7 +2,9 @@
 
 Used by `shoal serve`, `shoal quickstart`, the benchmarks, the tests (tests/support/triton.py) and
 the operator's e2e tests. The server runs in explicit model-control mode, in its own process group,
-with its stdout/stderr in a log file whose tail is shown when it fails.
+with its stdout/stderr in a log file whose tail is shown when it fails. On a host without an
+NVIDIA driver, what is shown leaves out the CUDA lines this CUDA-built Triton prints there on every
+start and model load (they are not why a CPU server failed); the file keeps everything.
 
 Clean shutdown matters because every python-backend model instance is a separate
 `triton_python_backend_stub` process with a /dev/shm segment: stop() sends SIGTERM (Triton unloads
@@ -22,6 +24,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,12 +39,19 @@ from pathlib import Path
 import httpx
 
 from shoal.runtime.installation import STUB_NAME, TritonInstallation, locate_triton
+from shoal.runtime.ports import STANDARD_PORTS
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-STANDARD_PORTS = (8000, 8001, 8002)  # http, grpc, metrics: Triton's defaults, a pod's ports
 SHM_DIR = Path("/dev/shm")
+NVIDIA_DRIVER_DEVICE = Path("/dev/nvidiactl")  # present where an NVIDIA driver is loaded
+# What Triton 2.51 logs on a host without a GPU: at start (pinned memory, the CUDA memory pool,
+# "E... CudaDriverHelper") and per ensemble ("unable to create stream for M: CUDA driver...").
+CUDA_UNAVAILABLE = re.compile(
+    r"CUDA driver version is insufficient|CudaDriverHelper has not been initialized|"
+    r"CUDA memory pool disabled"
+)
 
 
 class TritonStartError(RuntimeError):
@@ -325,8 +335,16 @@ class TritonServer:
             return ""
         return self.log_path.read_text(errors="replace")
 
+    def readable_log(self) -> str:
+        """The log as a person should read it: on a host without an NVIDIA driver, without the
+        CUDA-unavailable lines (on a GPU host they may be the very problem, so they stay)."""
+        text = self.log_text()
+        if NVIDIA_DRIVER_DEVICE.exists():
+            return text
+        return "\n".join(line for line in text.splitlines() if not CUDA_UNAVAILABLE.search(line))
+
     def log_tail(self, lines: int = 40) -> str:
-        tail = self.log_text().splitlines()[-lines:]
+        tail = self.readable_log().splitlines()[-lines:]
         where = f" ({self.log_path})" if self.log_path else ""
         return f"--- last {len(tail)} lines of the tritonserver log{where} ---\n" + "\n".join(tail)
 
