@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -42,6 +43,7 @@ EXAMPLE_LANGUAGES = {"bash", "sh", "python", "yaml"}
 RUN_HERE = {
     "readme-using-it", "tasks-http", "tasks-grpc", "tasks-shell", "install-tritonclient",
     "install-openai", "gpu-export", "catalog-reference", "operator-pool", "operator-model",
+    "serve-options", "python-api",
 }  # fmt: skip
 # The folders README's download step fills, and what the docs session puts there instead.
 CHECKPOINTS = {
@@ -127,6 +129,7 @@ class Session:
     namespace: str  # network namespace of the session's localhost
     env: dict[str, str]
     after_serve: str = ""  # README's lines after `shoal serve`
+    hosts: Any = None  # the NetnsHosts that made `namespace`, for more localhosts
 
     def run(self, script: str, language: str = "bash") -> subprocess.CompletedProcess[str]:
         command = ["bash", "-e", "-c", script] if language in ("bash", "sh") else [
@@ -165,7 +168,7 @@ def session(tiny_model, tmp_path_factory) -> Iterator[Session]:
             hosts = stack.enter_context(netns_hosts())
         except NetnsUnavailable as exc:
             pytest.fail(str(exc))
-        docs = Session(folder, hosts.create().name, env, after_serve=after)
+        docs = Session(folder, hosts.create().name, env, after_serve=after, hosts=hosts)
         docs.run(before)
         log = stack.enter_context(open(folder / "serve.log", "w"))
         server = subprocess.Popen(
@@ -221,6 +224,30 @@ def test_the_openai_and_rerank_example_runs_against_the_router(session) -> None:
 def test_the_shell_examples_of_the_tasks_page_run(session) -> None:
     done = session.run(example("tasks-shell").text)
     assert done.stdout.count('"embedding"') == 3  # two texts, then one over gRPC
+
+
+def test_the_python_api_example_runs(session) -> None:
+    done = session.run(example("python-api").text, "python")
+    assert "embed" in done.stdout and "['bge-small']" in done.stdout
+
+
+def test_the_serve_options_example_serves(session, tmp_path) -> None:
+    """docs/serve.md's command on the README's repository, on its own localhost (the session's
+    `shoal serve` holds 8000/8001 on the other)."""
+    with open(tmp_path / "serve.log", "w") as log:
+        other = Session(session.folder, session.hosts.create().name, session.env)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", other.namespace, "bash", "-c",
+             f"source .venv/bin/activate && exec {example('serve-options').text.strip()}"],
+            cwd=session.folder, env=session.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            _wait_until_serving(server, tmp_path / "serve.log")
+            done = other.run('shoal embed bge-small "a pinned model answers"')
+            assert '"embedding"' in done.stdout
+        finally:
+            _stop(server)
+        assert server.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
 
 
 def test_the_gpu_export_example_runs_without_a_gpu(session) -> None:
