@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.support.fixtures import tiny_model  # noqa: E402, F401  (a session fixture)
+from tests.support.fixtures import client_entries, tiny_model  # noqa: E402, F401  (fixtures)
 from tests.support.kube import kube_cluster  # noqa: E402, F401  (a session fixture)
 from tests.support.memory_guard import MemoryGuard  # noqa: E402
 from tests.support.netns import _netns_session, netns_host  # noqa: E402, F401  (fixtures)
