@@ -95,6 +95,7 @@ EXPORT_KEYS: dict[str, Kind] = {
     "max_length": Integer(2),
     "dims": Integer(1),
     "matryoshka": Boolean(),
+    "score": Text(),
     "dtype": Choice(Dtype),
     "runtime": Choice(Runtime),
     "max_batch_size": Integer(1),
