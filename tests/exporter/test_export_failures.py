@@ -177,3 +177,17 @@ def test_a_checkpoint_whose_head_shoal_does_not_export_is_refused_unless_asked(
         source, "ner", tmp_path / "repository", ExportOptions(task="embed", max_length=16)
     )
     assert manifest.task == "embed"
+
+
+def test_a_sentence_transformers_module_shoal_does_not_export_is_refused(tiny_model, tmp_path):
+    """A Dense projection after pooling (Stella-style) used to be dropped silently: vectors of
+    the wrong width and values. Refused now, naming the module."""
+    source = tmp_path / "stella-like"
+    shutil.copytree(tiny_model("bert", sentence_transformers_pooling="mean"), source)
+    modules = json.loads((source / "modules.json").read_text())
+    modules.append({"idx": len(modules), "name": "3", "path": "3_Dense",
+                    "type": "sentence_transformers.models.Dense"})  # fmt: skip
+    (source / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ExportError, match=r"sentence_transformers.models.Dense module \(3_Dense\)"):
+        export_model(source, "stella", tmp_path / "repository", ExportOptions(max_length=16))
+    assert not (tmp_path / "repository" / "stella").exists()
