@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.tiny_models import FAMILIES
+from tests.support.triton import triton_server  # noqa: F401  (fixture: tests serve exports)
 
 PROBE_MAX_LENGTH = 48  # short, so the long probe is truncated and exports stay quick
 

@@ -180,14 +180,29 @@ def test_a_checkpoint_whose_head_shoal_does_not_export_is_refused_unless_asked(
 
 
 def test_a_sentence_transformers_module_shoal_does_not_export_is_refused(tiny_model, tmp_path):
-    """A Dense projection after pooling (Stella-style) used to be dropped silently: vectors of
-    the wrong width and values. Refused now, naming the module."""
-    source = tmp_path / "stella-like"
+    """A module after pooling that shoal does not reproduce used to be dropped silently (vectors
+    of the wrong values, or width). Refused now, naming it; so is a Dense module with an
+    activation (only linear ones fold into the graph)."""
+    source = tmp_path / "layer-norm"
     shutil.copytree(tiny_model("bert", sentence_transformers_pooling="mean"), source)
     modules = json.loads((source / "modules.json").read_text())
+    modules.append({"idx": len(modules), "name": "3", "path": "3_LayerNorm",
+                    "type": "sentence_transformers.models.LayerNorm"})  # fmt: skip
+    (source / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ExportError, match=r"models.LayerNorm module \(3_LayerNorm\)"):
+        export_model(source, "ln", tmp_path / "repository", ExportOptions(max_length=16))
+    assert not (tmp_path / "repository" / "ln").exists()
+
+    tanh = tmp_path / "tanh"
+    shutil.copytree(tiny_model("bert", sentence_transformers_pooling="mean"), tanh)
+    modules = json.loads((tanh / "modules.json").read_text())
     modules.append({"idx": len(modules), "name": "3", "path": "3_Dense",
                     "type": "sentence_transformers.models.Dense"})  # fmt: skip
-    (source / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(ExportError, match=r"sentence_transformers.models.Dense module \(3_Dense\)"):
-        export_model(source, "stella", tmp_path / "repository", ExportOptions(max_length=16))
-    assert not (tmp_path / "repository" / "stella").exists()
+    (tanh / "modules.json").write_text(json.dumps(modules))
+    (tanh / "3_Dense").mkdir()
+    (tanh / "3_Dense" / "config.json").write_text(json.dumps({
+        "in_features": 32, "out_features": 8, "bias": True,
+        "activation_function": "torch.nn.modules.activation.Tanh",
+    }))  # fmt: skip
+    with pytest.raises(ExportError, match="activation torch.nn.modules.activation.Tanh"):
+        export_model(tanh, "tanh", tmp_path / "repository", ExportOptions(max_length=16))

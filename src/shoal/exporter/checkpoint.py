@@ -76,6 +76,16 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class DenseModule:
+    """A sentence-transformers Dense module after pooling (Stella-style projections)."""
+
+    path: str  # its folder in the checkpoint, e.g. "2_Dense_1024"
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+@dataclass(frozen=True)
 class SentenceTransformersConfig:
     """The parts of a sentence-transformers folder an export honours."""
 
@@ -83,6 +93,7 @@ class SentenceTransformersConfig:
     normalize: bool
     max_seq_length: int | None
     prompts: dict[str, str]
+    dense: tuple[DenseModule, ...] = ()  # after pooling, in order
 
     @classmethod
     def read(cls, checkpoint: Checkpoint) -> SentenceTransformersConfig | None:
@@ -103,17 +114,44 @@ class SentenceTransformersConfig:
         bert_config = checkpoint.read_json("sentence_bert_config.json")
         st_config = checkpoint.read_json("config_sentence_transformers.json")
         prompts = {k: v for k, v in (st_config.get("prompts") or {}).items() if isinstance(v, str)}
+        dense = tuple(
+            _dense_module(checkpoint, m.get("path", ""))
+            for m in modules
+            if isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == "Dense"
+        )
         return cls(
             pooling=pooling,
             normalize="sentence_transformers.models.Normalize" in types,
             max_seq_length=bert_config.get("max_seq_length"),
             prompts=prompts,
+            dense=dense,
         )
 
 
 # sentence-transformers modules an export reproduces (by class name); any other would be dropped,
 # and the vectors would silently differ from the model's (a Dense projection, say).
-_ST_EXPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+_ST_EXPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+# A Dense module is exported folded into the graph (projecting each token's state, which pooling
+# then averages or selects): exact only for a linear module, so other activations are refused.
+_LINEAR_ACTIVATIONS = ("torch.nn.modules.linear.Identity", "torch.nn.Identity", "Identity")
+
+
+def _dense_module(checkpoint: Checkpoint, path: str) -> DenseModule:
+    where = checkpoint.path / path / "config.json"
+    config = checkpoint.read_json(f"{path}/config.json")
+    try:
+        in_features, out_features = int(config["in_features"]), int(config["out_features"])
+    except (KeyError, TypeError, ValueError):
+        raise ExportError(
+            f"{where} has no integer in_features/out_features: restore the Dense module"
+        ) from None
+    activation = str(config.get("activation_function", "torch.nn.modules.linear.Identity"))
+    if activation not in _LINEAR_ACTIVATIONS:
+        raise ExportError(
+            f"{where}: activation {activation}; shoal exports Dense modules without an "
+            "activation (Identity) only"
+        )
+    return DenseModule(path, in_features, out_features, bool(config.get("bias", True)))
 
 
 def _refuse_unexported_modules(checkpoint: Checkpoint, types: dict[str, str]) -> None:

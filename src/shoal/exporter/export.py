@@ -403,7 +403,7 @@ def verify_entry(entry: EntryLayout | str | Path) -> list[ParityResult]:
         max_length=manifest.max_length,
         dims=manifest.dims
         if manifest.task in (Task.EMBED.value, Task.MULTI.value)
-        and manifest.dims != adapter.hidden_size
+        and manifest.dims != adapter.output_width(Task(manifest.task))
         else None,
         query_prefix=manifest.prefixes.get("query", ""),
         document_prefix=manifest.prefixes.get("document", ""),

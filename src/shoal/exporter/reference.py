@@ -8,6 +8,7 @@ SPARSE {token id: weight}, COLBERT_VECTORS [n, D].
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,15 @@ def pool_one(hidden: torch.Tensor, pooling: Pooling) -> torch.Tensor:
     raise ValueError(f"no reference pooling for {pooling!r}")
 
 
-def dense_outputs(hidden: torch.Tensor, plan: ExportPlan) -> dict[str, Any]:
+def dense_outputs(
+    hidden: torch.Tensor, plan: ExportPlan, dense: Sequence[torch.nn.Module] = ()
+) -> dict[str, Any]:
+    """Pooled, then through the Dense modules (sentence-transformers' order: the exported graph
+    applies them before pooling), truncated, normalized."""
     assert plan.pooling is not None
     vector = pool_one(hidden, plan.pooling)
+    for layer in dense:
+        vector = layer(vector)
     if plan.dims:
         vector = vector[: plan.dims]
     if plan.normalize:

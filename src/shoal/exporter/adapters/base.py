@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from shoal.contract import Pooling, Task
-from shoal.exporter.checkpoint import Checkpoint
+from shoal.exporter.checkpoint import Checkpoint, DenseModule
 from shoal.exporter.errors import ExportError
 from shoal.exporter.options import SCORE_RAW, ExportOptions, ExportPlan
 from shoal.tokenization import TokenizationError, tokenization_config
@@ -58,6 +58,7 @@ class Adapter:
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
+        self._dense_layers: list[Any] | None = None
 
     # ------------------------------------------------------------------ detection
 
@@ -73,8 +74,34 @@ class Adapter:
         return int(self.checkpoint.config["hidden_size"])
 
     def output_width(self, task: Task) -> int:
-        """Width of the dense (or ColBERT) vectors before Matryoshka truncation."""
-        return self.hidden_size
+        """Width of the dense (or ColBERT) vectors before Matryoshka truncation: the last Dense
+        module's where the checkpoint projects its pooled vectors."""
+        stack = self.dense_stack(task)
+        return stack[-1].out_features if stack else self.hidden_size
+
+    def dense_stack(self, task: Task) -> tuple[DenseModule, ...]:
+        """The sentence-transformers Dense modules applied to the vectors of `task`."""
+        st = self.checkpoint.sentence_transformers
+        return st.dense if st and task in DENSE_TASKS else ()
+
+    def dense_layers(self, task: Task) -> list[Any]:
+        """The Dense modules' torch Linears (loaded once)."""
+        if not self.dense_stack(task):
+            return []
+        if self._dense_layers is None:
+            from shoal.exporter.adapters.graph_modules import load_dense
+
+            self._dense_layers = [load_dense(self.checkpoint, m) for m in self.dense_stack(task)]
+        return self._dense_layers
+
+    def projected(self, states: Any, plan: ExportPlan) -> Any:
+        """The graph module `states` with the Dense modules folded in (per token)."""
+        layers = self.dense_layers(plan.task)
+        if not layers:
+            return states
+        from shoal.exporter.adapters.graph_modules import Projected
+
+        return Projected(states, layers)
 
     def unexported_heads(self) -> list[str]:
         """The checkpoint's architectures whose head this family would drop."""
@@ -119,6 +146,17 @@ class Adapter:
         normalize = options.normalize
         if normalize is None:
             normalize = (st.normalize if st else True) if dense else task == Task.COLBERT
+        stack = self.dense_stack(task)
+        if stack and pooling is Pooling.MAX:
+            raise ExportError(
+                f"{self.checkpoint.path}: max pooling followed by a Dense module cannot be "
+                "exported (shoal folds Dense modules into the graph, before pooling)"
+            )
+        if stack and stack[0].in_features != self.hidden_size:
+            raise ExportError(
+                f"{self.checkpoint.path / stack[0].path}: in_features {stack[0].in_features} "
+                f"is not the model's hidden size {self.hidden_size}"
+            )
         width = self.output_width(task)
         if options.dims is not None and options.dims > width:
             raise ExportError(f"--dims {options.dims} exceeds the model's output width ({width})")
@@ -161,7 +199,7 @@ class Adapter:
             normalize=bool(normalize),
             max_length=tokenization["max_length"],
             dims=options.dims,
-            hidden_size=self.hidden_size,
+            hidden_size=width,  # of the graph's per-token states (after any Dense module)
             prefixes={
                 k: v for k, v in (("query", query_prefix), ("document", document_prefix)) if v
             },
@@ -227,7 +265,7 @@ class Adapter:
         """A torch module: (input_ids, attention_mask[, token_type_ids]) -> graph outputs."""
         from shoal.exporter.adapters.graph_modules import HiddenStates
 
-        return HiddenStates(model, self.token_type_ids)
+        return self.projected(HiddenStates(model, self.token_type_ids), plan)
 
     def graph_input_names(self) -> list[str]:
         names = ["input_ids", "attention_mask"]
@@ -244,4 +282,4 @@ class Adapter:
 
         inputs = {k: v for k, v in encoded.items() if k in self.graph_input_names()}
         hidden = model(**inputs).last_hidden_state[0]
-        return reference.dense_outputs(hidden, plan)
+        return reference.dense_outputs(hidden, plan, self.dense_layers(plan.task))

@@ -20,7 +20,7 @@ class DecoderAdapter(Adapter):
     def graph_module(self, model: Any, plan: ExportPlan) -> Any:
         from shoal.exporter.adapters.graph_modules import DecoderHiddenStates
 
-        return DecoderHiddenStates(model)
+        return self.projected(DecoderHiddenStates(model), plan)
 
 
 @register

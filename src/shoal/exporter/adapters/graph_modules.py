@@ -114,6 +114,47 @@ class BgeM3Outputs(torch.nn.Module):
         return hidden, token_weights, self.colbert_linear(hidden[:, 1:])
 
 
+class Projected(torch.nn.Module):
+    """A states module followed by linear layers applied to each token's state: a
+    sentence-transformers Dense stack folded in before pooling (mean, CLS and last-token pooling
+    commute with a linear map, bias included)."""
+
+    def __init__(self, states: torch.nn.Module, layers: list[torch.nn.Linear]) -> None:
+        super().__init__()
+        self.states = states
+        self.layers = torch.nn.ModuleList(layers)
+        self.output_names = states.output_names
+
+    def forward(self, *inputs: Any) -> Any:
+        hidden = self.states(*inputs)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return hidden
+
+
+def load_dense(checkpoint: Any, module: Any) -> torch.nn.Linear:
+    """The Linear of a sentence-transformers Dense module (`linear.weight`/`linear.bias` in its
+    model.safetensors or pytorch_model.bin)."""
+    folder = checkpoint.path / module.path
+    try:
+        if (folder / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(folder / "model.safetensors"))
+        else:
+            state = torch.load(
+                folder / "pytorch_model.bin", map_location="cpu", weights_only=True
+            )
+        weights = {k.removeprefix("linear."): v for k, v in state.items()}
+        linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias)
+        linear.load_state_dict(weights)
+    except Exception as exc:  # torch and safetensors raise many kinds on a corrupt file
+        raise ExportError(
+            f"{folder}: the Dense module's weights are not readable ({exc}); restore them"
+        ) from exc
+    return linear.eval()
+
+
 def load_linear(checkpoint: Any, filename: str) -> torch.nn.Linear:
     path = checkpoint.path / filename
     try:
