@@ -82,12 +82,15 @@ async def inferencepool_observe(
         return
     replicas = replicas_from_endpoints(await memo.kube.get_endpoints(namespace, name))
     ready, unreachable = await memo.placer.ready_models(replicas)
-    refreshed: dict[tuple[str, str], Any] = memo.setdefault("observer_refreshed", {})
+    refreshed: dict[tuple[str, str, str], Any] = memo.setdefault("observer_refreshed", {})
+    current = {(namespace, name, model.name) for model in placed}
+    for gone in [k for k in refreshed if k[:2] == (namespace, name) and k not in current]:
+        del refreshed[gone]  # deleted or moved away: forget it
     for model in placed:
         if memo.placer.placing(namespace, model.entry):
             continue  # its handler writes the status when it is done
         seen = observed(model, replicas, ready, unreachable)
-        key = (namespace, model.name)
+        key = (namespace, name, model.name)
         if seen == (model.replicas, model.addresses) and not _ready_below_wanted(
             model, len(seen[0]), len(replicas)
         ):
