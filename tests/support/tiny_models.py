@@ -13,10 +13,12 @@ Tests use the session-scoped `tiny_model` factory fixture (tests/support/fixture
 each family once per session.
 
 Families (the exporter's registry keys): bert, xlm-roberta, modernbert, qwen2, qwen3, reranker,
-colbert, splade, bge-m3.
+colbert, splade, bge-m3, token-classification (a NER head on BERT, or on XLM-R with
+`backbone="xlm-roberta"`).
 
 Overrides: `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `intermediate_size`,
 `max_position_embeddings`, `seed`, `vocab_size` (target tokenizer vocabulary), `colbert_dim`,
+`backbone` (token-classification: "bert" | "xlm-roberta"),
 and `sentence_transformers_pooling` ("cls" | "mean" | "max" | "lasttoken": also write modules.json
 and 1_Pooling/config.json as a sentence-transformers folder does).
 """
@@ -72,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     # parity checks compare something other than near-identical outputs.
     "initializer_range": 0.1,
     "sentence_transformers_pooling": None,
+    "backbone": "bert",
 }
 
 
@@ -288,6 +291,41 @@ def _build_reranker(out_dir: Path, o: dict[str, Any]) -> None:
     _bert_like("BertForSequenceClassification", o, out_dir, num_labels=1)
 
 
+# A NER label set in the CoNLL style (B- begins an entity, I- continues it).
+NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+
+
+def _sharpen_classifier(model: Any, seed: int) -> None:
+    """Random init gives near-uniform label scores (every label ~1/n, argmax decided by tiny
+    margins); larger classifier weights give varied, confident labels, so that the entities of
+    the probe texts exercise grouping, B-/I- boundaries and the "O" filter."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 3)
+    with torch.no_grad():
+        weight = model.classifier.weight
+        weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
+
+
+def _ner_config() -> dict[str, Any]:
+    return {
+        "num_labels": len(NER_LABELS),
+        "id2label": dict(enumerate(NER_LABELS)),
+        "label2id": {label: i for i, label in enumerate(NER_LABELS)},
+    }
+
+
+def _build_token_classification(out_dir: Path, o: dict[str, Any]) -> None:
+    if o["backbone"] == "xlm-roberta":
+        model = _build_xlm_roberta(out_dir, o, "XLMRobertaForTokenClassification", **_ner_config())
+    elif o["backbone"] == "bert":
+        model = _bert_like("BertForTokenClassification", o, out_dir, **_ner_config())
+    else:
+        raise ValueError(f"backbone {o['backbone']!r}: use 'bert' or 'xlm-roberta'")
+    _sharpen_classifier(model, o["seed"])
+    _save_model(model, out_dir)
+
+
 def _build_splade(out_dir: Path, o: dict[str, Any]) -> None:
     _bert_like("BertForMaskedLM", o, out_dir)
 
@@ -324,7 +362,9 @@ def _build_colbert(out_dir: Path, o: dict[str, Any]) -> None:
     (out_dir / "artifact.metadata").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def _build_xlm_roberta(out_dir: Path, o: dict[str, Any]) -> None:
+def _build_xlm_roberta(
+    out_dir: Path, o: dict[str, Any], model_class_name: str = "XLMRobertaModel", **extra: Any
+) -> Any:
     import transformers
 
     tok = _xlmr_tokenizer(out_dir, o)
@@ -338,11 +378,13 @@ def _build_xlm_roberta(out_dir: Path, o: dict[str, Any]) -> None:
         bos_token_id=tok.token_to_id("<s>"),
         eos_token_id=tok.token_to_id("</s>"),
         type_vocab_size=1,
+        **extra,
     )
     _seeded(o)
-    model = transformers.XLMRobertaModel(config).eval()
+    model = getattr(transformers, model_class_name)(config).eval()
     _randomize_norms(model, o["seed"])
     _save_model(model, out_dir)
+    return model
 
 
 def _build_bge_m3(out_dir: Path, o: dict[str, Any]) -> None:
@@ -508,6 +550,7 @@ BUILDERS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "colbert": _build_colbert,
     "splade": _build_splade,
     "bge-m3": _build_bge_m3,
+    "token-classification": _build_token_classification,
 }
 FAMILIES: tuple[str, ...] = tuple(BUILDERS)
 
