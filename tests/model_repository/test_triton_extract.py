@@ -27,7 +27,7 @@ MAX_LENGTH = 32
 SCORE_TOLERANCE = 1e-4
 # name -> (tiny model backbone, aggregation)
 ENTRIES = {
-    "ner-bert": ("bert", "simple"),
+    "ner": ("bert", "simple"),  # the name docs/tasks.md's example calls
     "ner-bert-first": ("bert", "first"),
     "ner-xlmr-max": ("xlm-roberta", "max"),
 }
@@ -207,3 +207,18 @@ def test_non_utf8_text_is_refused_and_the_server_keeps_serving(server, exported)
     assert (
         extract(server, "http", name, [b"Paris"])[0] == extract(server, "grpc", name, [b"Paris"])[0]
     )
+
+
+def test_the_docs_extract_example_runs_against_the_served_entry(server, exported) -> None:
+    """docs/tasks.md's `tasks-extract` example, as written but for the server's address."""
+    import subprocess
+    import sys
+
+    from tests.docs.test_doc_examples import example
+
+    script = example("tasks-extract").text.replace("127.0.0.1:8000", server.http_address)
+    assert script != example("tasks-extract").text
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
