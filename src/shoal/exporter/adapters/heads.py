@@ -30,30 +30,36 @@ def _inputs(adapter: Adapter, encoded: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in encoded.items() if k in adapter.graph_input_names()}
 
 
-# ---------------------------------------------------------------- reranker
+class ClassifierHeadAdapter(Adapter):
+    """A transformers `*For<Head>` class on an encoder: detected by its architecture (the one
+    entry of `heads`); BERT's graph takes token_type_ids, the others' do not."""
 
-
-@register
-class RerankerAdapter(Adapter):
-    """Cross-encoders (`*ForSequenceClassification`): one score per (query, document) pair."""
-
-    name = "reranker"
-    model_types = ("bert", "xlm-roberta", "modernbert")
-    tasks = (Task.RERANK,)
     default_pooling = None
     detection_priority = 10
-    auto_class = "AutoModelForSequenceClassification"
-    heads = ("ForSequenceClassification",)
 
     @classmethod
     def matches(cls, checkpoint: Any) -> bool:
         return checkpoint.model_type in cls.model_types and _architecture_endswith(
-            checkpoint, "ForSequenceClassification"
+            checkpoint, cls.heads[0]
         )
 
     @property
     def token_type_ids(self) -> bool:  # type: ignore[override]
         return self.checkpoint.model_type == "bert"
+
+
+# ---------------------------------------------------------------- reranker
+
+
+@register
+class RerankerAdapter(ClassifierHeadAdapter):
+    """Cross-encoders (`*ForSequenceClassification`): one score per (query, document) pair."""
+
+    name = "reranker"
+    model_types = ("bert", "xlm-roberta", "modernbert")
+    tasks = (Task.RERANK,)
+    auto_class = "AutoModelForSequenceClassification"
+    heads = ("ForSequenceClassification",)
 
     def manifest_extra(self) -> dict[str, Any]:
         return {"num_labels": int(self.checkpoint.config.get("num_labels", 1) or 1)}
@@ -76,27 +82,15 @@ class RerankerAdapter(Adapter):
 
 
 @register
-class TokenClassificationAdapter(Adapter):
+class TokenClassificationAdapter(ClassifierHeadAdapter):
     """Token classifiers (`*ForTokenClassification`, NER): per-token labels joined into
     entities with character offsets, as transformers' token-classification pipeline does."""
 
     name = "token-classification"
     model_types = ("bert", "xlm-roberta")
     tasks = (Task.EXTRACT,)
-    default_pooling = None
-    detection_priority = 10
     auto_class = "AutoModelForTokenClassification"
     heads = ("ForTokenClassification",)
-
-    @classmethod
-    def matches(cls, checkpoint: Any) -> bool:
-        return checkpoint.model_type in cls.model_types and _architecture_endswith(
-            checkpoint, "ForTokenClassification"
-        )
-
-    @property
-    def token_type_ids(self) -> bool:  # type: ignore[override]
-        return self.checkpoint.model_type == "bert"
 
     def labels(self) -> list[str]:
         """config.json's id2label in id order (the logits' order)."""
