@@ -61,3 +61,29 @@ def test_the_manifest_says_whether_fewer_dimensions_may_be_asked_for(tiny_model,
     colbert = ["export", str(tiny_model("colbert")), "--repository", str(repository)]
     assert main([*colbert, "--name", "late", "--matryoshka"]) == 2
     assert "--matryoshka apply to dense embeddings" in capsys.readouterr().err
+
+
+def test_a_reranker_exported_with_sigmoid_scores_matches_the_sigmoid_of_its_logits(
+    tiny_model, tmp_path, capsys
+):
+    """--score sigmoid: the postprocess step applies it, the parity reference too (so parity
+    passing means the served SCORE is sigmoid(first logit)); raw stays the default."""
+    import numpy as np
+
+    from shoal.postprocessing import scores
+
+    repository = tmp_path / "repository"
+    base = ["export", str(tiny_model("reranker")), "--repository", str(repository)]
+    assert main([*base, "--name", "raw"]) == 0
+    assert main([*base, "--name", "squashed", "--score", "sigmoid"]) == 0
+    capsys.readouterr()
+    raw, squashed = (Manifest.read(repository / n) for n in ("raw", "squashed"))
+    assert raw.extra["postprocessing"]["score_activation"] == "none"
+    assert squashed.extra["postprocessing"]["score_activation"] == "sigmoid"
+    assert all(r.passed for r in squashed.parity)
+    logits = np.array([[-3.0], [0.0], [2.5]], dtype=np.float32)
+    served = scores(logits, squashed.extra["postprocessing"])
+    np.testing.assert_allclose(served[:, 0], 1 / (1 + np.exp(-logits[:, 0])), rtol=1e-6)
+    embed = ["export", str(tiny_model("bert")), "--repository", str(repository)]
+    assert main([*embed, "--name", "vectors", "--score", "sigmoid"]) == 2
+    assert "--score applies to rerankers" in capsys.readouterr().err

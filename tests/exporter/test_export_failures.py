@@ -202,3 +202,17 @@ def test_aggregation_is_refused_for_other_tasks(tiny_model, tmp_path):
         )
     with pytest.raises(ValueError, match="aggregation 'mean' is not one of"):
         ExportOptions(aggregation="mean")
+
+
+def test_a_sentence_transformers_module_shoal_does_not_export_is_refused(tiny_model, tmp_path):
+    """A Dense projection after pooling (Stella-style) used to be dropped silently: vectors of
+    the wrong width and values. Refused now, naming the module."""
+    source = tmp_path / "stella-like"
+    shutil.copytree(tiny_model("bert", sentence_transformers_pooling="mean"), source)
+    modules = json.loads((source / "modules.json").read_text())
+    modules.append({"idx": len(modules), "name": "3", "path": "3_Dense",
+                    "type": "sentence_transformers.models.Dense"})  # fmt: skip
+    (source / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ExportError, match=r"sentence_transformers.models.Dense module \(3_Dense\)"):
+        export_model(source, "stella", tmp_path / "repository", ExportOptions(max_length=16))
+    assert not (tmp_path / "repository" / "stella").exists()

@@ -8,7 +8,6 @@ address, as the endpoints controller would publish pod IPs.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,18 +15,13 @@ from typing import Any
 
 import pytest
 
-# Fast timers for tests; read when shoal.operator.handlers is first imported (by KopfRunner).
-os.environ.setdefault("SHOAL_OPERATOR_DRIFT_INTERVAL_S", "2")
-os.environ.setdefault("SHOAL_OPERATOR_POOL_STATUS_INTERVAL_S", "1")
-os.environ.setdefault("SHOAL_OPERATOR_RETRY_BASE_S", "1")
-os.environ.setdefault("SHOAL_OPERATOR_RETRY_MAX_S", "4")
-os.environ.setdefault("SHOAL_OPERATOR_UNLOAD_DEADLINE_S", "5")
-
-from shoal.runtime.triton import TritonServer  # noqa: E402
-from tests.operator.helpers import Kube  # noqa: E402
-from tests.support.kube import KubeCluster  # noqa: E402
-from tests.support.netns import NetnsHost  # noqa: E402
-from tests.support.triton import triton_server  # noqa: E402, F401  (fixture)
+# The operator's fast test timers are set in tests/conftest.py, before any test module imports
+# shoal.operator.settings (which reads them once).
+from shoal.runtime.triton import TritonServer
+from tests.operator.helpers import Kube
+from tests.support.kube import KubeCluster
+from tests.support.netns import NetnsHost
+from tests.support.triton import triton_server  # noqa: F401  (fixture)
 
 
 @pytest.fixture

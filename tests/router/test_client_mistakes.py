@@ -26,12 +26,12 @@ from shoal.model_repository.layout import EntryLayout
 from shoal.router.static_source import routes_from_repository
 from shoal.runtime import client as shoal_client
 from tests.router.support import RouterThread, replica_of
-from tests.runtime.entries import export_embedder_and_reranker
+from tests.runtime.entries import CLIENT_MAX_BATCH_SIZE, CLIENT_MAX_TEXT_BYTES
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
 
-MAX_TEXT_BYTES = 1024
-MAX_BATCH_SIZE = 4
+MAX_TEXT_BYTES = CLIENT_MAX_TEXT_BYTES
+MAX_BATCH_SIZE = CLIENT_MAX_BATCH_SIZE
 MODELS = ("embedder", "reranker")
 # How each protocol says "the client's mistake", and "the server's fault".
 CLIENT_MISTAKE = {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}
@@ -40,12 +40,8 @@ MODULES = {"http": httpclient, "grpc": grpcclient}
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("client-mistakes") / "repository"
-    export_embedder_and_reranker(
-        tiny_model, path, max_batch_size=MAX_BATCH_SIZE, max_text_bytes=MAX_TEXT_BYTES
-    )
-    return path
+def repository(client_entries) -> Path:
+    return client_entries
 
 
 @pytest.fixture(scope="module")

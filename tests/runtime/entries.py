@@ -36,3 +36,9 @@ def export_embedder_and_reranker(
     )
     for family, name in (("bert", "embedder"), ("reranker", "reranker")):
         export_model(str(tiny_model(family)), name, repository, options)
+
+
+# The client tests' entries (tests/runtime/test_client_commands.py,
+# tests/router/test_client_mistakes.py): small limits, reached with a few short texts.
+CLIENT_MAX_BATCH_SIZE = 4
+CLIENT_MAX_TEXT_BYTES = 1024

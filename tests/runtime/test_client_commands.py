@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 
 from tests.runtime.commands import SRC, refused, shoal
-from tests.runtime.entries import export_embedder_and_reranker
+from tests.runtime.entries import CLIENT_MAX_BATCH_SIZE, CLIENT_MAX_TEXT_BYTES
 from tests.support.netns import NetnsHost, netns_hosts
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
 
-MAX_BATCH_SIZE = 4
-MAX_TEXT_BYTES = 1024
+MAX_BATCH_SIZE = CLIENT_MAX_BATCH_SIZE
+MAX_TEXT_BYTES = CLIENT_MAX_TEXT_BYTES
 TEXTS = [f"text number {i} about fish" for i in range(MAX_BATCH_SIZE * 2 + 1)]
 DOCUMENTS = [f"document {i}: fish live in water" for i in range(MAX_BATCH_SIZE + 2)]
 
@@ -47,12 +47,8 @@ def scores(done: subprocess.CompletedProcess[str]) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("client-commands") / "repository"
-    export_embedder_and_reranker(
-        tiny_model, path, max_batch_size=MAX_BATCH_SIZE, max_text_bytes=MAX_TEXT_BYTES
-    )
-    return path
+def repository(client_entries) -> Path:
+    return client_entries
 
 
 @pytest.fixture(scope="module")

@@ -37,3 +37,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFactory:
         return built[key]
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def client_entries(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with `embedder` and `reranker` (tests/runtime/entries.py's client limits),
+    exported once for every test that only reads it."""
+    from tests.runtime.entries import (
+        CLIENT_MAX_BATCH_SIZE,
+        CLIENT_MAX_TEXT_BYTES,
+        export_embedder_and_reranker,
+    )
+
+    path = tmp_path_factory.mktemp("client-entries") / "repository"
+    export_embedder_and_reranker(
+        tiny_model, path, max_batch_size=CLIENT_MAX_BATCH_SIZE, max_text_bytes=CLIENT_MAX_TEXT_BYTES
+    )
+    return path

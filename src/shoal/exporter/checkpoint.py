@@ -95,6 +95,7 @@ class SentenceTransformersConfig:
                 f"{checkpoint.path / 'modules.json'} is not valid JSON: {exc}"
             ) from exc
         types = {m.get("type", ""): m.get("path", "") for m in modules if isinstance(m, dict)}
+        _refuse_unexported_modules(checkpoint, types)
         pooling = None
         pooling_path = types.get("sentence_transformers.models.Pooling")
         if pooling_path is not None:
@@ -108,6 +109,22 @@ class SentenceTransformersConfig:
             max_seq_length=bert_config.get("max_seq_length"),
             prompts=prompts,
         )
+
+
+# sentence-transformers modules an export reproduces (by class name); any other would be dropped,
+# and the vectors would silently differ from the model's (a Dense projection, say).
+_ST_EXPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def _refuse_unexported_modules(checkpoint: Checkpoint, types: dict[str, str]) -> None:
+    for module_type, path in types.items():
+        if module_type.rsplit(".", 1)[-1] not in _ST_EXPORTED_MODULES:
+            raise ExportError(
+                f"{checkpoint.path / 'modules.json'} has a {module_type} module"
+                f"{f' ({path})' if path else ''}, which shoal does not export: the exported "
+                "vectors would differ from the model's. Supported sentence-transformers modules: "
+                f"{', '.join(_ST_EXPORTED_MODULES)}"
+            )
 
 
 _ST_POOLING_MODES = {

@@ -8,6 +8,7 @@ import logging
 
 from shoal.contract import Aggregation, Dtype, Pooling, Runtime, Task
 from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
+from shoal.exporter.options import SCORE_RAW, SCORES
 from shoal.model_repository.entry import EntryOptions, GpuAccelerator, InstanceKind
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument(
         "--dims", type=int, help="Matryoshka truncation of dense vectors (default: all dims)"
+    )
+    export.add_argument(
+        "--score",
+        choices=SCORES,
+        default=SCORE_RAW,
+        help="rerankers: SCORE is the raw first logit, or its sigmoid (0..1, what "
+        "sentence-transformers' CrossEncoder and TEI return)",
     )
     export.add_argument(
         "--matryoshka",
@@ -132,6 +140,7 @@ def run_export(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             dims=args.dims,
             matryoshka=args.matryoshka,
+            score=args.score,
             dtype=args.dtype,
             opset=args.opset,
             runtime=args.runtime,

@@ -10,6 +10,9 @@ from shoal.contract import Aggregation, Dtype, Pooling, Runtime, Task
 from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
 from shoal.model_repository.entry import EntryOptions
 
+SCORE_RAW = "raw"
+SCORES = (SCORE_RAW, "sigmoid")  # what a reranker's SCORE is: its first logit, or sigmoid of it
+
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -23,6 +26,7 @@ class ExportOptions:
     # Trained with a Matryoshka loss: clients may ask for fewer dims (the router's OpenAI
     # `dimensions`); implied by `dims`.
     matryoshka: bool = False
+    score: str = SCORE_RAW  # rerankers: the raw first logit, or "sigmoid" of it (0..1)
     dtype: str = Dtype.FP32.value
     opset: int = DEFAULT_OPSET
     runtime: str = Runtime.PORTABLE.value
@@ -48,6 +52,8 @@ class ExportOptions:
         check(self.dtype, Dtype, "dtype")
         check(self.runtime, Runtime, "runtime")
         check(self.aggregation, Aggregation, "aggregation")
+        if self.score not in SCORES:
+            raise ValueError(f"score {self.score!r} is not one of: {', '.join(SCORES)}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         if self.dims is not None and self.dims < 1:

@@ -15,7 +15,7 @@ import numpy as np
 from shoal.contract import Aggregation, Pooling, Task
 from shoal.exporter.checkpoint import Checkpoint
 from shoal.exporter.errors import ExportError
-from shoal.exporter.options import ExportOptions, ExportPlan
+from shoal.exporter.options import SCORE_RAW, ExportOptions, ExportPlan
 from shoal.tokenization import TokenizationError, tokenization_config
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,11 @@ class Adapter:
         dense = task in DENSE_TASKS
         if not dense and (options.pooling or options.dims or options.matryoshka):
             raise ExportError(
-                f"--pooling/--dims/--matryoshka apply to dense embeddings (tasks embed, multi), not {task.value!r}"
+                f"--pooling/--dims/--matryoshka apply to dense embeddings (tasks embed, multi), "
+                f"not {task.value!r}"
             )
+        if options.score != SCORE_RAW and task != Task.RERANK:
+            raise ExportError(f"--score applies to rerankers (task rerank), not {task.value!r}")
         pooling = None
         if dense:
             pooling = Pooling(
@@ -159,6 +162,8 @@ class Adapter:
         }
         if extract:
             postprocessing["aggregation"] = options.aggregation or Aggregation.SIMPLE.value
+        if task == Task.RERANK:  # the first logit, as it is or through a sigmoid (0..1)
+            postprocessing["score_activation"] = "sigmoid" if options.score == "sigmoid" else "none"
         postprocessing.update(self.postprocessing_extra(tokenization))
         return ExportPlan(
             family=self.name,
