@@ -22,11 +22,13 @@ Settings (all keys are written by `tokenization_config`):
                      pads queries to query_length with [MASK] tokens (query augmentation; the
                      attention mask stays 0 there, as in colbert-ai). query_length null = no
                      augmentation.
-    token_info       null, or {"unk_token_id", "continuing_subword_prefix"} (token
+    token_info       null, or {"unk_token_id", "continuing_subword_prefix",
+                     "strip_whitespace"} (token
                      classification): encode() also returns, per token, `token_offsets` [B, T, 2]
                      (character start/end in the text) and `word_ids` [B, T] (the word each token
                      belongs to, as transformers' token-classification pipeline splits words),
-                     both -1 at special tokens and padding.
+                     both -1 at special tokens and padding. strip_whitespace: spans leave out
+                     the whitespace a Metaspace token ("▁Paris") folds in (see `word_span`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 TEXT_TYPES = ("query", "document")
+# Tokenizer classes whose spans transformers reports without the leading whitespace of
+# Metaspace tokens (what each export's parity check against the pipeline confirms).
+STRIPPED_SPAN_TOKENIZERS = ("XLMRobertaTokenizer",)
 TOKEN_OFFSETS = "token_offsets"
 WORD_IDS = "word_ids"
 
@@ -162,7 +167,9 @@ class TextEncoder:
         left = self.config["padding_side"] == "left"
         for i, (text, encoding) in enumerate(zip(texts, encodings, strict=True)):
             first = width - len(encoding.ids) if left else 0
-            spans = [word_span(text, start, end) for start, end in encoding.offsets]
+            spans = encoding.offsets
+            if self.config["token_info"].get("strip_whitespace"):
+                spans = [word_span(text, start, end) for start, end in spans]
             for j, word in enumerate(self._word_ids(text, encoding, spans)):
                 if word >= 0:
                     offsets[i, first + j] = spans[j]
@@ -200,7 +207,8 @@ class TextEncoder:
 def word_span(text: str, start: int, end: int) -> tuple[int, int]:
     """A token's character span without the whitespace a Metaspace tokenizer (XLM-R's "▁")
     folds into it: "▁Paris" spans "Paris", and a lone "▁" the first character of the word it
-    precedes, as transformers' XLM-R tokenizer reports them (it splits on whitespace first)."""
+    precedes, as transformers (5) reports them for XLM-R, whose tokenizer it rebuilds to split on
+    whitespace first (its DeBERTa-v2 tokenizer keeps the spaces: no stripping there)."""
     trimmed = start
     while trimmed < end and text[trimmed].isspace():
         trimmed += 1
@@ -366,6 +374,9 @@ def tokenization_config(
             "unk_token_id": tokenizer.token_to_id(unk) if unk else None,
             "continuing_subword_prefix": getattr(
                 tokenizer.model, "continuing_subword_prefix", None
+            ),
+            "strip_whitespace": str(tok_config.get("tokenizer_class", "")).startswith(
+                STRIPPED_SPAN_TOKENIZERS
             ),
         }
 

@@ -1,4 +1,4 @@
-"""Task `extract` end to end: tiny token classifiers (BERT and XLM-R heads) exported by
+"""Task `extract` end to end: tiny token classifiers (BERT, XLM-R and DeBERTa-v2 heads) exported by
 `shoal.exporter.export_model`, served by a real Triton, called with plain tritonclient over HTTP
 and gRPC. Each text's ENTITIES equal transformers' token-classification pipeline on the same
 checkpoint (label, start and end exactly, score to 1e-4), for each aggregation strategy, with
@@ -31,6 +31,7 @@ ENTRIES = {
     "ner": ("bert", "simple"),  # the name docs/tasks.md's example calls
     "ner-bert-first": ("bert", "first"),
     "ner-xlmr-max": ("xlm-roberta", "max"),
+    "ner-deberta": ("deberta-v2", "simple"),
 }
 TEXTS = [
     "Paris is the capital of France.",

@@ -87,7 +87,7 @@ class TokenClassificationAdapter(ClassifierHeadAdapter):
     entities with character offsets, as transformers' token-classification pipeline does."""
 
     name = "token-classification"
-    model_types = ("bert", "xlm-roberta")
+    model_types = ("bert", "xlm-roberta", "deberta-v2")
     tasks = (Task.EXTRACT,)
     auto_class = "AutoModelForTokenClassification"
     heads = ("ForTokenClassification",)
