@@ -239,19 +239,13 @@ def _xlmr_tokenizer(out_dir: Path, o: dict[str, Any]) -> Any:
 
 def _deberta_tokenizer(out_dir: Path, o: dict[str, Any]) -> Any:
     tok = _train_unigram(o["vocab_size"], DEBERTA_SPECIALS, "[UNK]", ("[CLS]", "[SEP]"))
+    roles = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+    tokens = ("[CLS]", "[SEP]", "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")
     _save_tokenizer(
         tok,
         out_dir,
         tokenizer_class="DebertaV2Tokenizer",
-        special_tokens={
-            "bos_token": "[CLS]",
-            "eos_token": "[SEP]",
-            "unk_token": "[UNK]",
-            "sep_token": "[SEP]",
-            "pad_token": "[PAD]",
-            "cls_token": "[CLS]",
-            "mask_token": "[MASK]",
-        },
+        special_tokens={f"{role}_token": t for role, t in zip(roles, tokens, strict=True)},
         model_max_length=o["max_position_embeddings"],
     )
     return tok
