@@ -20,6 +20,7 @@ class Task(StrEnum):
     COLBERT = "colbert"  # one normalized vector per token (late interaction)
     SPARSE = "sparse"  # SPLADE-style lexical weights: (token id, weight) pairs
     MULTI = "multi"  # bge-m3: dense, sparse and ColBERT outputs from one pass
+    EXTRACT = "extract"  # token classification: labelled character spans (entities) per text
 
 
 class Pooling(StrEnum):
@@ -36,6 +37,15 @@ class OutputKind(StrEnum):
     SCORE = "score"  # FP32 [batch, 1]
     SPARSE = "sparse"  # ragged: INT64 indices + FP32 values per text, padded; see SPARSE_* names
     MULTI_VECTOR = "multi-vector"  # ragged: FP32 [batch, tokens, dims] padded + lengths
+
+
+class Aggregation(StrEnum):
+    """How `extract` joins token predictions into entities (transformers' token-classification
+    pipeline strategies of the same names)."""
+
+    SIMPLE = "simple"  # adjacent tokens of one label type form an entity; score = their mean
+    FIRST = "first"  # each word takes its first token's label, then as simple
+    MAX = "max"  # each word takes the label of its most confident token, then as simple
 
 
 class PaddingSide(StrEnum):
@@ -73,6 +83,9 @@ OUTPUT_SPARSE_INDICES = "SPARSE_INDICES"  # INT64 [batch, n]: token ids, padded 
 OUTPUT_SPARSE_VALUES = "SPARSE_VALUES"  # FP32 [batch, n]: weights, padded with 0
 OUTPUT_COLBERT_VECTORS = "COLBERT_VECTORS"  # FP32 [batch, tokens, dims], padded with 0
 OUTPUT_COLBERT_LENGTHS = "COLBERT_LENGTHS"  # INT32 [batch, 1]: valid rows of COLBERT_VECTORS
+# BYTES [batch, 1]: a UTF-8 JSON list per text of {"label", "score", "start", "end", "text"},
+# start/end being character offsets into the text (docs/tasks.md)
+OUTPUT_ENTITIES = "ENTITIES"
 
 OUTPUTS_BY_TASK: dict[Task, tuple[str, ...]] = {
     Task.EMBED: (OUTPUT_EMBEDDING,),
@@ -86,6 +99,7 @@ OUTPUTS_BY_TASK: dict[Task, tuple[str, ...]] = {
         OUTPUT_COLBERT_VECTORS,
         OUTPUT_COLBERT_LENGTHS,
     ),
+    Task.EXTRACT: (OUTPUT_ENTITIES,),
 }
 
 # Step names inside a model-repository entry: the ensemble is named after the model.

@@ -16,6 +16,8 @@ Graph outputs by task (names the exporter gives the ONNX outputs):
     sparse   sparse_weights [B, vocab] float (already max-pooled over tokens, >= 0)
     multi    hidden_states [B, T, H], token_weights [B, T] (relu(sparse head)),
              colbert_vectors [B, T-1, H] (projection of tokens 1.., not normalized)
+    extract  token_logits [B, T, labels] float; with the texts and the tokenize step's
+             token_offsets [B, T, 2] and word_ids [B, T] (`inputs`)
 
 Settings (`config`, stored in the manifest as extra["postprocessing"]):
     pooling           "cls" | "mean" | "last-token" | "max" (embed, multi)
@@ -27,10 +29,14 @@ Settings (`config`, stored in the manifest as extra["postprocessing"]):
                        "skiplist_ids", "skip_first_token"}: all optional. Query rows keep their
                        [MASK] augmentation tokens; document rows (marker at position 1) drop
                        skiplist ids (punctuation); skip_first_token drops [CLS] (bge-m3).
+    labels            list[str]: the label of each logit (extract; config.json's id2label)
+    aggregation       "simple" | "first" | "max" (extract; as transformers' pipeline)
+    ignore_labels     list[str]: labels never reported as entities (extract; default ["O"])
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -42,6 +48,8 @@ OUTPUT_SPARSE_INDICES = "SPARSE_INDICES"
 OUTPUT_SPARSE_VALUES = "SPARSE_VALUES"
 OUTPUT_COLBERT_VECTORS = "COLBERT_VECTORS"
 OUTPUT_COLBERT_LENGTHS = "COLBERT_LENGTHS"
+OUTPUT_ENTITIES = "ENTITIES"
+INPUT_TEXT = "TEXT"
 
 # Names of the encoder graph's outputs.
 GRAPH_HIDDEN_STATES = "hidden_states"
@@ -50,6 +58,10 @@ GRAPH_TOKEN_VECTORS = "token_vectors"
 GRAPH_SPARSE_WEIGHTS = "sparse_weights"
 GRAPH_TOKEN_WEIGHTS = "token_weights"
 GRAPH_COLBERT_VECTORS = "colbert_vectors"
+GRAPH_TOKEN_LOGITS = "token_logits"
+# What the tokenize step adds for `extract` (names as in shoal.tokenization).
+TOKEN_OFFSETS = "token_offsets"
+WORD_IDS = "word_ids"
 
 GRAPH_OUTPUTS_BY_TASK: dict[str, tuple[str, ...]] = {
     "embed": (GRAPH_HIDDEN_STATES,),
@@ -57,7 +69,13 @@ GRAPH_OUTPUTS_BY_TASK: dict[str, tuple[str, ...]] = {
     "colbert": (GRAPH_TOKEN_VECTORS,),
     "sparse": (GRAPH_SPARSE_WEIGHTS,),
     "multi": (GRAPH_HIDDEN_STATES, GRAPH_TOKEN_WEIGHTS, GRAPH_COLBERT_VECTORS),
+    "extract": (GRAPH_TOKEN_LOGITS,),
 }
+# Inputs of the postprocess step besides ids, mask and the graph outputs, by task.
+STEP_INPUTS_BY_TASK: dict[str, tuple[str, ...]] = {
+    "extract": (INPUT_TEXT, TOKEN_OFFSETS, WORD_IDS),
+}
+AGGREGATIONS = ("simple", "first", "max")
 
 POOLINGS = ("cls", "mean", "last-token", "max")
 _EPS = 1e-12  # as torch.nn.functional.normalize
@@ -73,8 +91,10 @@ def postprocess(
     input_ids: np.ndarray,
     attention_mask: np.ndarray,
     config: dict[str, Any],
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Arrays keyed by the contract's output names for `task`."""
+    """Arrays keyed by the contract's output names for `task`. `inputs`: the task's
+    STEP_INPUTS_BY_TASK (TEXT as a list of str)."""
     if task not in GRAPH_OUTPUTS_BY_TASK:
         raise PostprocessError(f"unknown task {task!r}; known: {sorted(GRAPH_OUTPUTS_BY_TASK)}")
     missing = [n for n in GRAPH_OUTPUTS_BY_TASK[task] if n not in graph_outputs]
@@ -93,6 +113,8 @@ def postprocess(
         return {OUTPUT_EMBEDDING: dense(graph_outputs[GRAPH_HIDDEN_STATES], mask, config)}
     if task == "rerank":
         return {OUTPUT_SCORE: scores(graph_outputs[GRAPH_LOGITS], config)}
+    if task == "extract":
+        return {OUTPUT_ENTITIES: entities(graph_outputs[GRAPH_TOKEN_LOGITS], inputs or {}, config)}
     if task == "sparse":
         indices, values = sparse_from_vocab_weights(
             graph_outputs[GRAPH_SPARSE_WEIGHTS], config.get("special_token_ids", ())
@@ -287,3 +309,118 @@ def multi_vectors(vectors: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np
         rows = normalized[i][keep[i]]
         out[i, : len(rows)] = rows
     return out, counts.astype(np.int32).reshape(-1, 1)
+
+
+# ------------------------------------------------------------------ entities (token classification)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Over the last axis, in float32, as transformers' token-classification pipeline."""
+    logits = np.asarray(logits, dtype=np.float32)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def entities(logits: np.ndarray, inputs: dict[str, Any], config: dict[str, Any]) -> np.ndarray:
+    """[B, T, labels] logits -> [B, 1] object array of UTF-8 JSON entity lists (one per text)."""
+    missing = [n for n in STEP_INPUTS_BY_TASK["extract"] if n not in inputs]
+    if missing:
+        raise PostprocessError(f"extract needs inputs {missing}; got {sorted(inputs)}")
+    texts = list(inputs[INPUT_TEXT])
+    offsets = np.asarray(inputs[TOKEN_OFFSETS])
+    words = np.asarray(inputs[WORD_IDS])
+    logits = np.asarray(logits, dtype=np.float32)
+    labels = list(config.get("labels") or [])
+    if logits.ndim != 3 or logits.shape[2] != len(labels):
+        raise PostprocessError(f"token logits {logits.shape} do not match {len(labels)} labels")
+    if offsets.shape != (*logits.shape[:2], 2) or words.shape != logits.shape[:2]:
+        raise PostprocessError(
+            f"token offsets {offsets.shape} and word ids {words.shape} do not match the token "
+            f"logits {logits.shape}"
+        )
+    if len(texts) != logits.shape[0]:
+        raise PostprocessError(f"{len(texts)} texts for {logits.shape[0]} rows of token logits")
+    aggregation = config.get("aggregation", "simple")
+    if aggregation not in AGGREGATIONS:
+        raise PostprocessError(f"unknown aggregation {aggregation!r}; use one of {AGGREGATIONS}")
+    ignore = set(config.get("ignore_labels", ["O"]))
+    probabilities = softmax(logits)
+    out = np.empty((len(texts), 1), dtype=object)
+    for row, text in enumerate(texts):
+        tokens = np.nonzero(words[row] >= 0)[0]
+        found = text_entities(
+            text,
+            probabilities[row, tokens],
+            offsets[row, tokens],
+            words[row, tokens],
+            labels,
+            aggregation,
+        )
+        kept = [e for e in found if e["label"] not in ignore]
+        out[row, 0] = json.dumps(kept, ensure_ascii=False).encode("utf-8")
+    return out
+
+
+def token_predictions(
+    probabilities: np.ndarray, words: np.ndarray, labels: list[str], aggregation: str
+) -> list[tuple[str, float]]:
+    """(label, score) per token; `first`/`max` give every token of a word the word's choice."""
+    best = probabilities.argmax(axis=-1)
+    chosen = [(labels[int(i)], float(probabilities[t, i])) for t, i in enumerate(best)]
+    if aggregation == "simple":
+        return chosen
+    per_word: dict[int, tuple[str, float]] = {}
+    for t, word in enumerate(words.tolist()):
+        if word not in per_word:
+            per_word[word] = chosen[t]  # first token of the word
+        elif aggregation == "max" and chosen[t][1] > per_word[word][1]:
+            per_word[word] = chosen[t]
+    return [per_word[w] for w in words.tolist()]
+
+
+def _tag(label: str) -> tuple[str, str]:
+    """("B" | "I", entity type): a label without a B-/I- prefix continues ("I")."""
+    if label.startswith(("B-", "I-")):
+        return label[0], label[2:]
+    return "I", label
+
+
+def text_entities(
+    text: str,
+    probabilities: np.ndarray,
+    offsets: np.ndarray,
+    words: np.ndarray,
+    labels: list[str],
+    aggregation: str,
+) -> list[dict[str, Any]]:
+    """Entities of one text from its non-special tokens, grouped as transformers'
+    `group_entities`: adjacent units (tokens, or words for first/max) of one entity type join
+    unless the next starts with B-; score = the mean of the units' scores."""
+    units = []  # (label, score, start, end) per token (simple) or per word (first, max)
+    predictions = token_predictions(probabilities, words, labels, aggregation)
+    for t, (label, score) in enumerate(predictions):
+        start, end = int(offsets[t, 0]), int(offsets[t, 1])
+        if aggregation != "simple" and units and words[t] == words[t - 1]:
+            units[-1] = (units[-1][0], units[-1][1], units[-1][2], end)
+            continue
+        units.append((label, score, start, end))
+    groups: list[list[tuple[str, float, int, int]]] = []
+    for unit in units:
+        bi, tag = _tag(unit[0])
+        if groups and bi != "B" and tag == _tag(groups[-1][-1][0])[1]:
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    found = []
+    for group in groups:
+        start, end = group[0][2], group[-1][3]
+        found.append(
+            {
+                "label": group[0][0].split("-", 1)[-1],  # as transformers' group_sub_entities
+                "score": float(np.mean(np.asarray([u[1] for u in group], dtype=np.float32))),
+                "start": start,
+                "end": end,
+                "text": text[start:end],
+            }
+        )
+    return found

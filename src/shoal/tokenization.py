@@ -22,6 +22,13 @@ Settings (all keys are written by `tokenization_config`):
                      pads queries to query_length with [MASK] tokens (query augmentation; the
                      attention mask stays 0 there, as in colbert-ai). query_length null = no
                      augmentation.
+    token_info       null, or {"unk_token_id", "continuing_subword_prefix",
+                     "strip_whitespace"} (token
+                     classification): encode() also returns, per token, `token_offsets` [B, T, 2]
+                     (character start/end in the text) and `word_ids` [B, T] (the word each token
+                     belongs to, as transformers' token-classification pipeline splits words),
+                     both -1 at special tokens and padding. strip_whitespace: spans leave out
+                     the whitespace a Metaspace token ("▁Paris") folds in (see `word_span`).
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ import numpy as np
 from tokenizers import Tokenizer
 
 TEXT_TYPES = ("query", "document")
+# Tokenizer classes whose spans transformers reports without the leading whitespace of
+# Metaspace tokens (what each export's parity check against the pipeline confirms).
+STRIPPED_SPAN_TOKENIZERS = ("XLMRobertaTokenizer",)
+TOKEN_OFFSETS = "token_offsets"
+WORD_IDS = "word_ids"
 
 
 class TokenizationError(ValueError):
@@ -66,6 +78,8 @@ class TextEncoder:
         names = ["input_ids", "attention_mask"]
         if self.config["token_type_ids"]:
             names.append("token_type_ids")
+        if self.config["token_info"] is not None:
+            names += [TOKEN_OFFSETS, WORD_IDS]
         return names
 
     def encode(
@@ -116,7 +130,10 @@ class TextEncoder:
             for row in ids:
                 if len(row) > 1:
                     row[1] = marker
-        return self._pad(ids, types, fixed_length)
+        out = self._pad(ids, types, fixed_length)
+        if config["token_info"] is not None:
+            out.update(self._token_info(texts, encodings, out["input_ids"].shape[1]))
+        return out
 
     def _pad(
         self, ids: list[list[int]], types: list[list[int]], fixed_length: int | None
@@ -142,6 +159,67 @@ class TextEncoder:
             out["token_type_ids"] = token_type_ids
         return out
 
+    def _token_info(self, texts: list[str], encodings: list[Any], width: int) -> dict:
+        """Character offsets and word ids per token (right-aligned rows for left padding)."""
+        batch = len(texts)
+        offsets = np.full((batch, width, 2), -1, dtype=np.int64)
+        words = np.full((batch, width), -1, dtype=np.int64)
+        left = self.config["padding_side"] == "left"
+        for i, (text, encoding) in enumerate(zip(texts, encodings, strict=True)):
+            first = width - len(encoding.ids) if left else 0
+            spans = encoding.offsets
+            if self.config["token_info"].get("strip_whitespace"):
+                spans = [word_span(text, start, end) for start, end in spans]
+            for j, word in enumerate(self._word_ids(text, encoding, spans)):
+                if word >= 0:
+                    offsets[i, first + j] = spans[j]
+                    words[i, first + j] = word
+        return {TOKEN_OFFSETS: offsets, WORD_IDS: words}
+
+    def _word_ids(self, text: str, encoding: Any, spans: list[tuple[int, int]]) -> list[int]:
+        """The word of each token, -1 for special tokens. Words are split the way transformers'
+        token-classification pipeline decides `is_subword` (so `first`/`max` aggregate the same
+        tokens): with a continuing-subword prefix (WordPiece's "##"), a token whose text differs
+        in length from its span continues a word; without one, a token not preceded by a space
+        does; an unknown token always starts a word."""
+        info = self.config["token_info"]
+        prefix = info.get("continuing_subword_prefix")
+        words, word = [], -1
+        for token_id, special, (start, end) in zip(
+            encoding.ids, encoding.special_tokens_mask, spans, strict=True
+        ):
+            if special:
+                words.append(-1)
+                continue
+            if prefix:
+                token = self.tokenizer.id_to_token(token_id) or ""
+                is_subword = len(token) != end - start
+            else:
+                is_subword = start > 0 and " " not in text[start - 1 : start + 1]
+            if token_id == info.get("unk_token_id"):
+                is_subword = False
+            if not is_subword or word < 0:
+                word += 1
+            words.append(word)
+        return words
+
+
+def word_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """A token's character span without the whitespace a Metaspace tokenizer (XLM-R's "▁")
+    folds into it: "▁Paris" spans "Paris", and a lone "▁" the first character of the word it
+    precedes, as transformers (5) reports them for XLM-R, whose tokenizer it rebuilds to split on
+    whitespace first (its DeBERTa-v2 tokenizer keeps the spaces: no stripping there)."""
+    trimmed = start
+    while trimmed < end and text[trimmed].isspace():
+        trimmed += 1
+    if trimmed == start or start == end:
+        return start, end
+    if trimmed == end:  # whitespace only: the word after it
+        while trimmed < len(text) and text[trimmed].isspace():
+            trimmed += 1
+        return trimmed, min(trimmed + 1, len(text))
+    return trimmed, end
+
 
 def _validated(config: dict[str, Any]) -> dict[str, Any]:
     required = ("max_length", "padding_side", "pad_token_id")
@@ -155,6 +233,7 @@ def _validated(config: dict[str, Any]) -> dict[str, Any]:
         "pairs": False,
         "token_type_ids": False,
         "colbert": None,
+        "token_info": None,
         **config,
     }
     if not isinstance(out["max_length"], int) or out["max_length"] < 2:
@@ -226,6 +305,7 @@ def tokenization_config(
     document_prefix: str = "",
     colbert_markers: tuple[str, str] | None = None,
     colbert_query_length: int | None = None,
+    token_info: bool = False,
 ) -> dict[str, Any]:
     """The settings dict for `TextEncoder`, read from a Hugging Face checkpoint folder.
 
@@ -287,6 +367,19 @@ def tokenization_config(
             "mask_token_id": token_id(tokenizer, mask, what="mask token", source=checkpoint),
         }
 
+    info = None
+    if token_info:
+        unk = special_token(checkpoint, "unk_token")
+        info = {
+            "unk_token_id": tokenizer.token_to_id(unk) if unk else None,
+            "continuing_subword_prefix": getattr(
+                tokenizer.model, "continuing_subword_prefix", None
+            ),
+            "strip_whitespace": str(tok_config.get("tokenizer_class", "")).startswith(
+                STRIPPED_SPAN_TOKENIZERS
+            ),
+        }
+
     prefixes = {}
     if query_prefix:
         prefixes["query"] = query_prefix
@@ -300,5 +393,6 @@ def tokenization_config(
         "pairs": pairs,
         "token_type_ids": token_type_ids,
         "colbert": colbert,
+        "token_info": info,
     }
     return _validated(config)

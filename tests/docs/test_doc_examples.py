@@ -44,6 +44,7 @@ RUN_HERE = {
     "readme-using-it", "tasks-http", "tasks-grpc", "tasks-shell", "install-tritonclient",
     "install-openai", "gpu-export", "catalog-reference", "operator-pool", "operator-model",
     "serve-options", "python-api",
+    "tasks-extract",  # run by tests/model_repository/test_triton_extract.py against its entry "ner"
 }  # fmt: skip
 # The folders README's download step fills, and what the docs session puts there instead.
 CHECKPOINTS = {

@@ -155,28 +155,53 @@ def test_cli_prints_user_errors_without_traceback(tmp_path, capsys):
 def test_a_checkpoint_whose_head_shoal_does_not_export_is_refused_unless_asked(
     tiny_model, tmp_path
 ):
-    """A token-classification checkpoint used to export silently as an embedder without its
-    head. Refused now, naming the head; an explicit --task exports the backbone alone."""
+    """A question-answering checkpoint would export as an embedder without its head. Refused,
+    naming the head; an explicit --task exports the backbone alone."""
     import shutil
 
-    from transformers import BertConfig, BertForTokenClassification
+    from transformers import BertConfig, BertForQuestionAnswering
 
     from shoal.exporter import ExportOptions, export_model
 
     source = tmp_path / "ner"
     shutil.copytree(tiny_model("bert"), source)
-    config = BertConfig.from_pretrained(source, num_labels=3)
-    BertForTokenClassification(config).save_pretrained(source)
+    config = BertConfig.from_pretrained(source)
+    BertForQuestionAnswering(config).save_pretrained(source)
     with pytest.raises(ExportError) as refused:
         export_model(source, "ner", tmp_path / "repository", ExportOptions(max_length=16))
     message = str(refused.value)
-    assert "BertForTokenClassification" in message and "token classification head" in message
+    assert "BertForQuestionAnswering" in message and "question answering head" in message
     assert "--task embed" in message
     assert not (tmp_path / "repository" / "ner").exists()
     manifest = export_model(
         source, "ner", tmp_path / "repository", ExportOptions(task="embed", max_length=16)
     )
     assert manifest.task == "embed"
+
+
+def test_a_token_classifier_exports_its_backbone_when_embed_is_asked_for(tiny_model, tmp_path):
+    """The token-classification family owns the head; --task embed still gets the encoder."""
+    from shoal.exporter import ExportOptions, export_model
+
+    source = tiny_model("token-classification")
+    manifest = export_model(
+        source, "ner", tmp_path / "repository", ExportOptions(task="embed", max_length=16)
+    )
+    assert manifest.task == "embed" and manifest.architecture == "bert"
+
+
+def test_aggregation_is_refused_for_other_tasks(tiny_model, tmp_path):
+    from shoal.exporter import ExportOptions, export_model
+
+    with pytest.raises(ExportError, match="--aggregation applies to task extract"):
+        export_model(
+            tiny_model("bert"),
+            "e",
+            tmp_path / "r",
+            ExportOptions(aggregation="first", max_length=16),
+        )
+    with pytest.raises(ValueError, match="aggregation 'mean' is not one of"):
+        ExportOptions(aggregation="mean")
 
 
 def test_a_sentence_transformers_module_shoal_does_not_export_is_refused(tiny_model, tmp_path):

@@ -23,6 +23,7 @@ EXPECTED_TASK = {
     "colbert": Task.COLBERT,
     "splade": Task.SPARSE,
     "bge-m3": Task.MULTI,
+    "token-classification": Task.EXTRACT,
 }
 
 

@@ -24,7 +24,9 @@ _OUTPUT_SPECS = {
     "SPARSE_VALUES": TensorSpec("SPARSE_VALUES", "FP32", [-1]),
     "COLBERT_VECTORS": TensorSpec("COLBERT_VECTORS", "FP32", [-1, DIMS]),
     "COLBERT_LENGTHS": TensorSpec("COLBERT_LENGTHS", "INT32", [1]),
+    "ENTITIES": TensorSpec("ENTITIES", "BYTES", [1]),
 }
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
 _ENCODER_OUTPUTS = {
     Task.EMBED: [TensorSpec("hidden_states", "FP32", [-1, HIDDEN])],
@@ -36,6 +38,7 @@ _ENCODER_OUTPUTS = {
         TensorSpec("token_weights", "FP32", [-1]),
         TensorSpec("colbert_vectors", "FP32", [-1, HIDDEN]),
     ],
+    Task.EXTRACT: [TensorSpec("token_logits", "FP32", [-1, len(NER_LABELS)])],
 }
 
 
@@ -43,7 +46,7 @@ def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str =
     inputs = [TensorSpec(INPUT_TEXT, "BYTES", [1])]
     if task is Task.RERANK:
         inputs.insert(0, TensorSpec(INPUT_QUERY, "BYTES", [1]))
-    else:
+    elif task is not Task.EXTRACT:
         inputs.append(TensorSpec(INPUT_TEXT_TYPE, "BYTES", [1]))
     encoder_inputs = [
         TensorSpec("input_ids", "INT64", [-1]),
@@ -87,7 +90,21 @@ def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str =
                 "pairs": task is Task.RERANK,
                 "token_type_ids": True,
                 "colbert": None,
+                "token_info": (
+                    {"unk_token_id": 1, "continuing_subword_prefix": "##"}
+                    if task is Task.EXTRACT
+                    else None
+                ),
             },
-            "postprocessing": {"pooling": "mean", "normalize": True, "dims": DIMS},
+            "postprocessing": {
+                "pooling": "mean",
+                "normalize": True,
+                "dims": DIMS,
+                **(
+                    {"labels": NER_LABELS, "aggregation": "simple", "ignore_labels": ["O"]}
+                    if task is Task.EXTRACT
+                    else {}
+                ),
+            },
         },
     )

@@ -24,6 +24,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from shoal.contract import INPUT_QUERY, INPUT_TEXT, INPUT_TEXT_TYPE, OUTPUTS_BY_TASK, Task
+from tests.support.triton import serving_entries
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -96,21 +97,9 @@ def exported(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    from shoal.runtime.installation import TritonNotInstalled, locate_triton
-    from shoal.runtime.triton import TritonServer
-
-    try:
-        installation = locate_triton()
-    except TritonNotInstalled as exc:
-        # The suite's set-up installs Triton (nvidia-pytriton): its absence is a failure, not a skip.
-        pytest.fail(f"Triton is not available: {exc}; run `bash scripts/setup-env.sh dev`")
     repository, entries = exported
-    from shoal.model_repository.layout import EntryLayout
-
-    models = [m for e in entries.values() for m in EntryLayout(repository, e.name).triton_models]
-    log_path = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
-    with TritonServer(
-        repository, load_models=models, installation=installation, log_path=log_path
+    with serving_entries(
+        repository, (e.name for e in entries.values()), tmp_path_factory
     ) as running:
         yield running
 

@@ -13,10 +13,12 @@ Tests use the session-scoped `tiny_model` factory fixture (tests/support/fixture
 each family once per session.
 
 Families (the exporter's registry keys): bert, xlm-roberta, modernbert, qwen2, qwen3, reranker,
-colbert, splade, bge-m3.
+colbert, splade, bge-m3, token-classification (a NER head on BERT, or with
+`backbone="xlm-roberta"` / `"deberta-v2"` on those).
 
 Overrides: `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `intermediate_size`,
 `max_position_embeddings`, `seed`, `vocab_size` (target tokenizer vocabulary), `colbert_dim`,
+`backbone` (token-classification: "bert" | "xlm-roberta" | "deberta-v2"),
 and `sentence_transformers_pooling` ("cls" | "mean" | "max" | "lasttoken": also write modules.json
 and 1_Pooling/config.json as a sentence-transformers folder does).
 """
@@ -56,6 +58,7 @@ CORPUS: tuple[str, ...] = (
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"]
 XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+DEBERTA_SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MODERNBERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -72,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     # parity checks compare something other than near-identical outputs.
     "initializer_range": 0.1,
     "sentence_transformers_pooling": None,
+    "backbone": "bert",
 }
 
 
@@ -98,8 +102,14 @@ def _train_wordpiece(vocab_size: int, specials: list[str]) -> Any:
     return tok
 
 
-def _train_unigram(vocab_size: int) -> Any:
-    """XLM-RoBERTa style: SentencePiece-like Unigram with the Metaspace pre-tokenizer."""
+def _train_unigram(
+    vocab_size: int,
+    specials: list[str] | None = None,
+    unk: str = "<unk>",
+    ends: tuple[str, str] = ("<s>", "</s>"),
+) -> Any:
+    """XLM-RoBERTa style (DeBERTa-v3 with its own specials): SentencePiece-like Unigram with the
+    Metaspace pre-tokenizer."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import UnigramTrainer
 
@@ -109,13 +119,16 @@ def _train_unigram(vocab_size: int) -> Any:
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(
         CORPUS,
-        UnigramTrainer(vocab_size=vocab_size, special_tokens=XLMR_SPECIALS, unk_token="<unk>"),
+        UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=specials or XLMR_SPECIALS, unk_token=unk
+        ),
     )
-    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    first, last = ends
+    pair = f"{first} $A {last} $B {last}" if first == "[CLS]" else "<s> $A </s> </s> $B </s>"
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", bos), ("</s>", eos)],
+        single=f"{first} $A {last}",
+        pair=pair,
+        special_tokens=[(first, tok.token_to_id(first)), (last, tok.token_to_id(last))],
     )
     return tok
 
@@ -224,6 +237,20 @@ def _xlmr_tokenizer(out_dir: Path, o: dict[str, Any]) -> Any:
     return tok
 
 
+def _deberta_tokenizer(out_dir: Path, o: dict[str, Any]) -> Any:
+    tok = _train_unigram(o["vocab_size"], DEBERTA_SPECIALS, "[UNK]", ("[CLS]", "[SEP]"))
+    roles = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+    tokens = ("[CLS]", "[SEP]", "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")
+    _save_tokenizer(
+        tok,
+        out_dir,
+        tokenizer_class="DebertaV2Tokenizer",
+        special_tokens={f"{role}_token": t for role, t in zip(roles, tokens, strict=True)},
+        model_max_length=o["max_position_embeddings"],
+    )
+    return tok
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -288,6 +315,43 @@ def _build_reranker(out_dir: Path, o: dict[str, Any]) -> None:
     _bert_like("BertForSequenceClassification", o, out_dir, num_labels=1)
 
 
+# A NER label set in the CoNLL style (B- begins an entity, I- continues it).
+NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+
+
+def _sharpen_classifier(model: Any, seed: int) -> None:
+    """Random init gives near-uniform label scores (every label ~1/n, argmax decided by tiny
+    margins); larger classifier weights give varied, confident labels, so that the entities of
+    the probe texts exercise grouping, B-/I- boundaries and the "O" filter."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 3)
+    with torch.no_grad():
+        weight = model.classifier.weight
+        weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
+
+
+def _ner_config() -> dict[str, Any]:
+    return {
+        "num_labels": len(NER_LABELS),
+        "id2label": dict(enumerate(NER_LABELS)),
+        "label2id": {label: i for i, label in enumerate(NER_LABELS)},
+    }
+
+
+def _build_token_classification(out_dir: Path, o: dict[str, Any]) -> None:
+    if o["backbone"] == "xlm-roberta":
+        model = _build_xlm_roberta(out_dir, o, "XLMRobertaForTokenClassification", **_ner_config())
+    elif o["backbone"] == "deberta-v2":
+        model = _build_deberta_v2(out_dir, o, "DebertaV2ForTokenClassification", **_ner_config())
+    elif o["backbone"] == "bert":
+        model = _bert_like("BertForTokenClassification", o, out_dir, **_ner_config())
+    else:
+        raise ValueError(f"backbone {o['backbone']!r}: use 'bert', 'xlm-roberta' or 'deberta-v2'")
+    _sharpen_classifier(model, o["seed"])
+    _save_model(model, out_dir)
+
+
 def _build_splade(out_dir: Path, o: dict[str, Any]) -> None:
     _bert_like("BertForMaskedLM", o, out_dir)
 
@@ -324,7 +388,9 @@ def _build_colbert(out_dir: Path, o: dict[str, Any]) -> None:
     (out_dir / "artifact.metadata").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def _build_xlm_roberta(out_dir: Path, o: dict[str, Any]) -> None:
+def _build_xlm_roberta(
+    out_dir: Path, o: dict[str, Any], model_class_name: str = "XLMRobertaModel", **extra: Any
+) -> Any:
     import transformers
 
     tok = _xlmr_tokenizer(out_dir, o)
@@ -338,11 +404,39 @@ def _build_xlm_roberta(out_dir: Path, o: dict[str, Any]) -> None:
         bos_token_id=tok.token_to_id("<s>"),
         eos_token_id=tok.token_to_id("</s>"),
         type_vocab_size=1,
+        **extra,
     )
     _seeded(o)
-    model = transformers.XLMRobertaModel(config).eval()
+    model = getattr(transformers, model_class_name)(config).eval()
     _randomize_norms(model, o["seed"])
     _save_model(model, out_dir)
+    return model
+
+
+def _build_deberta_v2(out_dir: Path, o: dict[str, Any], model_class_name: str, **extra: Any) -> Any:
+    """DeBERTa-v3 as on the hub: relative (disentangled) attention, no absolute positions, no
+    token types."""
+    import transformers
+
+    tok = _deberta_tokenizer(out_dir, o)
+    config = transformers.DebertaV2Config(
+        **_common_config(o, tok.get_vocab_size()),
+        pad_token_id=tok.token_to_id("[PAD]"),
+        type_vocab_size=0,
+        relative_attention=True,
+        position_biased_input=False,
+        pos_att_type=["p2c", "c2p"],
+        max_relative_positions=-1,
+        position_buckets=32,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        **extra,
+    )
+    _seeded(o)
+    model = getattr(transformers, model_class_name)(config).eval()
+    _randomize_norms(model, o["seed"])
+    _save_model(model, out_dir)
+    return model
 
 
 def _build_bge_m3(out_dir: Path, o: dict[str, Any]) -> None:
@@ -508,6 +602,7 @@ BUILDERS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "colbert": _build_colbert,
     "splade": _build_splade,
     "bge-m3": _build_bge_m3,
+    "token-classification": _build_token_classification,
 }
 FAMILIES: tuple[str, ...] = tuple(BUILDERS)
 

@@ -15,7 +15,8 @@ runs inside the fixture, so collecting pure-logic tests never needs Triton.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,25 @@ def write_doubler(repository: Path, name: str = "doubler") -> None:
 def start_triton(repository: Path | str, **kwargs: Any) -> TritonServer:
     """Start a server (outside pytest fixtures); the caller stops it."""
     return TritonServer(repository, **kwargs).start()
+
+
+@contextlib.contextmanager
+def serving_entries(
+    repository: Path, names: Iterable[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
+    """A server loading every Triton model of the named shoal entries (for module fixtures)."""
+    from shoal.model_repository.layout import EntryLayout
+
+    try:
+        installation = locate_triton()
+    except TritonNotInstalled as exc:
+        pytest.fail(f"Triton is not available: {exc}; run `bash scripts/setup-env.sh dev`")
+    models = [m for name in names for m in EntryLayout(repository, name).triton_models]
+    log_path = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
+    with TritonServer(
+        repository, load_models=models, installation=installation, log_path=log_path
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def input_hash(model: CatalogModel) -> tuple[str, int]:
     from shoal.exporter.fingerprint import source_hash  # the exporter's own, torch-free
 
     checkpoint = inspect_checkpoint(model.source)
-    detect_adapter(checkpoint, model.export.family).plan(model.export)
+    detect_adapter(checkpoint, model.export.family, model.export.task).plan(model.export)
     parameters = sum(
         parameter_count(checkpoint.path / f)
         for f in checkpoint.files

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from shoal.catalog.yaml_lines import LocatedDocument, YamlSyntaxError, load_located
-from shoal.contract import MODEL_NAME_MAX_LENGTH, Dtype, Pooling, Runtime, Task, model_name_problem
+from shoal.contract import (
+    MODEL_NAME_MAX_LENGTH,
+    Aggregation,
+    Dtype,
+    Pooling,
+    Runtime,
+    Task,
+    model_name_problem,
+)
 from shoal.exporter.options import ExportOptions
 from shoal.model_repository.entry import EntryOptions, GpuAccelerator, InstanceKind
 from shoal.operator import crds
@@ -95,6 +103,7 @@ EXPORT_KEYS: dict[str, Kind] = {
     "max_length": Integer(2),
     "dims": Integer(1),
     "matryoshka": Boolean(),
+    "aggregation": Choice(Aggregation),
     "score": Text(),
     "dtype": Choice(Dtype),
     "runtime": Choice(Runtime),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from shoal.contract import Dtype, Pooling, Runtime, Task
+from shoal.contract import Aggregation, Dtype, Pooling, Runtime, Task
 from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
 from shoal.exporter.options import SCORE_RAW, SCORES
 from shoal.model_repository.entry import EntryOptions, GpuAccelerator, InstanceKind
@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pooling",
         choices=[p.value for p in Pooling],
         help="dense pooling; default: the checkpoint's sentence-transformers setting or the family's",
+    )
+    export.add_argument(
+        "--aggregation",
+        choices=[a.value for a in Aggregation],
+        help="task extract: how token labels join into entities, as transformers' "
+        "token-classification pipeline (default: simple)",
     )
     export.add_argument(
         "--normalize",
@@ -141,6 +147,7 @@ def run_export(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             query_prefix=args.query_prefix,
             document_prefix=args.document_prefix,
+            aggregation=args.aggregation,
             family=args.family,
             overwrite=args.overwrite,
             optimize=args.optimize,

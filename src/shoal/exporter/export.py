@@ -23,6 +23,7 @@ from shoal.contract import (
     OUTPUT_COLBERT_LENGTHS,
     OUTPUT_COLBERT_VECTORS,
     OUTPUT_EMBEDDING,
+    OUTPUT_ENTITIES,
     OUTPUT_SCORE,
     OUTPUT_SPARSE_INDICES,
     OUTPUT_SPARSE_VALUES,
@@ -105,7 +106,7 @@ def export_model(
     layout = EntryLayout(repository, name)
     check_destination(layout, options.overwrite)
     checkpoint = inspect_checkpoint(source)
-    adapter = detect_adapter(checkpoint, options.family)
+    adapter = detect_adapter(checkpoint, options.family, options.task)
     plan = adapter.plan(options)
     log.info("exporting %s as %r (family %s, task %s)", source, name, plan.family, plan.task)
 
@@ -230,7 +231,7 @@ def application_tensors(
     inputs = [_spec(INPUT_TEXT, "BYTES", [1])]
     if plan.task == Task.RERANK:
         inputs.insert(0, _spec(INPUT_QUERY, "BYTES", [1]))
-    else:
+    elif plan.task != Task.EXTRACT:  # entities are offsets into the text as sent: no prefixes
         inputs.append(_spec(INPUT_TEXT_TYPE, "BYTES", [1]))
     dense = _spec(OUTPUT_EMBEDDING, "FP32", [plan.dims or plan.hidden_size])
     sparse = [
@@ -247,6 +248,7 @@ def application_tensors(
         Task.SPARSE: sparse,
         Task.COLBERT: colbert,
         Task.MULTI: [dense, *sparse, *colbert],
+        Task.EXTRACT: [_spec(OUTPUT_ENTITIES, "BYTES", [1])],
     }[plan.task]
     return inputs, outputs
 
@@ -261,15 +263,18 @@ def encoder_tensors(
         GRAPH_HIDDEN_STATES,
         GRAPH_LOGITS,
         GRAPH_SPARSE_WEIGHTS,
+        GRAPH_TOKEN_LOGITS,
         GRAPH_TOKEN_VECTORS,
         GRAPH_TOKEN_WEIGHTS,
     )
 
     config = adapter.checkpoint.config
     hidden = plan.hidden_size
+    labels = int(config.get("num_labels") or len(config.get("id2label") or {}) or 1)
     dims = {
         GRAPH_HIDDEN_STATES: [-1, hidden],
-        GRAPH_LOGITS: [int(config.get("num_labels") or len(config.get("id2label") or {}) or 1)],
+        GRAPH_LOGITS: [labels],
+        GRAPH_TOKEN_LOGITS: [-1, labels],
         GRAPH_TOKEN_VECTORS: [-1, adapter.output_width(plan.task)],
         GRAPH_SPARSE_WEIGHTS: [int(config["vocab_size"])],
         GRAPH_TOKEN_WEIGHTS: [-1],

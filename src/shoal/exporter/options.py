@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shoal.contract import Dtype, Pooling, Runtime, Task
+from shoal.contract import Aggregation, Dtype, Pooling, Runtime, Task
 from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
 from shoal.model_repository.entry import EntryOptions
 
@@ -33,6 +33,8 @@ class ExportOptions:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     query_prefix: str | None = None
     document_prefix: str | None = None
+    # extract: how token predictions join into entities (transformers' pipeline strategies)
+    aggregation: str | None = None
     family: str | None = None  # force an adapter instead of detecting it
     overwrite: bool = False  # replace an existing entry of the same name (atomically)
     version: int | None = None  # Triton version to write; None: one past the entry's current
@@ -49,6 +51,7 @@ class ExportOptions:
         check(self.pooling, Pooling, "pooling")
         check(self.dtype, Dtype, "dtype")
         check(self.runtime, Runtime, "runtime")
+        check(self.aggregation, Aggregation, "aggregation")
         if self.score not in SCORES:
             raise ValueError(f"score {self.score!r} is not one of: {', '.join(SCORES)}")
         if self.max_length is not None and self.max_length < 2:

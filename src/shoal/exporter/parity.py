@@ -8,13 +8,16 @@ Probe set: batch 1, and one padded batch of varied lengths with unicode, an empt
 text longer than max_length (truncated on both sides). Query-side probes run too where queries
 differ (prefixes, ColBERT markers); rerankers get (query, document) pairs.
 
-Metrics (the manifest's ParityResult): "min_cosine" for dense and ColBERT vectors (the lowest
-cosine over every probe text / token vector), "max_scaled_diff" for scores and sparse weights
-(largest |onnx - reference| divided by max(1, largest |reference|) of that text).
+Metrics (the manifest's ParityResult): "min_cosine" for dense and ColBERT vectors and token
+classifiers' logits (the lowest cosine over every probe text / token vector), "max_scaled_diff"
+for scores and sparse weights (largest |onnx - reference| divided by max(1, largest |reference|)
+of that text) and for entities (the largest score difference; 1.0, failing at every dtype, when
+the entities' labels or character spans differ from transformers' pipeline).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from shoal.contract import (
     OUTPUT_COLBERT_LENGTHS,
     OUTPUT_COLBERT_VECTORS,
     OUTPUT_EMBEDDING,
+    OUTPUT_ENTITIES,
     OUTPUT_SCORE,
     OUTPUT_SPARSE_INDICES,
     OUTPUT_SPARSE_VALUES,
@@ -36,7 +40,7 @@ from shoal.contract import (
 from shoal.exporter.errors import ParityError
 from shoal.exporter.options import ExportPlan
 from shoal.manifest import ParityResult
-from shoal.postprocessing import postprocess
+from shoal.postprocessing import GRAPH_TOKEN_LOGITS, INPUT_TEXT, STEP_INPUTS_BY_TASK, postprocess
 from shoal.tokenization import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -122,9 +126,22 @@ def exported_outputs(
         name: value.astype(np.float32)
         for name, value in zip(names, session.run(names, feed), strict=True)
     }
-    return postprocess(
-        plan.task.value, graph, tokens["input_ids"], tokens["attention_mask"], plan.postprocessing
+    inputs = {n: tokens[n] for n in STEP_INPUTS_BY_TASK.get(plan.task.value, ()) if n in tokens}
+    inputs[INPUT_TEXT] = run.texts
+    outputs = postprocess(
+        plan.task.value,
+        graph,
+        tokens["input_ids"],
+        tokens["attention_mask"],
+        plan.postprocessing,
+        inputs,
     )
+    if GRAPH_TOKEN_LOGITS in graph:  # compared token by token: only each text's own tokens
+        mask = tokens["attention_mask"].astype(bool)
+        outputs[GRAPH_TOKEN_LOGITS] = [
+            row[keep] for row, keep in zip(graph[GRAPH_TOKEN_LOGITS], mask, strict=True)
+        ]
+    return outputs
 
 
 # ------------------------------------------------------------------ the reference path
@@ -183,12 +200,16 @@ def reference_outputs(
 
     pairs = run.pairs or [None] * len(run.texts)
     with torch.inference_mode():
-        return [
+        wants = [
             adapter.reference(
                 model, plan, reference_encoding(hf_tokenizer, plan, text, run.text_type, pair)
             )
             for text, pair in zip(run.texts, pairs, strict=True)
         ]
+        whole = adapter.reference_texts(model, hf_tokenizer, plan, run.texts)
+    for want, extra in zip(wants, whole or [], strict=False):
+        want.update(extra)
+    return wants
 
 
 # ------------------------------------------------------------------ comparison
@@ -249,7 +270,37 @@ def compare_text(
                 (_cosine(a, b) for a, b in zip(vectors, expected, strict=True)), default=1.0
             )
         figures[OUTPUT_COLBERT_VECTORS] = (MIN_COSINE, value)
+    if GRAPH_TOKEN_LOGITS in want:
+        figures[GRAPH_TOKEN_LOGITS] = (
+            MIN_COSINE,
+            min(
+                (
+                    _cosine(a, b)
+                    for a, b in zip(
+                        got[GRAPH_TOKEN_LOGITS][row], want[GRAPH_TOKEN_LOGITS], strict=False
+                    )
+                ),
+                default=1.0,
+            )
+            if len(got[GRAPH_TOKEN_LOGITS][row]) == len(want[GRAPH_TOKEN_LOGITS])
+            else -1.0,
+        )
+    if OUTPUT_ENTITIES in want:
+        figures[OUTPUT_ENTITIES] = (
+            MAX_SCALED_DIFF,
+            entity_difference(json.loads(got[OUTPUT_ENTITIES][row, 0]), want[OUTPUT_ENTITIES]),
+        )
     return figures
+
+
+def entity_difference(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> float:
+    """The largest score difference of two entity lists; 1.0 (fails at every dtype) when their
+    labels or character spans differ."""
+    spans = lambda entities: [(e["label"], e["start"], e["end"]) for e in entities]  # noqa: E731
+    if spans(got) != spans(want):
+        log.warning("entities differ from the pipeline's: %s != %s", spans(got), spans(want))
+        return 1.0
+    return max((abs(g["score"] - w["score"]) for g, w in zip(got, want, strict=True)), default=0.0)
 
 
 def check_parity(

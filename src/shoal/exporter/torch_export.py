@@ -20,6 +20,7 @@ from shoal.postprocessing import (
     GRAPH_HIDDEN_STATES,
     GRAPH_LOGITS,
     GRAPH_SPARSE_WEIGHTS,
+    GRAPH_TOKEN_LOGITS,
     GRAPH_TOKEN_VECTORS,
     GRAPH_TOKEN_WEIGHTS,
 )
@@ -33,6 +34,7 @@ OUTPUT_AXES: dict[str, dict[int, str]] = {
     GRAPH_SPARSE_WEIGHTS: {0: "batch"},
     GRAPH_TOKEN_WEIGHTS: {0: "batch", 1: "sequence"},
     GRAPH_COLBERT_VECTORS: {0: "batch", 1: "sequence_after_first"},
+    GRAPH_TOKEN_LOGITS: {0: "batch", 1: "sequence"},
 }
 
 

@@ -22,11 +22,13 @@ from typing import Any
 import jinja2
 
 from shoal.contract import (
+    INPUT_TEXT,
     INPUT_TEXT_TYPE,
     STEP_ENCODE,
     STEP_POSTPROCESS,
     STEP_TOKENIZE,
     Runtime,
+    Task,
 )
 from shoal.manifest import Manifest, TensorSpec
 from shoal.model_repository.layout import KEEP_FILENAME, EntryLayout
@@ -43,6 +45,11 @@ POSTPROCESSING_MODULE = "shoal.postprocessing"
 # Tensors the tokenize step always produces: postprocess needs them even when the graph does not.
 IDS = "input_ids"
 MASK = "attention_mask"
+# What the tokenize step adds for token classification (shoal.tokenization's names): the
+# postprocess step maps entities back to characters with them.
+TOKEN_OFFSETS = "token_offsets"
+WORD_IDS = "word_ids"
+TOKEN_INFO = (TensorSpec(TOKEN_OFFSETS, "INT64", [-1, 2]), TensorSpec(WORD_IDS, "INT64", [-1]))
 # A text over this many UTF-8 bytes is refused before tokenization (a few thousand tokens need a
 # few tens of KB; megabytes are a mistake or an attack and would stall the tokenize instance).
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
@@ -163,10 +170,10 @@ class EntryTensors:
 
     inputs: list[TensorSpec]  # ensemble inputs (what applications send)
     outputs: list[TensorSpec]  # ensemble outputs (what applications get)
-    tokens: list[TensorSpec]  # tokenize outputs: the graph inputs plus ids and mask
+    tokens: list[TensorSpec]  # tokenize outputs: the graph inputs plus ids and mask (+ token info)
     encoder_inputs: list[TensorSpec]
     encoder_outputs: list[TensorSpec]
-    postprocess_inputs: list[TensorSpec]  # ids, mask, then the graph outputs
+    postprocess_inputs: list[TensorSpec]  # ids, mask, the graph outputs (+ text, token info)
 
 
 def entry_tensors(manifest: Manifest) -> EntryTensors:
@@ -182,6 +189,10 @@ def entry_tensors(manifest: Manifest) -> EntryTensors:
         tokens.append(TensorSpec(MASK, "INT64", [-1]))
     by_name = {t.name: t for t in tokens}
     post_inputs = [by_name[IDS], by_name[MASK], *manifest.encoder_outputs]
+    if manifest.task == Task.EXTRACT.value:
+        tokens += TOKEN_INFO
+        text = next(t for t in manifest.inputs if t.name == INPUT_TEXT)
+        post_inputs += [text, *TOKEN_INFO]
     clash = {t.name for t in manifest.encoder_outputs} & {IDS, MASK}
     if clash:
         raise EntryError(f"encoder outputs may not be named {sorted(clash)}")
@@ -301,7 +312,9 @@ def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, 
     tokenize_outputs = [_tensor_context(t) for t in tensors.tokens]
     # Variable-length inputs of requests with different lengths may share a batch only when
     # declared ragged; the python steps then handle each request's own shape.
-    post_inputs = [_tensor_context(t, ragged=True) for t in tensors.postprocess_inputs]
+    post_inputs = [
+        _tensor_context(t, ragged=t.name != INPUT_TEXT) for t in tensors.postprocess_inputs
+    ]
     post_outputs = [_tensor_context(t) for t in tensors.outputs]
 
     contexts: dict[str, dict[str, Any]] = {}
@@ -339,6 +352,14 @@ def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, 
     )
 
     token_names = {t.name for t in tensors.tokens}
+    encoder_output_names = {t.name for t in tensors.encoder_outputs}
+
+    def postprocess_source(tensor: str) -> str:
+        if tensor == INPUT_TEXT:
+            return INPUT_TEXT  # the ensemble's own input
+        step = STEP_ENCODE if tensor in encoder_output_names else STEP_TOKENIZE
+        return _internal(step, tensor)
+
     steps = [
         {
             "model_name": names[STEP_TOKENIZE],
@@ -356,11 +377,7 @@ def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, 
         },
         {
             "model_name": names[STEP_POSTPROCESS],
-            "input_map": [
-                (IDS, _internal(STEP_TOKENIZE, IDS)),
-                (MASK, _internal(STEP_TOKENIZE, MASK)),
-                *[(t.name, _internal(STEP_ENCODE, t.name)) for t in tensors.encoder_outputs],
-            ],
+            "input_map": [(t.name, postprocess_source(t.name)) for t in tensors.postprocess_inputs],
             "output_map": [(t.name, t.name) for t in tensors.outputs],
         },
     ]
@@ -427,6 +444,8 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
     postprocessing = _extra_settings(manifest, "postprocessing")
     tensors = entry_tensors(manifest)
     produced = {IDS, MASK} | ({"token_type_ids"} if tokenization.get("token_type_ids") else set())
+    if tokenization.get("token_info") is not None:
+        produced |= {TOKEN_OFFSETS, WORD_IDS}
     unknown = sorted({t.name for t in tensors.tokens} - produced)
     if unknown:
         raise EntryError(

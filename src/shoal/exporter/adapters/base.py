@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from shoal.contract import Pooling, Task
+from shoal.contract import Aggregation, Pooling, Task
 from shoal.exporter.checkpoint import Checkpoint, DenseModule
 from shoal.exporter.errors import ExportError
 from shoal.exporter.options import SCORE_RAW, ExportOptions, ExportPlan
@@ -143,6 +143,14 @@ class Adapter:
             pooling = Pooling(
                 options.pooling or (st.pooling if st else None) or self.default_pooling
             )
+        if options.aggregation and task != Task.EXTRACT:
+            raise ExportError(f"--aggregation applies to task extract, not {task.value!r}")
+        extract = task == Task.EXTRACT
+        if extract and (options.query_prefix or options.document_prefix):
+            raise ExportError(
+                "--query-prefix/--document-prefix do not apply to task extract (entities are "
+                "character offsets into the text as sent)"
+            )
         normalize = options.normalize
         if normalize is None:
             normalize = (st.normalize if st else True) if dense else task == Task.COLBERT
@@ -161,7 +169,7 @@ class Adapter:
         if options.dims is not None and options.dims > width:
             raise ExportError(f"--dims {options.dims} exceeds the model's output width ({width})")
 
-        prompts = st.prompts if st else {}
+        prompts = st.prompts if st and not extract else {}
         query_prefix = options.query_prefix
         if query_prefix is None:
             query_prefix = prompts.get("query", "")
@@ -177,6 +185,7 @@ class Adapter:
                 padding_side=self.padding_side,
                 token_type_ids=self.token_type_ids,
                 pairs=task == Task.RERANK,
+                token_info=extract,
                 query_prefix=query_prefix,
                 document_prefix=document_prefix,
                 **self.tokenization_extra(),
@@ -189,6 +198,8 @@ class Adapter:
             "dims": options.dims,
             "special_token_ids": self.special_token_ids(),
         }
+        if extract:
+            postprocessing["aggregation"] = options.aggregation or Aggregation.SIMPLE.value
         if task == Task.RERANK:  # the first logit, as it is or through a sigmoid (0..1)
             postprocessing["score_activation"] = "sigmoid" if options.score == "sigmoid" else "none"
         postprocessing.update(self.postprocessing_extra(tokenization))
@@ -283,3 +294,10 @@ class Adapter:
         inputs = {k: v for k, v in encoded.items() if k in self.graph_input_names()}
         hidden = model(**inputs).last_hidden_state[0]
         return reference.dense_outputs(hidden, plan, self.dense_layers(plan.task))
+
+    def reference_texts(
+        self, model: Any, hf_tokenizer: Any, plan: ExportPlan, texts: list[str]
+    ) -> list[dict[str, Any]] | None:
+        """Contract outputs computed from whole texts by the family's own library (token
+        classification: transformers' pipeline), merged into `reference`'s; None: none."""
+        return None

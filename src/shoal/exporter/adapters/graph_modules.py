@@ -14,6 +14,7 @@ from shoal.postprocessing import (
     GRAPH_HIDDEN_STATES,
     GRAPH_LOGITS,
     GRAPH_SPARSE_WEIGHTS,
+    GRAPH_TOKEN_LOGITS,
     GRAPH_TOKEN_VECTORS,
     GRAPH_TOKEN_WEIGHTS,
 )
@@ -43,6 +44,15 @@ class Logits(HiddenStates):
     """Cross-encoders: the classifier's logits (one score per pair)."""
 
     output_names = (GRAPH_LOGITS,)
+
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+        return self.call_model(input_ids, attention_mask, token_type_ids).logits
+
+
+class TokenLogits(HiddenStates):
+    """Token classifiers: the classifier's logits per token; entities are made in postprocess."""
+
+    output_names = (GRAPH_TOKEN_LOGITS,)
 
     def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
         return self.call_model(input_ids, attention_mask, token_type_ids).logits

@@ -1,5 +1,5 @@
-"""Families defined by a head on top of an encoder: cross-encoder rerankers, ColBERT, SPLADE and
-bge-m3. They are detected before the plain encoders that share their model_type."""
+"""Families defined by a head on top of an encoder: cross-encoder rerankers, token classifiers,
+ColBERT, SPLADE and bge-m3. They are detected before the plain encoders that share their model_type."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from shoal.contract import (
     OUTPUT_COLBERT_VECTORS,
+    OUTPUT_ENTITIES,
     OUTPUT_SCORE,
     OUTPUT_SPARSE_VALUES,
     Pooling,
@@ -29,30 +30,36 @@ def _inputs(adapter: Adapter, encoded: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in encoded.items() if k in adapter.graph_input_names()}
 
 
-# ---------------------------------------------------------------- reranker
+class ClassifierHeadAdapter(Adapter):
+    """A transformers `*For<Head>` class on an encoder: detected by its architecture (the one
+    entry of `heads`); BERT's graph takes token_type_ids, the others' do not."""
 
-
-@register
-class RerankerAdapter(Adapter):
-    """Cross-encoders (`*ForSequenceClassification`): one score per (query, document) pair."""
-
-    name = "reranker"
-    model_types = ("bert", "xlm-roberta", "modernbert")
-    tasks = (Task.RERANK,)
     default_pooling = None
     detection_priority = 10
-    auto_class = "AutoModelForSequenceClassification"
-    heads = ("ForSequenceClassification",)
 
     @classmethod
     def matches(cls, checkpoint: Any) -> bool:
         return checkpoint.model_type in cls.model_types and _architecture_endswith(
-            checkpoint, "ForSequenceClassification"
+            checkpoint, cls.heads[0]
         )
 
     @property
     def token_type_ids(self) -> bool:  # type: ignore[override]
         return self.checkpoint.model_type == "bert"
+
+
+# ---------------------------------------------------------------- reranker
+
+
+@register
+class RerankerAdapter(ClassifierHeadAdapter):
+    """Cross-encoders (`*ForSequenceClassification`): one score per (query, document) pair."""
+
+    name = "reranker"
+    model_types = ("bert", "xlm-roberta", "modernbert")
+    tasks = (Task.RERANK,)
+    auto_class = "AutoModelForSequenceClassification"
+    heads = ("ForSequenceClassification",)
 
     def manifest_extra(self) -> dict[str, Any]:
         return {"num_labels": int(self.checkpoint.config.get("num_labels", 1) or 1)}
@@ -69,6 +76,92 @@ class RerankerAdapter(Adapter):
         if plan.postprocessing.get("score_activation") == "sigmoid":
             score = torch.sigmoid(score)
         return {OUTPUT_SCORE: score.detach().double().numpy()}
+
+
+# ---------------------------------------------------------------- token classification
+
+
+@register
+class TokenClassificationAdapter(ClassifierHeadAdapter):
+    """Token classifiers (`*ForTokenClassification`, NER): per-token labels joined into
+    entities with character offsets, as transformers' token-classification pipeline does."""
+
+    name = "token-classification"
+    model_types = ("bert", "xlm-roberta", "deberta-v2")
+    tasks = (Task.EXTRACT,)
+    auto_class = "AutoModelForTokenClassification"
+    heads = ("ForTokenClassification",)
+
+    def labels(self) -> list[str]:
+        """config.json's id2label in id order (the logits' order)."""
+        config = self.checkpoint.config
+        id2label = config.get("id2label") or {}
+        count = int(config.get("num_labels") or len(id2label) or 0)
+        try:
+            labels = [
+                str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in range(count)
+            ]
+        except KeyError as exc:
+            raise ExportError(
+                f"{self.checkpoint.path / 'config.json'} has no id2label entry for label "
+                f"{exc}; give every one of its {count} labels a name"
+            ) from None
+        if not labels:
+            raise ExportError(
+                f"{self.checkpoint.path / 'config.json'} names no labels (id2label); a token "
+                "classifier needs them"
+            )
+        return labels
+
+    def postprocessing_extra(self, tokenization: dict[str, Any]) -> dict[str, Any]:
+        return {"labels": self.labels(), "ignore_labels": ["O"]}
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {"labels": self.labels()}
+
+    def graph_module(self, model: Any, plan: ExportPlan) -> Any:
+        from shoal.exporter.adapters.graph_modules import TokenLogits
+
+        return TokenLogits(model, self.token_type_ids)
+
+    def reference(self, model: Any, plan: ExportPlan, encoded: dict[str, Any]) -> dict[str, Any]:
+        from shoal.postprocessing import GRAPH_TOKEN_LOGITS
+
+        logits = model(**_inputs(self, encoded)).logits[0]
+        return {GRAPH_TOKEN_LOGITS: logits.detach().double().numpy()}
+
+    def reference_texts(
+        self, model: Any, hf_tokenizer: Any, plan: ExportPlan, texts: list[str]
+    ) -> list[dict[str, Any]]:
+        """The entities of transformers' token-classification pipeline, truncating where the
+        export does."""
+        import transformers
+
+        hf_tokenizer.model_max_length = plan.max_length
+        pipeline = transformers.pipeline(
+            "token-classification",
+            model=model,
+            tokenizer=hf_tokenizer,
+            aggregation_strategy=plan.postprocessing["aggregation"],
+            device="cpu",
+        )
+        found = []
+        for text in texts:
+            entities = pipeline(text)
+            found.append(
+                {
+                    OUTPUT_ENTITIES: [
+                        {
+                            "label": e["entity_group"],
+                            "score": float(e["score"]),
+                            "start": int(e["start"]),
+                            "end": int(e["end"]),
+                        }
+                        for e in entities
+                    ]
+                }
+            )
+        return found
 
 
 # ---------------------------------------------------------------- ColBERT

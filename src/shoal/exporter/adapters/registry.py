@@ -30,7 +30,12 @@ def supported_families() -> str:
     )
 
 
-def detect_adapter(checkpoint: Checkpoint, family: str | None = None) -> Adapter:
+def detect_adapter(
+    checkpoint: Checkpoint, family: str | None = None, task: str | None = None
+) -> Adapter:
+    """The family of `family`, else the first that matches the checkpoint and, when `task` is
+    asked for, exports it (a head family steps aside for the backbone: `--task embed` on a
+    token classifier exports its encoder)."""
     if family is not None:
         if family not in ADAPTERS:
             raise ExportError(
@@ -44,9 +49,12 @@ def detect_adapter(checkpoint: Checkpoint, family: str | None = None) -> Adapter
             )
         return cls(checkpoint)
     ranked = sorted(ADAPTERS.values(), key=lambda c: -c.detection_priority)
-    for cls in ranked:
-        if cls.matches(checkpoint):
+    matching = [cls for cls in ranked if cls.matches(checkpoint)]
+    for cls in matching:
+        if task is None or task in {t.value for t in cls.tasks}:
             return cls(checkpoint)
+    if matching:  # none exports the task: the best match says so
+        return matching[0](checkpoint)
     raise ExportError(
         f"unsupported architecture: {checkpoint.path / 'config.json'} has model_type "
         f"{checkpoint.model_type!r} and architectures {checkpoint.architectures}. Supported "

@@ -33,8 +33,13 @@ class TritonPythonModel:
         self.postprocess = postprocessing.postprocess
         self.task = settings["task"]
         self.config = settings["postprocessing"]
+        # Inputs that do not come from the graph (extract: the texts, token offsets, word ids).
+        self.step_inputs = postprocessing.STEP_INPUTS_BY_TASK.get(self.task, ())
+        self.text_input = postprocessing.INPUT_TEXT
         self.graph_outputs = [
-            i["name"] for i in model_config["input"] if i["name"] not in (IDS, MASK)
+            i["name"]
+            for i in model_config["input"]
+            if i["name"] not in (IDS, MASK, *self.step_inputs)
         ]
         self.outputs = [
             (o["name"], pb_utils.triton_string_to_numpy(o["data_type"]))
@@ -55,7 +60,13 @@ class TritonPythonModel:
             return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 
         graph = {name: read(name) for name in self.graph_outputs}
-        results = self.postprocess(self.task, graph, read(IDS), read(MASK), self.config)
+        inputs = {name: read(name) for name in self.step_inputs}
+        if self.text_input in inputs:  # BYTES [batch, 1]; the tokenize step checked the UTF-8
+            inputs[self.text_input] = [
+                v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                for v in inputs[self.text_input].reshape(-1)
+            ]
+        results = self.postprocess(self.task, graph, read(IDS), read(MASK), self.config, inputs)
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor(name, np.ascontiguousarray(results[name], dtype=dtype))

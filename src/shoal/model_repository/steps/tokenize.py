@@ -68,6 +68,10 @@ def decode_texts(
     return texts
 
 
+# Padding value per tensor (others: 0). Token offsets and word ids mark padding with -1.
+PAD_VALUES = {"token_offsets": -1, "word_ids": -1}
+
+
 def pad_rows(parts: list[dict[str, np.ndarray]], width: int, left: bool, pad_id: int) -> dict:
     """Join encodings of different widths row-wise, padded to `width` on the padding side."""
     joined = {}
@@ -76,8 +80,8 @@ def pad_rows(parts: list[dict[str, np.ndarray]], width: int, left: bool, pad_id:
         for part in parts:
             array = part[name]
             missing = width - array.shape[1]
-            fill = pad_id if name == "input_ids" else 0
-            pad = np.full((array.shape[0], missing), fill, dtype=array.dtype)
+            fill = pad_id if name == "input_ids" else PAD_VALUES.get(name, 0)
+            pad = np.full((array.shape[0], missing, *array.shape[2:]), fill, dtype=array.dtype)
             blocks.append(np.concatenate([pad, array] if left else [array, pad], axis=1))
         joined[name] = np.concatenate(blocks, axis=0)
     return joined
