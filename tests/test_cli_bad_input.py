@@ -99,6 +99,19 @@ CASES = [
         ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--device", "tpu"),
         "'tpu'",
     ),
+    Case(
+        ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--instances", "x"),
+        "'x'",
+    ),
+    Case(
+        ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--score", "soft"),
+        "'soft'",
+    ),
+    Case(
+        ("export", "{dir}/ckpt", "--name", "ok", "--repository", "{dir}/r", "--aggregation",
+         "mean"),
+        "'mean'",
+    ),  # fmt: skip
     # verify: broken manifests, wrong places
     Case(("verify", "{dir}/repo/listy"), "listy/shoal.json: must be a JSON object, got a list"),
     Case(("verify", "{dir}/repo/latin1"), "latin1/shoal.json is not UTF-8"),

@@ -180,3 +180,15 @@ def test_nested_aliases_that_expand_past_the_bound_are_refused_with_their_line(
     ((line, message),) = problems(text, workdir)
     assert "expands to more than 100000 values" in message
     assert line is not None and line <= len(laughs)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "names"),
+    [("score", "softmax", "score 'softmax'"), ("matryoshka", "3", "matryoshka")],
+)
+def test_new_export_keys_refuse_bad_values_with_the_model_line(
+    workdir: Path, key: str, value: str, names: str
+) -> None:
+    text = f"models:\n  - name: m\n    source: a\n    pool: cpu\n    {key}: {value}\n"
+    [(line, message)] = problems(text, workdir)
+    assert line in (2, 5) and names in message, message
