@@ -107,3 +107,41 @@ async def test_a_new_version_rolls_out_replica_by_replica_without_a_failed_reque
     rolling = [e for e in kube.events("rolled") if e["reason"] == "RollingOut"]
     assert len(rolling) == 2, [e["message"] for e in rolling]
     print(f"rolled out in {took:.1f} s, {len(outcomes)} requests, none failed")
+
+
+def test_a_new_version_that_fails_to_load_is_reported_as_it_is(
+    kube, run_operator, start_replica, tmp_path
+):
+    """Version 2 whose graph onnxruntime cannot load (it passes the entry check: its files are
+    whole). Triton cannot fall back to version 1, whose files the swap removed, so the entry is
+    down on that replica; the model says so: LoadFailed with Triton's message, no replica listed
+    (the router holds its requests instead of sending them there), not Ready."""
+    repository = tmp_path / "repository"
+    write_entry(repository, "kept", 50 * MiB)
+    replica = start_replica(repository)
+
+    def status() -> dict:
+        return model_status(kube, "kept")
+
+    with run_operator():
+        spec = pool_spec(repository, "1Gi")
+        kube.create("inferencepools", "InferencePool", POOL, spec).raise_for_status()
+        kube.write_endpoints(POOL, {"gpu-a-0": replica})
+        kube.create("inferencemodels", "InferenceModel", "kept", {"pool": POOL})
+        wait_for(lambda: status().get("servedVersion") == "1", 60, what="version 1")
+
+        staging = tmp_path / "staging"
+        write_entry(staging, "kept", 50 * MiB, broken="NoSuchOperator", version=2)
+        install_entry(
+            EntryLayout(staging, "kept", 2), EntryLayout(repository, "kept", 2), tmp_path
+        )
+        loaded = wait_for(
+            lambda: next((c for c in status().get("conditions") or []
+                          if c["type"] == "Loaded" and c["reason"] == "LoadFailed"), None),
+            ROLLOUT_S, what="LoadFailed",
+        )  # fmt: skip
+        assert "Triton failed to load kept" in loaded["message"]
+        assert served(replica, "kept") is None
+        current = status()
+        assert current["replicas"] == [] and current["phase"] != "Ready"
+        assert current.get("lastError")

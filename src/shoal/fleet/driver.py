@@ -332,18 +332,14 @@ class ReplicaDriver:
                         f"after {RELEASE_WAIT_S:.0f} s (requests in flight); retrying",
                     )
             try:
-                # A failed new version must not take the old one down with it.
-                rolling = observation.ready(target.entry)
-                await self._load_entry(target, observation, clean_up=not rolling)
+                await self._load_entry(target, observation)
             except (LoadFailed, LoadTimedOut) as exc:
                 self._note_failure(target.entry, exc)
                 return LoadOutcome(False, evicted, reason=str(exc), error=exc)
             self._backoff.pop(target.entry, None)
             return LoadOutcome(True, evicted, reason="loaded")
 
-    async def _load_entry(
-        self, target: Resident, observation: ReplicaObservation, clean_up: bool = True
-    ) -> None:
+    async def _load_entry(self, target: Resident, observation: ReplicaObservation) -> None:
         entry = target.entry
         deadline_s = self.load_deadline(target.memory_bytes)
         light_ready = light_steps_ready(entry, observation.states) and all(
@@ -376,8 +372,7 @@ class ReplicaDriver:
             raise
         except LoadFailed as exc:
             self._emit("load_failed", entry, self._clock() - started, str(exc))
-            if clean_up:
-                await self._clean_up_after_failed_load(entry)
+            await self._clean_up_after_failed_load(entry)
             raise
         finally:
             self._loading.discard(entry)
