@@ -9,6 +9,11 @@ bash "$ROOT/scripts/setup-env.sh" dev
 # metadata asks for Python 3.12, so it cannot be in the dev extra; it runs on 3.11.
 "$ROOT/.venv/bin/python" -c "import helm_sdkpy" 2>/dev/null \
   || "$ROOT/.venv/bin/pip" install -q --ignore-requires-python "helm-sdkpy==0.1.32" "cffi>=1.16"
+# GLiNER (tests of the gliner family, parity against gliner's own predictions): gliner 0.2.29
+# declares transformers<5.17, but imports, predicts and exports with the pinned transformers 5.24
+# (checked by its parity tests); installed without its dependencies so pip keeps transformers.
+"$ROOT/.venv/bin/python" -c "import gliner" 2>/dev/null \
+  || "$ROOT/.venv/bin/pip" install -q --no-deps "gliner==0.2.29"
 if ! command -v ip >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null

@@ -21,6 +21,8 @@ class Task(StrEnum):
     SPARSE = "sparse"  # SPLADE-style lexical weights: (token id, weight) pairs
     MULTI = "multi"  # bge-m3: dense, sparse and ColBERT outputs from one pass
     EXTRACT = "extract"  # token classification: labelled character spans (entities) per text
+    # GLiNER: entities of the labels named in each request (LABELS, THRESHOLD inputs)
+    EXTRACT_ZERO_SHOT = "extract-zero-shot"
 
 
 class Pooling(StrEnum):
@@ -72,6 +74,10 @@ class Runtime(StrEnum):
 
 # Tensor names an application uses with plain tritonclient (ensemble inputs/outputs).
 INPUT_TEXT = "TEXT"  # BYTES [batch, 1]: UTF-8 texts (documents, or the texts to embed)
+# extract-zero-shot: BYTES [batch, 1], one JSON list of label strings per text (or one row for all)
+INPUT_LABELS = "LABELS"
+# extract-zero-shot, optional: FP32 [batch, 1], the score entities must exceed (0..1)
+INPUT_THRESHOLD = "THRESHOLD"
 INPUT_QUERY = "QUERY"  # BYTES [batch, 1]: rerankers pair QUERY[i] with TEXT[i]
 INPUT_TEXT_TYPE = (
     "TEXT_TYPE"  # optional BYTES [batch, 1]: "query" or "document" (prefixes, markers)
@@ -100,6 +106,7 @@ OUTPUTS_BY_TASK: dict[Task, tuple[str, ...]] = {
         OUTPUT_COLBERT_LENGTHS,
     ),
     Task.EXTRACT: (OUTPUT_ENTITIES,),
+    Task.EXTRACT_ZERO_SHOT: (OUTPUT_ENTITIES,),
 }
 
 # Step names inside a model-repository entry: the ensemble is named after the model.

@@ -14,7 +14,8 @@ each family once per session.
 
 Families (the exporter's registry keys): bert, xlm-roberta, modernbert, qwen2, qwen3, reranker,
 colbert, splade, bge-m3, token-classification (a NER head on BERT, or with
-`backbone="xlm-roberta"` / `"deberta-v2"` on those).
+`backbone="xlm-roberta"` / `"deberta-v2"` on those), gliner (a `gliner` span model over a tiny
+BERT; needs the `gliner` package).
 
 Overrides: `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `intermediate_size`,
 `max_position_embeddings`, `seed`, `vocab_size` (target tokenizer vocabulary), `colbert_dim`,
@@ -592,6 +593,40 @@ def _write_sentence_transformers(out_dir: Path, pooling: str, dims: int, normali
     )
 
 
+def _build_gliner(out_dir: Path, o: dict[str, Any]) -> None:
+    """A `gliner` span model (UniEncoderSpan: markerV0 spans, LSTM, labels in the prompt) over a
+    tiny random BERT, saved by gliner's own save_pretrained (gliner_config.json, weights and the
+    tokenizer with its <<ENT>>/<<SEP>> tokens). The encoder is built in a scratch folder that
+    gliner reads once; the saved model does not need it."""
+    import tempfile
+
+    import torch
+    from gliner import GLiNER, GLiNERConfig
+
+    with tempfile.TemporaryDirectory() as scratch:
+        encoder = Path(scratch) / "encoder"
+        encoder.mkdir()
+        _bert_like("BertModel", o, encoder)
+        config = GLiNERConfig(
+            model_name=str(encoder),
+            max_width=4,
+            hidden_size=o["hidden_size"],
+            dropout=0.0,
+            max_len=64,
+            max_types=8,
+        )
+        _seeded(o)
+        model = GLiNER.from_config(config, backbone_from_pretrained=True).eval()
+        # Random heads score every span near 0.5; larger projections give spans clearly above
+        # and below the threshold, so that parity compares real entity choices.
+        generator = torch.Generator().manual_seed(o["seed"] + 5)
+        with torch.no_grad():
+            for name, param in model.model.named_parameters():
+                if name.startswith(("span_rep_layer", "prompt_rep_layer")) and param.dim() == 2:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.12)
+        model.save_pretrained(str(out_dir))
+
+
 BUILDERS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "bert": _build_bert,
     "xlm-roberta": _build_xlm_roberta,
@@ -603,6 +638,7 @@ BUILDERS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "splade": _build_splade,
     "bge-m3": _build_bge_m3,
     "token-classification": _build_token_classification,
+    "gliner": _build_gliner,
 }
 FAMILIES: tuple[str, ...] = tuple(BUILDERS)
 

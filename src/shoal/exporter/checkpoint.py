@@ -24,6 +24,9 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
 )
+# A `gliner` package checkpoint: its config (with the encoder's inside) instead of config.json.
+GLINER_CONFIG = "gliner_config.json"
+GLINER_MODEL_TYPE = "gliner"
 # Files that do not change what an export produces (the source hash skips them).
 _UNHASHED_SUFFIXES = (".md", ".txt", ".png", ".jpg", ".gitattributes", ".lock")
 
@@ -201,6 +204,8 @@ def inspect_checkpoint(source: str | Path) -> Checkpoint:
     if not path.is_dir():
         raise ExportError(f"checkpoint {path} is a file; give the model's folder")
     config_path = path / "config.json"
+    if not config_path.is_file() and (path / GLINER_CONFIG).is_file():
+        config_path = path / GLINER_CONFIG
     if not config_path.is_file():
         raise ExportError(f"{config_path} not found: {path} is not a Hugging Face model folder")
     files = sorted(
@@ -209,7 +214,9 @@ def inspect_checkpoint(source: str | Path) -> Checkpoint:
         if p.is_file() and ".git" not in p.parts
     )
     checkpoint = Checkpoint(path=path, config={}, files=files)
-    checkpoint.config = checkpoint.read_json("config.json")
+    checkpoint.config = checkpoint.read_json(config_path.name)
+    if config_path.name == GLINER_CONFIG:
+        checkpoint.config = gliner_config_view(checkpoint.config)
     if not checkpoint.model_type:
         raise ExportError(f"{config_path} has no model_type; is it a transformers config?")
     if not any(checkpoint.has(name) for name in WEIGHT_FILES):
@@ -227,6 +234,19 @@ def inspect_checkpoint(source: str | Path) -> Checkpoint:
         if name.endswith(".safetensors"):
             check_safetensors(path / name)
     return checkpoint
+
+
+def gliner_config_view(gliner: dict[str, Any]) -> dict[str, Any]:
+    """A GLiNER folder's config as shoal reads checkpoints: the encoder's settings (hidden size,
+    layers, heads: what memory estimates and the optimizer use), model_type "gliner", and the
+    whole gliner config under "gliner"."""
+    encoder = gliner.get("encoder_config")
+    return {
+        **(encoder if isinstance(encoder, dict) else {}),
+        "model_type": GLINER_MODEL_TYPE,
+        "architectures": ["GLiNER"],
+        "gliner": gliner,
+    }
 
 
 def check_safetensors(path: Path) -> None:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from shoal.contract import (
+    INPUT_LABELS,
     INPUT_QUERY,
     INPUT_TEXT,
+    INPUT_THRESHOLD,
     INPUT_TEXT_TYPE,
     OUTPUT_COLBERT_LENGTHS,
     OUTPUT_COLBERT_VECTORS,
@@ -36,7 +38,7 @@ from shoal.exporter.checkpoint import TOKENIZER_FILES, inspect_checkpoint
 from shoal.exporter.errors import ExportError
 from shoal.exporter.fingerprint import source_hash, tool_versions
 from shoal.exporter.options import ExportOptions, ExportPlan
-from shoal.exporter.parity import THRESHOLDS, check_parity, raise_on_failure
+from shoal.exporter.parity import THRESHOLDS, raise_on_failure
 from shoal.manifest import Manifest, ManifestError, ParityResult, TensorSpec
 from shoal.model_repository.entry import EntryError, write_entry
 from shoal.model_repository.install import (
@@ -46,7 +48,6 @@ from shoal.model_repository.install import (
     staging_dir,
 )
 from shoal.model_repository.layout import EntryLayout
-from shoal.tokenization import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,6 @@ def _build_entry(
     version: int,
 ) -> Manifest:
     import torch
-    from transformers import AutoTokenizer
 
     from shoal.exporter.torch_export import export_graph
 
@@ -144,24 +144,27 @@ def _build_entry(
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     model = adapter.load()
     module = adapter.graph_module(model, plan).eval()
-    encoder = TextEncoder.from_file(checkpoint.path / "tokenizer.json", plan.tokenization)
-    texts = ["a shoal of small fish moves as one", "fish"]  # different lengths: padding traced
-    sample = encoder.encode(texts, pairs=texts[::-1] if plan.task == Task.RERANK else None)
+    sample = adapter.export_sample(plan)
     raw = work / "raw.onnx"
     export_graph(
-        module, adapter.graph_input_names(), module.output_names, sample, raw, options.opset
+        module,
+        adapter.graph_input_names(),
+        module.output_names,
+        sample,
+        raw,
+        options.opset,
+        adapter.graph_axes(),
     )
 
     fp32 = work / "fp32.onnx"
     optimization = _optimize(adapter, raw, fp32, options.optimize)
-    hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
-    parity = check_parity(adapter, model, hf_tokenizer, plan, fp32, encoder, Dtype.FP32.value)
+    parity = adapter.check_parity(model, plan, fp32, Dtype.FP32.value)
     raise_on_failure(parity, f"the fp32 export of {checkpoint.path}")
     final = fp32
     if options.dtype != Dtype.FP32.value:
         final = work / f"{options.dtype}.onnx"
         _convert_dtype(fp32, final, options.dtype)
-        converted = check_parity(adapter, model, hf_tokenizer, plan, final, encoder, options.dtype)
+        converted = adapter.check_parity(model, plan, final, options.dtype)
         raise_on_failure(converted, f"the {options.dtype} conversion of {checkpoint.path}")
         parity = parity + converted
 
@@ -231,6 +234,8 @@ def application_tensors(
     inputs = [_spec(INPUT_TEXT, "BYTES", [1])]
     if plan.task == Task.RERANK:
         inputs.insert(0, _spec(INPUT_QUERY, "BYTES", [1]))
+    elif plan.task == Task.EXTRACT_ZERO_SHOT:  # the labels (and threshold) come per request
+        inputs += [_spec(INPUT_LABELS, "BYTES", [1]), _spec(INPUT_THRESHOLD, "FP32", [1])]
     elif plan.task != Task.EXTRACT:  # entities are offsets into the text as sent: no prefixes
         inputs.append(_spec(INPUT_TEXT_TYPE, "BYTES", [1]))
     dense = _spec(OUTPUT_EMBEDDING, "FP32", [plan.dims or plan.hidden_size])
@@ -249,6 +254,7 @@ def application_tensors(
         Task.COLBERT: colbert,
         Task.MULTI: [dense, *sparse, *colbert],
         Task.EXTRACT: [_spec(OUTPUT_ENTITIES, "BYTES", [1])],
+        Task.EXTRACT_ZERO_SHOT: [_spec(OUTPUT_ENTITIES, "BYTES", [1])],
     }[plan.task]
     return inputs, outputs
 
@@ -279,10 +285,12 @@ def encoder_tensors(
         GRAPH_SPARSE_WEIGHTS: [int(config["vocab_size"])],
         GRAPH_TOKEN_WEIGHTS: [-1],
         GRAPH_COLBERT_VECTORS: [-1, hidden],
+        **adapter.graph_output_dims(),
     }
+    input_dims = adapter.graph_input_dims()
     inputs, outputs = graph_io(onnx_path)
     return (
-        [_spec(n, dtype, [-1]) for n, dtype in inputs],
+        [_spec(n, dtype, input_dims.get(n, [-1])) for n, dtype in inputs],
         [_spec(n, dtype, dims[n]) for n, dtype in outputs],
     )
 
@@ -387,8 +395,6 @@ def build_manifest(
 
 def verify_entry(entry: EntryLayout | str | Path) -> list[ParityResult]:
     """Re-run parity of an existing entry's ONNX graph against the source in its manifest."""
-    from transformers import AutoTokenizer
-
     if not isinstance(entry, EntryLayout):
         path = Path(entry)
         entry = EntryLayout(path.parent, path.name)
@@ -417,9 +423,7 @@ def verify_entry(entry: EntryLayout | str | Path) -> list[ParityResult]:
     # The entry's own settings (what its steps run) win over re-derived ones.
     plan.tokenization = manifest.extra.get("tokenization", plan.tokenization)
     plan.postprocessing = manifest.extra.get("postprocessing", plan.postprocessing)
-    encoder = TextEncoder.from_file(entry.tokenizer_dir / "tokenizer.json", plan.tokenization)
     model = adapter.load()
-    hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
-    return check_parity(
-        adapter, model, hf_tokenizer, plan, entry.onnx_path, encoder, manifest.dtype
+    return adapter.check_parity(
+        model, plan, entry.onnx_path, manifest.dtype, entry.tokenizer_dir / "tokenizer.json"
     )

@@ -314,13 +314,21 @@ def check_parity(
 ) -> list[ParityResult]:
     """One ParityResult per contract output; raises nothing (see `raise_on_failure`)."""
     session = onnx_session(onnx_path)
-    threshold = THRESHOLDS[dtype]
     per_output: dict[str, tuple[str, dict[str, float]]] = {}
     for run in probe_runs(plan):
         got = exported_outputs(session, encoder, plan, run)
         for row, want in enumerate(reference_outputs(adapter, model, hf_tokenizer, plan, run)):
             for output, (metric, value) in compare_text(plan.task, got, row, want).items():
                 per_output.setdefault(output, (metric, {}))[1][f"{run.label}/{row}"] = value
+    return parity_results(per_output, dtype)
+
+
+def parity_results(
+    per_output: dict[str, tuple[str, dict[str, float]]], dtype: str
+) -> list[ParityResult]:
+    """One ParityResult per output from its metric and per-probe figures, judged against the
+    dtype's thresholds."""
+    threshold = THRESHOLDS[dtype]
     results = []
     for output, (metric, details) in per_output.items():
         # The verdict on the measured figures; only the recorded details are rounded.

@@ -45,11 +45,15 @@ def export_graph(
     sample: dict[str, np.ndarray],
     path: Path,
     opset: int,
+    axes: dict[str, dict[int, str]] | None = None,
 ) -> None:
-    """Trace `module` on `sample` (a padded batch, so the mask path is traced) into `path`."""
+    """Trace `module` on `sample` (a padded batch, so the mask path is traced) into `path`.
+    `axes`: dynamic axes per input, and per output where OUTPUT_AXES has none (default:
+    batch x sequence)."""
     args = tuple(torch.from_numpy(sample[name]) for name in input_names)
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    dynamic_axes.update({name: OUTPUT_AXES[name] for name in output_names})
+    dynamic_axes = axes or {name: {0: "batch", 1: "sequence"} for name in input_names}
+    dynamic_axes = dict(dynamic_axes)
+    dynamic_axes.update({n: OUTPUT_AXES[n] for n in output_names if n not in dynamic_axes})
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -80,6 +84,7 @@ def graph_io(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         onnx.TensorProto.FLOAT16: "FP16",
         onnx.TensorProto.INT64: "INT64",
         onnx.TensorProto.INT32: "INT32",
+        onnx.TensorProto.BOOL: "BOOL",
     }
 
     def describe(values: Any) -> list[tuple[str, str]]:

@@ -22,8 +22,10 @@ from typing import Any
 import jinja2
 
 from shoal.contract import (
+    INPUT_LABELS,
     INPUT_TEXT,
     INPUT_TEXT_TYPE,
+    INPUT_THRESHOLD,
     STEP_ENCODE,
     STEP_POSTPROCESS,
     STEP_TOKENIZE,
@@ -41,6 +43,7 @@ TEMPLATES_DIR = Path(__file__).with_name("templates")
 # The standalone modules the python steps import beside their model.py (no shoal imports inside).
 TOKENIZATION_MODULE = "shoal.tokenization"
 POSTPROCESSING_MODULE = "shoal.postprocessing"
+SPAN_EXTRACTION_MODULE = "shoal.span_extraction"  # extract-zero-shot (GLiNER): both steps
 
 # Tensors the tokenize step always produces: postprocess needs them even when the graph does not.
 IDS = "input_ids"
@@ -50,6 +53,11 @@ MASK = "attention_mask"
 TOKEN_OFFSETS = "token_offsets"
 WORD_IDS = "word_ids"
 TOKEN_INFO = (TensorSpec(TOKEN_OFFSETS, "INT64", [-1, 2]), TensorSpec(WORD_IDS, "INT64", [-1]))
+# What the tokenize step adds for zero-shot span extraction (shoal.span_extraction's names): each
+# word's character offsets and each row's threshold.
+SPAN_INFO = (TensorSpec("word_offsets", "INT64", [-1, 2]), TensorSpec("thresholds", "FP32", [1]))
+# The ensemble's own inputs that the postprocess step reads too (not ragged: one per row).
+ROW_INPUTS = (INPUT_TEXT, INPUT_LABELS)
 # A text over this many UTF-8 bytes is refused before tokenization (a few thousand tokens need a
 # few tens of KB; megabytes are a mistake or an attack and would stall the tokenize instance).
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
@@ -193,6 +201,10 @@ def entry_tensors(manifest: Manifest) -> EntryTensors:
         tokens += TOKEN_INFO
         text = next(t for t in manifest.inputs if t.name == INPUT_TEXT)
         post_inputs += [text, *TOKEN_INFO]
+    if manifest.task == Task.EXTRACT_ZERO_SHOT.value:
+        tokens += SPAN_INFO
+        row_inputs = [t for t in manifest.inputs if t.name in ROW_INPUTS]
+        post_inputs += [*row_inputs, *SPAN_INFO]
     clash = {t.name for t in manifest.encoder_outputs} & {IDS, MASK}
     if clash:
         raise EntryError(f"encoder outputs may not be named {sorted(clash)}")
@@ -303,7 +315,7 @@ def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, 
     names = layout.step_names
     tensors = entry_tensors(manifest)
     options = resolved.options
-    optional = {INPUT_TEXT_TYPE}
+    optional = {INPUT_TEXT_TYPE, INPUT_THRESHOLD}
 
     ensemble_inputs = [_tensor_context(t, optional=t.name in optional) for t in tensors.inputs]
     tokenize_inputs = [
@@ -313,7 +325,7 @@ def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, 
     # Variable-length inputs of requests with different lengths may share a batch only when
     # declared ragged; the python steps then handle each request's own shape.
     post_inputs = [
-        _tensor_context(t, ragged=t.name != INPUT_TEXT) for t in tensors.postprocess_inputs
+        _tensor_context(t, ragged=t.name not in ROW_INPUTS) for t in tensors.postprocess_inputs
     ]
     post_outputs = [_tensor_context(t) for t in tensors.outputs]
 
@@ -355,8 +367,8 @@ def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, 
     encoder_output_names = {t.name for t in tensors.encoder_outputs}
 
     def postprocess_source(tensor: str) -> str:
-        if tensor == INPUT_TEXT:
-            return INPUT_TEXT  # the ensemble's own input
+        if tensor in ROW_INPUTS:
+            return tensor  # the ensemble's own input
         step = STEP_ENCODE if tensor in encoder_output_names else STEP_TOKENIZE
         return _internal(step, tensor)
 
@@ -446,6 +458,8 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
     produced = {IDS, MASK} | ({"token_type_ids"} if tokenization.get("token_type_ids") else set())
     if tokenization.get("token_info") is not None:
         produced |= {TOKEN_OFFSETS, WORD_IDS}
+    if manifest.task == Task.EXTRACT_ZERO_SHOT.value:
+        produced |= {t.name for t in (*manifest.encoder_inputs, *SPAN_INFO)}
     unknown = sorted({t.name for t in tensors.tokens} - produced)
     if unknown:
         raise EntryError(
@@ -604,6 +618,12 @@ def write_entry(
         _module_source(POSTPROCESSING_MODULE),
         layout.postprocess_dir / version / "postprocessing.py",
     )
+
+    if manifest.task == Task.EXTRACT_ZERO_SHOT.value:
+        for step_dir in (layout.tokenize_dir, layout.postprocess_dir):
+            _copy(
+                _module_source(SPAN_EXTRACTION_MODULE), step_dir / version / "span_extraction.py"
+            )
 
     (layout.version_dir(layout.model) / KEEP_FILENAME).write_bytes(b"")
     for key, setting in settings.items():

@@ -284,6 +284,43 @@ class Adapter:
             names.append("token_type_ids")
         return names
 
+    def graph_axes(self) -> dict[str, dict[int, str]]:
+        """Dynamic axes of each graph input (token tensors: batch x sequence); outputs not
+        named here take shoal.exporter.torch_export.OUTPUT_AXES."""
+        return {name: {0: "batch", 1: "sequence"} for name in self.graph_input_names()}
+
+    def graph_output_dims(self) -> dict[str, list[int]]:
+        """Dims (after batch) of graph outputs that the shared table does not know."""
+        return {}
+
+    def graph_input_dims(self) -> dict[str, list[int]]:
+        """Dims (after batch) of graph inputs that are not [batch, tokens]."""
+        return {}
+
+    def export_sample(self, plan: ExportPlan) -> dict[str, np.ndarray]:
+        """A padded batch of graph inputs to trace the export on (different lengths: padding
+        is traced)."""
+        from shoal.tokenization import TextEncoder
+
+        encoder = TextEncoder.from_file(self.checkpoint.path / "tokenizer.json", plan.tokenization)
+        texts = ["a shoal of small fish moves as one", "fish"]
+        return encoder.encode(texts, pairs=texts[::-1] if plan.task == Task.RERANK else None)
+
+    def check_parity(
+        self, model: Any, plan: ExportPlan, onnx_path: Any, dtype: str, tokenizer_json: Any = None
+    ) -> list[Any]:
+        """The exported graph with shoal's steps vs the family's reference (ParityResults);
+        `tokenizer_json`: the entry's copy (verify), else the checkpoint's."""
+        from transformers import AutoTokenizer
+
+        from shoal.exporter.parity import check_parity
+        from shoal.tokenization import TextEncoder
+
+        path = tokenizer_json or self.checkpoint.path / "tokenizer.json"
+        encoder = TextEncoder.from_file(path, plan.tokenization)
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(self.checkpoint.path))
+        return check_parity(self, model, hf_tokenizer, plan, onnx_path, encoder, dtype)
+
     def reference(
         self, model: Any, plan: ExportPlan, encoded: dict[str, Any]
     ) -> dict[str, np.ndarray]:
