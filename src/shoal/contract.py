@@ -74,7 +74,7 @@ class Runtime(StrEnum):
 
 # Tensor names an application uses with plain tritonclient (ensemble inputs/outputs).
 INPUT_TEXT = "TEXT"  # BYTES [batch, 1]: UTF-8 texts (documents, or the texts to embed)
-# extract-zero-shot: BYTES [batch, 1], one JSON list of label strings per text (or one row for all)
+# extract-zero-shot: BYTES [batch, 1], one JSON list of label strings per text
 INPUT_LABELS = "LABELS"
 # extract-zero-shot, optional: FP32 [batch, 1], the score entities must exceed (0..1)
 INPUT_THRESHOLD = "THRESHOLD"

@@ -19,8 +19,8 @@ What gliner (0.2.x, UniEncoderSpan models) does, and this module repeats:
   overlapping one already kept is dropped (flat_ner; nested spans may stay when flat_ner is off);
   entities report character offsets of their first and last word.
 
-Requests (per row of TEXT): LABELS is one JSON list of label strings per row, or one row for
-every text; THRESHOLD (optional) one number per row or one for all, in [0, 1].
+Requests (per row of TEXT; Triton gives every input of a request one batch size): LABELS is one
+JSON list of label strings per row; THRESHOLD (optional) one number in [0, 1] per row.
 """
 
 from __future__ import annotations
@@ -41,7 +41,14 @@ INPUT_THRESHOLD = "THRESHOLD"
 OUTPUT_ENTITIES = "ENTITIES"
 GRAPH_SPAN_LOGITS = "span_logits"  # FP32 [B, words, max_width, labels]
 # The graph's inputs, in gliner's own order (its UniEncoderSpan ONNX export).
-GRAPH_INPUTS = ("input_ids", "attention_mask", "words_mask", "text_lengths", "span_idx", "span_mask")
+GRAPH_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "words_mask",
+    "text_lengths",
+    "span_idx",
+    "span_mask",
+)
 # What the tokenize step adds for the postprocess step.
 WORD_OFFSETS = "word_offsets"  # INT64 [B, words, 2]: character start/end of each word, -1 pad
 THRESHOLDS = "thresholds"  # FP32 [B, 1]: the request's threshold per row
@@ -75,13 +82,12 @@ def split_words(text: str, max_words: int) -> list[tuple[str, int, int]]:
 
 def parse_labels(values: list[str], rows: int, max_labels: int) -> list[list[str]]:
     """LABELS rows (JSON lists of strings) -> the label list of each of `rows` texts."""
-    if len(values) not in (1, rows):
+    if len(values) != rows:
         raise SpanRequestError(
             f"{INPUT_LABELS} has {len(values)} rows for {rows} texts; send one JSON list of labels "
-            "per text, or one row for all of them"
+            "per text"
         )
-    parsed = [_label_list(row, value, max_labels) for row, value in enumerate(values)]
-    return parsed * rows if len(parsed) == 1 else parsed
+    return [_label_list(row, value, max_labels) for row, value in enumerate(values)]
 
 
 def _label_list(row: int, value: str, max_labels: int) -> list[str]:
@@ -120,9 +126,9 @@ def parse_thresholds(values: np.ndarray | None, rows: int, default: float) -> np
     if values is None:
         return np.full((rows, 1), default, dtype=np.float32)
     flat = np.asarray(values, dtype=np.float64).reshape(-1)
-    if len(flat) not in (1, rows):
+    if len(flat) != rows:
         raise SpanRequestError(
-            f"{INPUT_THRESHOLD} has {len(flat)} values for {rows} texts; send one per text, or one"
+            f"{INPUT_THRESHOLD} has {len(flat)} values for {rows} texts; send one per text"
         )
     for i, value in enumerate(flat):
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
@@ -130,7 +136,7 @@ def parse_thresholds(values: np.ndarray | None, rows: int, default: float) -> np
                 f"{INPUT_THRESHOLD}[{i}] is {value}; a threshold is a score in [0, 1] (entities "
                 "scoring above it are returned)"
             )
-    return np.broadcast_to(flat.astype(np.float32), (rows,)).reshape(rows, 1).copy()
+    return flat.astype(np.float32).reshape(rows, 1)
 
 
 # ------------------------------------------------------------------ tokenize side
@@ -277,7 +283,13 @@ def text_entities(
     ):
         start, end = int(offsets[first, 0]), int(offsets[last, 1])
         found.append(
-            {"label": labels[label], "score": score, "start": start, "end": end, "text": text[start:end]}
+            {
+                "label": labels[label],
+                "score": score,
+                "start": start,
+                "end": end,
+                "text": text[start:end],
+            }
         )
     return found
 

@@ -165,7 +165,9 @@ class GlinerAdapter(Adapter):
                 str(self.checkpoint.path), local_files_only=True, map_location="cpu"
             )
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ExportError(f"cannot load the GLiNER model in {self.checkpoint.path}: {exc}") from exc
+            raise ExportError(
+                f"cannot load the GLiNER model in {self.checkpoint.path}: {exc}"
+            ) from exc
         return model.eval()
 
     def graph_module(self, model: Any, plan: ExportPlan) -> Any:
@@ -283,7 +285,9 @@ def compare_run(
         WORD_OFFSETS: tokens[WORD_OFFSETS],
         THRESHOLDS: np.full((len(texts), 1), threshold, np.float32),
     }
-    entities = postprocess(TASK, {GRAPH_SPAN_LOGITS: logits}, None, None, plan.postprocessing, inputs)
+    entities = postprocess(
+        TASK, {GRAPH_SPAN_LOGITS: logits}, None, None, plan.postprocessing, inputs
+    )
     module = span_logits_module(model)
     cosines, differences = {}, {}
     for row, (text, row_labels) in enumerate(zip(texts, labels, strict=True)):
@@ -301,4 +305,7 @@ def compare_run(
         cosines[row] = _cosine(
             logits[row, :words, :, :count][valid], reference[:words, :, :count][valid]
         )
-    return {GRAPH_SPAN_LOGITS: (MIN_COSINE, cosines), OUTPUT_ENTITIES: (MAX_SCALED_DIFF, differences)}
+    return {
+        GRAPH_SPAN_LOGITS: (MIN_COSINE, cosines),
+        OUTPUT_ENTITIES: (MAX_SCALED_DIFF, differences),
+    }

@@ -9,7 +9,8 @@ inputs are declared `allow_ragged_batch`). They are padded to the longest, on th
 side, run in one onnxruntime call, and split back: rows per request, and per-token outputs (first
 non-batch dimension variable) cut back to that request's own length.
 Padding adds only masked positions, which the exported graphs ignore (verified on padded batches).
-When the joined run fails, each request runs alone, so only the one the graph cannot run fails.
+Inputs that are not all [batch, tokens] of one shape (GLiNER's span tensors) are not joined:
+each request runs alone. When the joined run fails, each request runs alone, so only the one the graph cannot run fails.
 Tensors of the wrong shape (a client calling this step directly) are the client's mistake:
 INVALID_ARG (HTTP 400 / gRPC INVALID_ARGUMENT); a graph that cannot run a request is INTERNAL.
 """
@@ -91,11 +92,17 @@ class TritonPythonModel:
             if tensor is None:
                 raise RequestError(f"input {name!r} is missing")
             arrays[name] = tensor.as_numpy().astype(self.input_dtypes[name], copy=False)
-        shapes = {a.shape for a in arrays.values()}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        if len({a.shape[0] if a.ndim else -1 for a in arrays.values()}) != 1:
             detail = {n: a.shape for n, a in arrays.items()}
-            raise RequestError(f"inputs must all be [batch, tokens] of one shape, got {detail}")
+            raise RequestError(f"inputs must all have one batch size, got {detail}")
         return arrays
+
+    @staticmethod
+    def _joinable(arrays: dict[str, np.ndarray]) -> bool:
+        """Token tensors only ([batch, tokens], one shape): requests can be padded and joined.
+        Others (GLiNER's words and spans) run request by request."""
+        shapes = {a.shape for a in arrays.values()}
+        return len(shapes) == 1 and len(next(iter(shapes))) == 2
 
     def _pad(self, array: np.ndarray, length: int) -> np.ndarray:
         missing = length - array.shape[1]
@@ -114,23 +121,33 @@ class TritonPythonModel:
                 responses[index] = error_response(exc)
         if not batch:
             return responses
+        if not all(self._joinable(arrays) for _, arrays in batch):
+            self._run_each(batch, responses)
+            return responses
         try:
             self._run(batch, responses)
         except Exception:  # noqa: BLE001  find the culprit: run each request alone
-            for item in batch:
-                try:
-                    self._run([item], responses)
-                except Exception as exc:  # noqa: BLE001
-                    failure = RuntimeError(f"onnxruntime failed on this request: {exc}")
-                    responses[item[0]] = error_response(failure)
+            self._run_each(batch, responses)
         return responses
+
+    def _run_each(self, batch: list[tuple[int, dict[str, np.ndarray]]], responses: list) -> None:
+        for item in batch:
+            try:
+                self._run([item], responses)
+            except Exception as exc:  # noqa: BLE001
+                failure = RuntimeError(f"onnxruntime failed on this request: {exc}")
+                responses[item[0]] = error_response(failure)
 
     def _run(self, batch: list[tuple[int, dict[str, np.ndarray]]], responses: list) -> None:
         length = max(arrays[self.input_names[0]].shape[1] for _, arrays in batch)
-        feed = {
-            name: np.concatenate([self._pad(arrays[name], length) for _, arrays in batch])
-            for name in self.input_names
-        }
+        feed = (
+            batch[0][1]  # one request: as it came (whatever its tensors' shapes)
+            if len(batch) == 1
+            else {
+                name: np.concatenate([self._pad(arrays[name], length) for _, arrays in batch])
+                for name in self.input_names
+            }
+        )
         results = self.session.run([name for name, _, _ in self.outputs], feed)
         start = 0
         for index, arrays in batch:

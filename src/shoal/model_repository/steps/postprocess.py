@@ -35,7 +35,11 @@ class TritonPythonModel:
         self.config = settings["postprocessing"]
         # Inputs that do not come from the graph (extract: the texts, token offsets, word ids).
         self.step_inputs = postprocessing.STEP_INPUTS_BY_TASK.get(self.task, ())
-        self.text_input = postprocessing.INPUT_TEXT
+        if self.task == "extract-zero-shot":  # GLiNER: span decoding, span_extraction.py
+            import span_extraction
+
+            self.postprocess = span_extraction.postprocess
+            self.step_inputs = span_extraction.STEP_INPUTS
         self.graph_outputs = [
             i["name"]
             for i in model_config["input"]
@@ -61,11 +65,11 @@ class TritonPythonModel:
 
         graph = {name: read(name) for name in self.graph_outputs}
         inputs = {name: read(name) for name in self.step_inputs}
-        if self.text_input in inputs:  # BYTES [batch, 1]; the tokenize step checked the UTF-8
-            inputs[self.text_input] = [
-                v.decode("utf-8") if isinstance(v, bytes) else str(v)
-                for v in inputs[self.text_input].reshape(-1)
-            ]
+        for name, values in inputs.items():  # TEXT, LABELS: the tokenize step checked the UTF-8
+            if values.dtype == object:
+                inputs[name] = [
+                    v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.reshape(-1)
+                ]
         results = self.postprocess(self.task, graph, read(IDS), read(MASK), self.config, inputs)
         return pb_utils.InferenceResponse(
             output_tensors=[

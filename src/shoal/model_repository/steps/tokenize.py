@@ -13,6 +13,9 @@ gRPC INVALID_ARGUMENT; anything else is the server's fault (INTERNAL: 500).
 - Empty strings are allowed (they encode to the special tokens only); an empty batch is refused.
 - TEXT_TYPE (optional, per row): "query" or "document" selects prefixes and ColBERT markers;
   rows without it are documents.
+- extract-zero-shot (GLiNER): LABELS (a JSON list of labels per row, or one row for all) and
+  THRESHOLD (optional, in [0, 1]) are checked here (span_extraction.py beside this file) and the
+  prompt, words and spans built; a bad label list or threshold fails that request alone.
 Token tensors are padded to the request's longest row (rounded up to `pad_to_multiple_of`, so that
 more requests share a shape for the onnxruntime backend's batcher).
 """
@@ -94,6 +97,18 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         settings = json.loads((version_dir / STEP_CONFIG).read_text())
         model_config = json.loads(args["model_config"])
+        self.outputs = [
+            (o["name"], pb_utils.triton_string_to_numpy(o["data_type"]))
+            for o in model_config["output"]
+        ]
+        self.max_bytes = int(settings["max_text_bytes"])
+        self.spans = None
+        if settings["task"] == "extract-zero-shot":
+            from span_extraction import SpanPromptEncoder  # beside this file
+
+            path = version_dir / settings["tokenizer_dir"] / "tokenizer.json"
+            self.spans = SpanPromptEncoder.from_file(path, settings["tokenization"])
+            return
         self.encoder = TextEncoder.from_file(
             version_dir / settings["tokenizer_dir"] / "tokenizer.json", settings["tokenization"]
         )
@@ -102,11 +117,6 @@ class TritonPythonModel:
         self.pad_id = int(self.encoder.config["pad_token_id"])
         self.multiple = max(1, int(settings["pad_to_multiple_of"]))
         self.max_length = int(self.encoder.config["max_length"])
-        self.max_bytes = int(settings["max_text_bytes"])
-        self.outputs = [
-            (o["name"], pb_utils.triton_string_to_numpy(o["data_type"]))
-            for o in model_config["output"]
-        ]
         produced = set(self.encoder.input_names)
         missing = [name for name, _ in self.outputs if name not in produced]
         if missing:
@@ -141,7 +151,40 @@ class TritonPythonModel:
                 raise RequestError(f"{TEXT_TYPE}[{row}] is {text_type!r}; use one of {TEXT_TYPES}")
         return types
 
+    def _respond(self, tokens: dict[str, np.ndarray]):
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(name, np.ascontiguousarray(tokens[name], dtype=dtype))
+                for name, dtype in self.outputs
+            ]
+        )
+
+    def _tokenize_spans(self, request):
+        """extract-zero-shot: TEXT, LABELS, THRESHOLD -> prompt, words and span tensors."""
+        import span_extraction as spans
+
+        texts = decode_texts(TEXT, self._read(request, TEXT), self.max_bytes)
+        if not texts:
+            raise RequestError(f"{TEXT} has no rows: send a batch of at least one text")
+        values = self._read(request, spans.INPUT_LABELS)
+        label_rows = decode_texts(spans.INPUT_LABELS, values, self.max_bytes, "send fewer labels")
+        config = self.spans.config
+        try:
+            labels = spans.parse_labels(label_rows, len(texts), int(config["max_labels"]))
+            thresholds = spans.parse_thresholds(
+                self._read(request, spans.INPUT_THRESHOLD),
+                len(texts),
+                float(config["default_threshold"]),
+            )
+        except spans.SpanRequestError as exc:
+            raise RequestError(str(exc)) from None
+        tokens = self.spans.encode(texts, labels)
+        tokens[spans.THRESHOLDS] = thresholds
+        return self._respond(tokens)
+
     def _tokenize(self, request):
+        if self.spans is not None:
+            return self._tokenize_spans(request)
         values = self._read(request, TEXT)
         texts = decode_texts(TEXT, values, self.max_bytes)
         if not texts:
@@ -160,12 +203,7 @@ class TritonPythonModel:
         rounded = -(-width // self.multiple) * self.multiple
         if rounded != width and rounded <= max(self.max_length, width):
             tokens = pad_rows([tokens], rounded, self.left, self.pad_id)
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor(name, np.ascontiguousarray(tokens[name], dtype=dtype))
-                for name, dtype in self.outputs
-            ]
-        )
+        return self._respond(tokens)
 
     def _encode_by_type(self, texts: list[str], types: list[str]) -> dict[str, np.ndarray]:
         groups = {t: [i for i, x in enumerate(types) if x == t] for t in TEXT_TYPES}
