@@ -24,6 +24,7 @@ EXPECTED_TASK = {
     "splade": Task.SPARSE,
     "bge-m3": Task.MULTI,
     "token-classification": Task.EXTRACT,
+    "gliner": Task.EXTRACT_ZERO_SHOT,
 }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import shoal.postprocessing
+import shoal.span_extraction
 import shoal.tokenization
 
 STDLIB = set(sys.stdlib_module_names)
@@ -20,8 +21,9 @@ STDLIB = set(sys.stdlib_module_names)
     [
         (shoal.tokenization, STDLIB | {"numpy", "tokenizers"}),
         (shoal.postprocessing, STDLIB | {"numpy"}),
+        (shoal.span_extraction, STDLIB | {"numpy", "tokenizers"}),
     ],
-    ids=["tokenization", "postprocessing"],
+    ids=["tokenization", "postprocessing", "span_extraction"],
 )
 def test_module_imports_nothing_from_shoal(module, allowed: set[str]) -> None:
     source = Path(module.__file__).read_text()

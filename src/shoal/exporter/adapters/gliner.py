@@ -127,18 +127,16 @@ class GlinerAdapter(Adapter):
                     f"{self.checkpoint.path / 'tokenizer.json'} has no {role} {token!r}; save the "
                     "GLiNER model's own tokenizer beside it (gliner's save_pretrained does)"
                 )
-        # gliner truncates at the tokenizer's model_max_length; the encoder's positions bound it
-        limit = min(
-            int(tok_config.get("model_max_length") or 512),
-            int(self.checkpoint.config.get("max_position_embeddings") or 512),
-        )
-        if max_length is not None and max_length != limit:
+        # gliner truncates prompt + words at the tokenizer's model_max_length (--max-length sets
+        # it, for the parity reference too); the encoder's positions bound it
+        positions = int(self.checkpoint.config.get("max_position_embeddings") or 512)
+        limit = min(int(tok_config.get("model_max_length") or positions), positions)
+        if max_length is not None and max_length > positions:
             raise ExportError(
-                f"--max-length {max_length}: gliner truncates its prompt and words at {limit} "
-                "tokens (the tokenizer's model_max_length); leave --max-length out"
+                f"--max-length {max_length} exceeds the encoder's {positions} positions"
             )
         return {
-            "max_length": limit,
+            "max_length": max_length or limit,
             "padding_side": "right",
             "pad_token_id": int(ids["pad_token"]),
             "ent_token": str(config.get("ent_token", "<<ENT>>")),
@@ -212,6 +210,8 @@ class GlinerAdapter(Adapter):
 
         session = onnx_session(Path(onnx_path))
         encoder = self.encoder(plan, tokenizer_json)
+        # gliner's tokenizer truncates where the export does
+        model.data_processor.transformer_tokenizer.model_max_length = plan.max_length
         per_output: dict[str, tuple[str, dict[str, float]]] = {}
         for label, texts, labels in probe_runs(plan):
             figures = compare_run(session, encoder, model, plan, texts, labels)
