@@ -7,6 +7,7 @@ import pytest
 
 import shoal.contract as contract
 import shoal.postprocessing as pp
+import shoal.span_extraction as spans
 from shoal.postprocessing import PostprocessError, postprocess
 
 RNG = np.random.default_rng(0)
@@ -22,7 +23,14 @@ def test_output_names_mirror_the_contract():
         "COLBERT_LENGTHS",
     ):
         assert getattr(pp, f"OUTPUT_{name}") == getattr(contract, f"OUTPUT_{name}")
-    assert set(pp.GRAPH_OUTPUTS_BY_TASK) == {t.value for t in contract.Task}
+    # extract-zero-shot (GLiNER) is decoded by shoal.span_extraction
+    assert set(pp.GRAPH_OUTPUTS_BY_TASK) | {spans.TASK} == {t.value for t in contract.Task}
+    assert contract.Task.EXTRACT_ZERO_SHOT == spans.TASK
+    assert (spans.INPUT_LABELS, spans.INPUT_THRESHOLD, spans.OUTPUT_ENTITIES) == (
+        contract.INPUT_LABELS,
+        contract.INPUT_THRESHOLD,
+        contract.OUTPUT_ENTITIES,
+    )
     assert set(pp.POOLINGS) == {p.value for p in contract.Pooling}
 
 

@@ -17,7 +17,7 @@ def write_graph(manifest, path: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    dtypes = {"INT64": TensorProto.INT64, "FP32": TensorProto.FLOAT}
+    dtypes = {"INT64": TensorProto.INT64, "FP32": TensorProto.FLOAT, "BOOL": TensorProto.BOOL}
     inputs = [
         helper.make_tensor_value_info(t.name, dtypes[t.dtype], ["batch", "tokens"])
         for t in manifest.encoder_inputs

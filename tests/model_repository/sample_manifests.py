@@ -3,10 +3,14 @@ repository checks). The shapes follow what the exporter writes for the tiny test
 
 from __future__ import annotations
 
+import dataclasses
+
 from shoal.contract import (
+    INPUT_LABELS,
     INPUT_QUERY,
     INPUT_TEXT,
     INPUT_TEXT_TYPE,
+    INPUT_THRESHOLD,
     OUTPUTS_BY_TASK,
     Runtime,
     Task,
@@ -39,7 +43,45 @@ _ENCODER_OUTPUTS = {
         TensorSpec("colbert_vectors", "FP32", [-1, HIDDEN]),
     ],
     Task.EXTRACT: [TensorSpec("token_logits", "FP32", [-1, len(NER_LABELS)])],
+    Task.EXTRACT_ZERO_SHOT: [TensorSpec("span_logits", "FP32", [-1, 4, -1])],
 }
+
+
+def zero_shot_manifest(manifest: Manifest) -> Manifest:
+    """What the exporter writes for a GLiNER (extract-zero-shot): its inputs and span tensors."""
+    tokenization = {
+        "max_length": 64,
+        "padding_side": "right",
+        "pad_token_id": 0,
+        "ent_token": "<<ENT>>",
+        "sep_token": "<<SEP>>",
+        "max_width": 4,
+        "max_words": 64,
+        "max_labels": 8,
+        "subtoken_pooling": "first",
+        "default_threshold": 0.5,
+    }
+    return dataclasses.replace(
+        manifest,
+        architecture="gliner",
+        model_type="gliner",
+        pooling=None,
+        prefixes={},
+        inputs=[
+            TensorSpec(INPUT_TEXT, "BYTES", [1]),
+            TensorSpec(INPUT_LABELS, "BYTES", [1]),
+            TensorSpec(INPUT_THRESHOLD, "FP32", [1]),
+        ],
+        encoder_inputs=[
+            TensorSpec("input_ids", "INT64", [-1]),
+            TensorSpec("attention_mask", "INT64", [-1]),
+            TensorSpec("words_mask", "INT64", [-1]),
+            TensorSpec("text_lengths", "INT64", [1]),
+            TensorSpec("span_idx", "INT64", [-1, 2]),
+            TensorSpec("span_mask", "BOOL", [-1]),
+        ],
+        extra={"tokenization": tokenization, "postprocessing": {"flat_ner": True}},
+    )
 
 
 def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str = "") -> Manifest:
@@ -54,7 +96,7 @@ def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str =
         TensorSpec("token_type_ids", "INT64", [-1]),
     ]
     prefixes = {"query": "query: ", "document": "passage: "} if task is Task.EMBED else {}
-    return Manifest(
+    manifest = Manifest(
         name=name or f"tiny-{task.value}",
         source="/tmp/tiny",
         architecture="bert",
@@ -108,3 +150,4 @@ def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str =
             },
         },
     )
+    return zero_shot_manifest(manifest) if task is Task.EXTRACT_ZERO_SHOT else manifest

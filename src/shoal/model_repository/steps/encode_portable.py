@@ -68,6 +68,8 @@ class TritonPythonModel:
             raise ValueError(
                 f"model.onnx has no inputs named {missing}; it has {sorted(graph_inputs)}"
             )
+        # Named axes of the graph's inputs: inputs sharing a name must agree on its size.
+        self.axes = {name: list(graph_inputs[name].shape) for name in self.input_names}
         self.input_dtypes = {
             i["name"]: pb_utils.triton_string_to_numpy(i["data_type"])
             for i in model_config["input"]
@@ -92,9 +94,17 @@ class TritonPythonModel:
             if tensor is None:
                 raise RequestError(f"input {name!r} is missing")
             arrays[name] = tensor.as_numpy().astype(self.input_dtypes[name], copy=False)
-        if len({a.shape[0] if a.ndim else -1 for a in arrays.values()}) != 1:
+        sizes: dict[str, set[int]] = {}
+        for name, array in arrays.items():
+            for axis, size in zip(self.axes[name], array.shape, strict=False):
+                if isinstance(axis, str):
+                    sizes.setdefault(axis, set()).add(size)
+        if any(len(found) > 1 for found in sizes.values()):
             detail = {n: a.shape for n, a in arrays.items()}
-            raise RequestError(f"inputs must all have one batch size, got {detail}")
+            raise RequestError(
+                "inputs must agree on the graph's shared axes (token tensors: [batch, tokens] of "
+                f"one shape), got {detail}"
+            )
         return arrays
 
     @staticmethod
