@@ -108,6 +108,16 @@ def test_shoal_repo_list_shows_the_task(exported, capsys: pytest.CaptureFixture[
     assert row[:2] == [NAME, "extract-zero-shot"]
 
 
+def test_verify_reruns_parity_against_gliner(exported) -> None:
+    from shoal.exporter import verify_entry
+
+    repository, _ = exported
+    results = verify_entry(repository / NAME)
+    assert {r.output for r in results} == {"span_logits", OUTPUT_ENTITIES}
+    assert all(r.passed for r in results)
+    assert any(k.startswith("row-labels/") for k in results[0].details)  # per-text label sets
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_entities_equal_gliners_own_predictions(server, exported, protocol: str) -> None:
     _, model = exported

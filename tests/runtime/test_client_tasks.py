@@ -19,9 +19,10 @@ from shoal.runtime.client import (
 
 @pytest.mark.parametrize("task", list(Task))
 def test_every_tasks_outputs_are_recognised(task) -> None:
-    interface = ModelInterface("m", OUTPUTS_BY_TASK[task], 8)
+    inputs = ("TEXT", "LABELS", "THRESHOLD") if task is Task.EXTRACT_ZERO_SHOT else ("TEXT",)
+    interface = ModelInterface("m", OUTPUTS_BY_TASK[task], 8, inputs)
     assert interface.task is task
-    assert ModelInterface("m", OUTPUTS_BY_TASK[task][::-1], 8).task is task  # any order
+    assert ModelInterface("m", OUTPUTS_BY_TASK[task][::-1], 8, inputs).task is task  # any order
 
 
 def test_every_task_with_dense_vectors_or_scores_has_a_command() -> None:

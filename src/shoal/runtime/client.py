@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.contract import (
+    INPUT_LABELS,
     INPUT_QUERY,
     INPUT_TEXT,
     INPUT_TEXT_TYPE,
@@ -66,14 +67,17 @@ class ModelInterface:
     name: str
     outputs: tuple[str, ...]
     max_batch_size: int  # 0: Triton does not batch the model: every row goes in one request
+    inputs: tuple[str, ...] = ()
 
     @property
     def task(self) -> Task | None:
-        """The shoal task whose outputs these are; None for a model that is not a shoal entry."""
-        for task, names in OUTPUTS_BY_TASK.items():
-            if set(names) == set(self.outputs):
-                return task
-        return None
+        """The shoal task whose outputs these are; None for a model that is not a shoal entry.
+        extract and extract-zero-shot share ENTITIES: the LABELS input tells them apart."""
+        matches = [t for t, names in OUTPUTS_BY_TASK.items() if set(names) == set(self.outputs)]
+        if len(matches) > 1:
+            zero_shot = INPUT_LABELS in self.inputs
+            matches = [t for t in matches if (t is Task.EXTRACT_ZERO_SHOT) == zero_shot]
+        return matches[0] if matches else None
 
 
 def _module(protocol: str) -> Any:
@@ -194,9 +198,15 @@ def describe(client: Any, model: str) -> ModelInterface:
         raise ModelCallError(f"model {model!r}: {exc.message()}") from exc
     if isinstance(config, dict):
         outputs = tuple(o["name"] for o in config.get("output", []))
-        return ModelInterface(model, outputs, int(config.get("max_batch_size", 0)))
+        inputs = tuple(i["name"] for i in config.get("input", []))
+        return ModelInterface(model, outputs, int(config.get("max_batch_size", 0)), inputs)
     config = config.config
-    return ModelInterface(model, tuple(o.name for o in config.output), config.max_batch_size)
+    return ModelInterface(
+        model,
+        tuple(o.name for o in config.output),
+        config.max_batch_size,
+        tuple(i.name for i in config.input),
+    )
 
 
 def require_task(interface: ModelInterface, output: str, command: str) -> None:
