@@ -7,7 +7,6 @@ non-ASCII texts, an empty text and a text longer than max length (both truncate 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from shoal.contract import INPUT_TEXT, OUTPUT_ENTITIES, Task
+from tests.support.concurrency import call_concurrently
 from tests.support.triton import serving_entries
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -176,21 +176,11 @@ def test_concurrent_requests_of_different_lengths_get_their_own_entities(server,
     entry = entries[0]
     texts = [t for t in TEXTS if t] * 4
     expected = {t: pipeline_entities(entry, t) for t in set(texts)}
-    results: dict[int, list[dict]] = {}
-    errors: list[BaseException] = []
 
-    def call(i: int) -> None:
-        try:
-            (results[i],) = extract(server, "grpc", entry.name, [texts[i].encode()])
-        except BaseException as exc:  # noqa: BLE001  reported below
-            errors.append(exc)
+    def call(i: int) -> list[dict]:
+        return extract(server, "grpc", entry.name, [texts[i].encode()])[0]
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors and len(results) == len(texts)
+    results = call_concurrently(call, len(texts))
     for i, text in enumerate(texts):
         assert_same_entities(text, results[i], expected[text])
 

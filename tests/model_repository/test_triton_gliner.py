@@ -7,7 +7,6 @@ labels or thresholds fail their own request with a message, and the server keeps
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from shoal.contract import INPUT_LABELS, INPUT_TEXT, INPUT_THRESHOLD, OUTPUT_ENTITIES, Task
+from tests.support.concurrency import call_concurrently
 from tests.support.triton import serving_entries
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -166,22 +166,12 @@ def test_concurrent_requests_with_different_labels_get_their_own_entities(server
     with its own shapes, so each gets its own entities."""
     _, model = exported
     cases = [(t, labels) for t in TEXTS if t for labels in (["person"], LABELS)] * 2
-    results: dict[int, list[dict]] = {}
-    errors: list[BaseException] = []
 
-    def call(i: int) -> None:
-        try:
-            text, labels = cases[i]
-            (results[i],) = extract(server, "grpc", [text.encode()], [labels])
-        except BaseException as exc:  # noqa: BLE001  reported below
-            errors.append(exc)
+    def call(i: int) -> list[dict]:
+        text, labels = cases[i]
+        return extract(server, "grpc", [text.encode()], [labels])[0]
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(cases))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors and len(results) == len(cases)
+    results = call_concurrently(call, len(cases))
     for i, (text, labels) in enumerate(cases):
         assert_same_entities(text, results[i], model.predict_entities(text, labels))
 
