@@ -88,7 +88,8 @@ class GlinerAdapter(Adapter):
         }
         wrong = [flag for flag, value in given.items() if value]
         if wrong:
-            raise ExportError(f"{', '.join(wrong)} do not apply to task {TASK} (GLiNER)")
+            verb = "does" if len(wrong) == 1 else "do"
+            raise ExportError(f"{', '.join(wrong)} {verb} not apply to task {TASK} (GLiNER)")
         tokenization = self.tokenization(options.max_length)
         return ExportPlan(
             family=self.name,
