@@ -161,20 +161,26 @@ class SpanPromptEncoder:
     def from_file(cls, path: str | Path, config: dict[str, Any]) -> SpanPromptEncoder:
         return cls(Tokenizer.from_file(str(path)), config)
 
-    def prompt(self, labels: list[str]) -> list[str]:
+    def prompt(self, labels: list[str], row: int = 0) -> list[str]:
+        markers = (self.config["ent_token"], self.config["sep_token"])
         words = []
-        for label in labels:
+        for i, label in enumerate(labels):
+            if any(marker in label for marker in markers):
+                raise SpanRequestError(
+                    f"{INPUT_LABELS}[{row}] label {i} ({label!r}) contains the model's prompt marker "
+                    f"{' or '.join(markers)}; leave the markers out of labels"
+                )
             words += [self.config["ent_token"], label]
         return [*words, self.config["sep_token"]]
 
     def encode(self, texts: list[str], labels: list[list[str]]) -> dict[str, np.ndarray]:
         rows = []
-        for text, row_labels in zip(texts, labels, strict=True):
+        for row, (text, row_labels) in enumerate(zip(texts, labels, strict=True)):
             words = split_words(text, self.max_words)
             # gliner never runs a text without words; a stand-in word keeps the batch's shapes
             # and yields no entities (its offsets stay -1)
             pieces = [w for w, _, _ in words] or [self.config["sep_token"]]
-            prompt = self.prompt(row_labels)
+            prompt = self.prompt(row_labels, row)
             encoding = self.tokenizer.encode([*prompt, *pieces], is_pretokenized=True)
             rows.append((encoding, len(prompt), [(s, e) for _, s, e in words], len(pieces)))
         return self._batch(rows)

@@ -167,3 +167,19 @@ def test_decoding_equals_gliners_span_decoder_on_random_logits(flat_ner: bool) -
             (w.start, w.end, int(w.entity_type[1:])) for w in want
         ]
         np.testing.assert_allclose([x[3] for x in got], [w.score for w in want], rtol=1e-6)
+
+
+def test_a_label_with_the_prompt_markers_is_refused() -> None:
+    from tokenizers import Tokenizer, models
+
+    from shoal.span_extraction import SpanPromptEncoder
+
+    config = {"max_length": 16, "pad_token_id": 0, "ent_token": "<<ENT>>", "sep_token": "<<SEP>>"}
+    encoder = SpanPromptEncoder(
+        Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")),
+        {**config, "max_width": 2, "max_words": 8},
+    )
+    with pytest.raises(
+        SpanRequestError, match=r"LABELS\[0\] label 1 \('a <<SEP>>'\) contains the model's"
+    ):
+        encoder.encode(["fish"], [["city", "a <<SEP>>"]])

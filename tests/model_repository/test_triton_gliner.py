@@ -187,6 +187,12 @@ BAD_REQUESTS = [
         r"9 labels, over this model's limit of 8",
     ),
     ([b"Paris"], [b"[person"], None, r"LABELS\[0\] is not JSON"),
+    (
+        [b"Paris"],
+        [["x <<ENT>>"]],
+        None,
+        r"LABELS\[0\] label 0 \('x <<ENT>>'\) contains the model's",
+    ),
     ([b"Paris", b"\xff\xfe"], [["city"], ["city"]], None, r"TEXT\[1\] is not valid UTF-8"),
     ([b"Paris"], [b'["\xff"]'], None, r"LABELS\[0\] is not valid UTF-8"),
     ([b"Paris"], [["city"]], [1.5], r"THRESHOLD\[0\] is 1.5; a threshold is a score in \[0, 1\]"),

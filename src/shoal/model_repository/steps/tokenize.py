@@ -176,9 +176,9 @@ class TritonPythonModel:
                 len(texts),
                 float(config["default_threshold"]),
             )
+            tokens = self.spans.encode(texts, labels)
         except spans.SpanRequestError as exc:
             raise RequestError(str(exc)) from None
-        tokens = self.spans.encode(texts, labels)
         tokens[spans.THRESHOLDS] = thresholds
         return self._respond(tokens)
 
