@@ -80,7 +80,11 @@ def zero_shot_manifest(manifest: Manifest) -> Manifest:
             TensorSpec("span_idx", "INT64", [-1, 2]),
             TensorSpec("span_mask", "BOOL", [-1]),
         ],
-        extra={"tokenization": tokenization, "postprocessing": {"flat_ner": True}},
+        extra={
+            "tokenization": tokenization,
+            "postprocessing": {"flat_ner": True},
+            "tensorrt_axis_scale": {"span_idx": 4, "span_mask": 4},
+        },
     )
 
 

@@ -93,6 +93,26 @@ def test_gpu_pool_with_tensorrt_gets_fp16_and_a_profile_covering_every_shape() -
     assert "input_ids:1x1" in accelerator.parameters["trt_profile_min_shapes"]
 
 
+def test_a_gliner_tensorrt_profile_follows_each_inputs_rank_and_span_count() -> None:
+    """GLiNER's inputs are not all [batch, tokens]: fixed dims stay, spans go to max_width per
+    token (a word has at least one token)."""
+    manifest = sample_manifest(Task.EXTRACT_ZERO_SHOT, Runtime.ONNXRUNTIME)
+    encode = parse(render_configs(manifest, EntryOptions(instance_kind=InstanceKind.GPU))["encode"])
+    (accelerator,) = encode.optimization.execution_accelerators.gpu_execution_accelerator
+    shapes = dict(
+        item.split(":") for item in accelerator.parameters["trt_profile_max_shapes"].split(",")
+    )
+    assert shapes == {
+        "input_ids": "8x64",
+        "attention_mask": "8x64",
+        "words_mask": "8x64",
+        "text_lengths": "8x1",
+        "span_idx": "8x256x2",
+        "span_mask": "8x256",
+    }
+    assert "span_idx:1x4x2" in accelerator.parameters["trt_profile_min_shapes"]
+
+
 def test_gpu_pool_with_cuda_and_cpu_pool_without_accelerator() -> None:
     manifest = sample_manifest(Task.EMBED, Runtime.ONNXRUNTIME)
     cuda = EntryOptions(instance_kind="gpu", gpu_accelerator=GpuAccelerator.CUDA)

@@ -267,8 +267,18 @@ def _python_step_context(
     }
 
 
-def _tensorrt_profile(tensors: list[TensorSpec], batch: int, length: int) -> str:
-    return ",".join(f"{t.name}:{batch}x{length}" for t in tensors)
+def _tensorrt_profile(
+    tensors: list[TensorSpec], batch: int, length: int, scale: dict[str, int] | None = None
+) -> str:
+    """TensorRT shapes: batch, then each dim (-1: `length`, times the input's `scale`: GLiNER's
+    spans are up to max_width per word; fixed dims as they are)."""
+    scale = scale or {}
+
+    def shape(t: TensorSpec) -> str:
+        dims = [length * scale.get(t.name, 1) if d == -1 else d for d in t.dims]
+        return "x".join(str(d) for d in (batch, *dims))
+
+    return ",".join(f"{t.name}:{shape(t)}" for t in tensors)
 
 
 def _onnxruntime_encode_context(
@@ -279,6 +289,7 @@ def _onnxruntime_encode_context(
     if options.instance_kind is InstanceKind.GPU:
         if options.gpu_accelerator is GpuAccelerator.TENSORRT:
             mbs, length = resolved.max_batch_size, manifest.max_length
+            scale = manifest.extra.get("tensorrt_axis_scale") or {}
             params = {
                 "precision_mode": "FP16" if options.tensorrt_fp16 else "FP32",
                 "max_workspace_size_bytes": str(1 << 30),
@@ -286,11 +297,13 @@ def _onnxruntime_encode_context(
                 "trt_engine_cache_path": f"{options.tensorrt_cache_dir}/{name}",
                 # One optimization profile over every shape the tokenize step can send, so the
                 # engine is built once at load and never rebuilt for a new shape.
-                "trt_profile_min_shapes": _tensorrt_profile(tensors.encoder_inputs, 1, 1),
+                "trt_profile_min_shapes": _tensorrt_profile(tensors.encoder_inputs, 1, 1, scale),
                 "trt_profile_opt_shapes": _tensorrt_profile(
-                    tensors.encoder_inputs, max(1, mbs // 2), min(length, 128)
+                    tensors.encoder_inputs, max(1, mbs // 2), min(length, 128), scale
                 ),
-                "trt_profile_max_shapes": _tensorrt_profile(tensors.encoder_inputs, mbs, length),
+                "trt_profile_max_shapes": _tensorrt_profile(
+                    tensors.encoder_inputs, mbs, length, scale
+                ),
             }
         else:
             params = {"use_ep_level_unified_stream": "1"}

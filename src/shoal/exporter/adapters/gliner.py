@@ -106,6 +106,11 @@ class GlinerAdapter(Adapter):
                 "max_width": tokenization["max_width"],
                 "max_labels": tokenization["max_labels"],
                 "default_threshold": DEFAULT_THRESHOLD,
+                # spans per text: up to max_width per word (TensorRT profiles)
+                "tensorrt_axis_scale": {
+                    "span_idx": tokenization["max_width"],
+                    "span_mask": tokenization["max_width"],
+                },
             },
         )
 
