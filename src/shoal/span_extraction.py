@@ -182,8 +182,27 @@ class SpanPromptEncoder:
             pieces = [w for w, _, _ in words] or [self.config["sep_token"]]
             prompt = self.prompt(row_labels, row)
             encoding = self.tokenizer.encode([*prompt, *pieces], is_pretokenized=True)
-            rows.append((encoding, len(prompt), [(s, e) for _, s, e in words], len(pieces)))
+            if encoding.overflowing:  # cut at max_length: keep the words that fit whole
+                pieces = pieces[: self.words_that_fit(encoding, len(prompt), row)]
+                encoding = self.tokenizer.encode([*prompt, *pieces], is_pretokenized=True)
+            offsets = [(s, e) for _, s, e in words[: len(pieces)]]
+            rows.append((encoding, len(prompt), offsets, len(pieces)))
         return self._batch(rows)
+
+    def words_that_fit(self, encoding: Any, prompt_words: int, row: int) -> int:
+        """The words before the last one the truncated `encoding` reached (that one may be cut).
+        The entry encodes the prompt with just those, as gliner does a text ending there: gliner
+        itself would score spans over words past the cut from no tokens at all; shoal leaves
+        them out, as every task leaves out what lies past max_length."""
+        seen = [w for w in encoding.word_ids if w is not None and w >= prompt_words]
+        fit = max(seen) - prompt_words if seen else 0
+        if fit < 1:
+            raise SpanRequestError(
+                f"{INPUT_LABELS}[{row}]: the label prompt leaves no room for the text in the "
+                f"model's max length ({self.config['max_length']} tokens); send fewer or shorter "
+                "labels"
+            )
+        return fit
 
     def _batch(self, rows: list[tuple[Any, int, list[tuple[int, int]], int]]) -> dict:
         batch = len(rows)

@@ -183,3 +183,36 @@ def test_a_label_with_the_prompt_markers_is_refused() -> None:
         SpanRequestError, match=r"LABELS\[0\] label 1 \('a <<SEP>>'\) contains the model's"
     ):
         encoder.encode(["fish"], [["city", "a <<SEP>>"]])
+
+
+def word_level_encoder(max_length: int):
+    from tokenizers import Tokenizer, models, processors
+
+    from shoal.span_extraction import SpanPromptEncoder
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "<<ENT>>": 4, "<<SEP>>": 5}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    config = {"max_length": max_length, "pad_token_id": 0, "ent_token": "<<ENT>>"}
+    return SpanPromptEncoder(
+        tokenizer, {**config, "sep_token": "<<SEP>>", "max_width": 2, "max_words": 50}
+    )
+
+
+def test_a_text_cut_at_max_length_keeps_the_words_that_fit_whole() -> None:
+    # [CLS] <<ENT>> city <<SEP>> + words + [SEP]: 12 tokens leave 7 for words; the 7th may be
+    # cut, so 6 words are kept and encoded again without truncation
+    text = "a b c d e f g h i j"
+    tokens = word_level_encoder(12).encode([text, "x"], [["city"], ["city"]])
+    assert tokens["text_lengths"][:, 0].tolist() == [6, 1]
+    assert tokens["word_offsets"][0, :, 1].tolist() == [1, 3, 5, 7, 9, 11]
+    assert tokens["attention_mask"][0].sum() == 4 + 6 + 1
+    assert tokens["span_mask"][0].sum() == 6 + 5  # width 1 and 2 spans inside 6 words
+    np.testing.assert_array_equal(tokens["words_mask"][0, 4:10], [1, 2, 3, 4, 5, 6])
+
+
+def test_a_prompt_that_fills_max_length_is_refused() -> None:
+    with pytest.raises(SpanRequestError, match=r"LABELS\[1\]: the label prompt leaves no room"):
+        word_level_encoder(8).encode(["a b", "a b"], [["x"], ["x", "y", "z"]])
