@@ -104,7 +104,7 @@ def _embedding_graph(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _load_step(tmp_path: Path, monkeypatch, **settings):
+def _load_step(tmp_path: Path, monkeypatch, graph=_embedding_graph, config=None, **settings):
     _MetricFamily.increments = {}
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
     spec = importlib.util.spec_from_file_location(
@@ -115,7 +115,7 @@ def _load_step(tmp_path: Path, monkeypatch, **settings):
 
     version = tmp_path / "1"
     version.mkdir()
-    _embedding_graph(version / "model.onnx")
+    graph(version / "model.onnx")
     step_settings = {
         "onnx": "model.onnx",
         "padding_side": "right",
@@ -125,7 +125,7 @@ def _load_step(tmp_path: Path, monkeypatch, **settings):
     }
     (version / "step.json").write_text(json.dumps(step_settings))
     tensor = {"data_type": "TYPE_INT64", "dims": ["-1"]}
-    config = {
+    config = config or {
         "input": [{"name": "input_ids", **tensor}, {"name": "attention_mask", **tensor}],
         "output": [{"name": "hidden_states", "data_type": "TYPE_FP32", "dims": ["-1", "4"]}],
     }
@@ -284,3 +284,61 @@ def test_length_groups(step, lengths, slack, min_tokens, expected) -> None:
     rows = [(0, i, n) for i, n in enumerate(lengths)]
     groups = length_groups(rows, slack, min_tokens)
     assert [[n for *_, n in group] for group in groups] == expected
+
+
+def _span_graph(path: Path) -> None:
+    """GLiNER-shaped inputs: input_ids, attention_mask [B, T] and span_idx [B, S, 2] ->
+    span_sums [B, S] = start + end of each span (as float)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["span_idx", "axis"], ["summed"], keepdims=0),
+            helper.make_node("Cast", ["summed"], ["span_sums"], to=TensorProto.FLOAT),
+        ],
+        "spans",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "T"]),
+            helper.make_tensor_value_info("span_idx", TensorProto.INT64, ["B", "S", 2]),
+        ],
+        [helper.make_tensor_value_info("span_sums", TensorProto.FLOAT, ["B", "S"])],
+        initializer=[numpy_helper.from_array(np.array([2], dtype=np.int64), "axis")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_requests_that_are_not_token_tensors_run_as_they_came(tmp_path, monkeypatch) -> None:
+    """GLiNER's span inputs: each request runs alone with its own shapes; tokens and spans are
+    not cut or joined, and a span count that disagrees between inputs is the client's mistake."""
+    tensor = {"data_type": "TYPE_INT64", "dims": ["-1"]}
+    config = {
+        "input": [
+            {"name": "input_ids", **tensor},
+            {"name": "attention_mask", **tensor},
+            {"name": "span_idx", "data_type": "TYPE_INT64", "dims": ["-1", "2"]},
+        ],
+        "output": [{"name": "span_sums", "data_type": "TYPE_FP32", "dims": ["-1"]}],
+    }
+    step = _load_step(tmp_path, monkeypatch, graph=_span_graph, config=config)
+
+    def spans_request(tokens: int, spans: list[list[tuple[int, int]]]) -> dict[str, _Tensor]:
+        ids = np.ones((len(spans), tokens), dtype=np.int64)
+        ids[:, -1] = 0  # padding: would be cut for token tensors, not here
+        return {
+            **request(ids.tolist()),
+            "span_idx": _Tensor("span_idx", np.asarray(spans, dtype=np.int64)),
+        }
+
+    one = spans_request(5, [[(0, 0), (0, 1), (1, 1)]])
+    two = spans_request(3, [[(0, 0)], [(2, 3)]])
+    a, b = step.execute([one, two])
+    np.testing.assert_array_equal(a.output_tensors[0].as_numpy(), [[0, 1, 2]])
+    np.testing.assert_array_equal(b.output_tensors[0].as_numpy(), [[0], [5]])
+    bad = spans_request(3, [[(0, 0)]])
+    bad["span_idx"] = _Tensor("span_idx", np.zeros((2, 1, 2), dtype=np.int64))  # batch 2 != 1
+    (refused,) = step.execute([bad])
+    assert refused.error.code == "INVALID_ARG" and "shared axes" in refused.error
