@@ -12,7 +12,11 @@ from tests.support.tiny_models import FAMILIES, build_tiny_model
 TEXTS = ["hello fish café 東京 🐟", "a", ""]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# A gliner folder is gliner's own layout (gliner_config.json, no config.json): tested below.
+TRANSFORMERS_FAMILIES = [f for f in FAMILIES if f != "gliner"]
+
+
+@pytest.mark.parametrize("family", TRANSFORMERS_FAMILIES)
 def test_every_family_loads_offline_with_its_auto_classes(family, tiny_model):
     transformers = pytest.importorskip("transformers")
     folder = tiny_model(family)
@@ -33,6 +37,18 @@ def test_every_family_loads_offline_with_its_auto_classes(family, tiny_model):
     config = transformers.AutoConfig.from_pretrained(folder)
     assert config.num_hidden_layers == 2
     assert config.vocab_size >= raw.get_vocab_size()
+
+
+def test_the_tiny_gliner_loads_offline_with_gliner_and_finds_spans(tiny_model):
+    gliner = pytest.importorskip("gliner")
+    folder = tiny_model("gliner")
+    assert {p.name for p in folder.iterdir()} >= {"gliner_config.json", "tokenizer.json"}
+    model = gliner.GLiNER.from_pretrained(str(folder), local_files_only=True)
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert raw.token_to_id("<<ENT>>") is not None and raw.token_to_id("<<SEP>>") is not None
+    entities = model.predict_entities("Paris is the capital of France.", ["city", "person"])
+    assert entities and {e["label"] for e in entities} <= {"city", "person"}
+    assert len({round(e["score"], 3) for e in entities}) > 1  # varied scores, not one constant
 
 
 def test_family_extras_are_written(tiny_model):
