@@ -12,6 +12,12 @@ Padding adds only masked positions, which the exported graphs ignore (verified o
 When the joined run fails, each request runs alone, so only the one the graph cannot run fails.
 Tensors of the wrong shape (a client calling this step directly) are the client's mistake:
 INVALID_ARG (HTTP 400 / gRPC INVALID_ARGUMENT); a graph that cannot run a request is INTERNAL.
+
+LoRA adapters (docs/lora.md): an entry exported with `--adapter` lists its adapter files in
+step.json; each is loaded once (`onnxruntime.LoraAdapter`) beside the one session. The optional
+ADAPTER input names each row's adapter (absent or "" = the base); the joined batch runs once per
+adapter present in it, with that adapter active (`RunOptions.add_active_adapter`). A request
+naming an unknown adapter is refused alone, with the list of adapters.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 STEP_CONFIG = "step.json"
+ADAPTER_INPUT = "ADAPTER"
+BASE = ""  # the ADAPTER value of a row that runs the base model
 
 
 class RequestError(ValueError):
@@ -61,7 +69,7 @@ class TritonPythonModel:
         )
         self.left_padding = settings["padding_side"] == "left"
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
-        self.input_names = [i["name"] for i in model_config["input"]]
+        self.input_names = [i["name"] for i in model_config["input"] if i["name"] != ADAPTER_INPUT]
         missing = [n for n in self.input_names if n not in graph_inputs]
         if missing:
             raise ValueError(
@@ -70,6 +78,7 @@ class TritonPythonModel:
         self.input_dtypes = {
             i["name"]: pb_utils.triton_string_to_numpy(i["data_type"])
             for i in model_config["input"]
+            if i["name"] != ADAPTER_INPUT
         }
         self.outputs = [
             (
@@ -80,9 +89,56 @@ class TritonPythonModel:
             )
             for o in model_config["output"]
         ]
+        self.run_options = {BASE: None, **self._load_adapters(version_dir, settings)}
         self.logger.log_info(
             f"{args['model_name']}: onnxruntime on {self.session.get_providers()[0]}"
+            f"{f', LoRA adapters {sorted(self.run_options)[1:]}' if len(self.run_options) > 1 else ''}"
         )
+
+    def _load_adapters(self, version_dir: Path, settings: dict) -> dict:
+        """RunOptions with each LoRA adapter of step.json active; a file onnxruntime cannot read
+        fails the load with its name (Triton reports it as the model's load error)."""
+        import onnxruntime as ort
+
+        options = {}
+        self.adapters: list = []
+        for name, relative in sorted(settings.get("adapters", {}).items()):
+            adapter = ort.LoraAdapter()
+            try:
+                adapter.Load(str(version_dir / relative))
+            except (RuntimeError, OSError) as exc:
+                raise ValueError(
+                    f"LoRA adapter {name!r}: {relative} cannot be loaded ({exc}); re-export the "
+                    "model with its --adapter"
+                ) from exc
+            run_options = ort.RunOptions()
+            run_options.add_active_adapter(adapter)
+            options[name] = run_options
+            # RunOptions holds a bare pointer to the adapter: keep the adapter alive with it.
+            self.adapters.append(adapter)
+        return options
+
+    def _read_adapters(self, request, rows: int) -> np.ndarray:
+        """Each row's adapter name (BASE where the input is absent)."""
+        tensor = pb_utils.get_input_tensor_by_name(request, ADAPTER_INPUT)
+        if tensor is None:
+            return np.full(rows, BASE, dtype=object)
+        values = tensor.as_numpy().reshape(-1)
+        if values.shape[0] != rows:
+            raise RequestError(f"{ADAPTER_INPUT} has {values.shape[0]} rows, the texts {rows}")
+        names = np.array(
+            [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values],
+            dtype=object,
+        )
+        unknown = sorted(set(names) - set(self.run_options))
+        if unknown:
+            known = sorted(self.run_options)[1:]
+            raise RequestError(
+                f"unknown LoRA adapter {unknown[0]!r}; this model has "
+                f"{', '.join(map(repr, known)) if known else 'no adapters'} (or send no "
+                f"{ADAPTER_INPUT} for the base model)"
+            )
+        return names
 
     def _read(self, request) -> dict[str, np.ndarray]:
         arrays = {}
@@ -95,6 +151,7 @@ class TritonPythonModel:
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             detail = {n: a.shape for n, a in arrays.items()}
             raise RequestError(f"inputs must all be [batch, tokens] of one shape, got {detail}")
+        arrays[ADAPTER_INPUT] = self._read_adapters(request, next(iter(shapes))[0])
         return arrays
 
     def _pad(self, array: np.ndarray, length: int) -> np.ndarray:
@@ -131,7 +188,8 @@ class TritonPythonModel:
             name: np.concatenate([self._pad(arrays[name], length) for _, arrays in batch])
             for name in self.input_names
         }
-        results = self.session.run([name for name, _, _ in self.outputs], feed)
+        adapters = np.concatenate([arrays[ADAPTER_INPUT] for _, arrays in batch])
+        results = self._run_by_adapter(feed, adapters)
         start = 0
         for index, arrays in batch:
             rows, own_length = arrays[self.input_names[0]].shape
@@ -146,3 +204,21 @@ class TritonPythonModel:
                 tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(part, dtype=dtype)))
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
             start += rows
+
+    def _run_by_adapter(self, feed: dict[str, np.ndarray], adapters: np.ndarray) -> list:
+        """The outputs of every row, each computed with its own adapter: one run per adapter."""
+        names = [name for name, _, _ in self.outputs]
+        groups = sorted(set(adapters))
+        if len(groups) == 1:
+            return self.session.run(names, feed, self.run_options[groups[0]])
+        results: list = [None] * len(names)
+        for adapter in groups:
+            rows = np.flatnonzero(adapters == adapter)
+            part = self.session.run(
+                names, {k: v[rows] for k, v in feed.items()}, self.run_options[adapter]
+            )
+            for position, value in enumerate(part):
+                if results[position] is None:
+                    results[position] = np.empty((len(adapters), *value.shape[1:]), value.dtype)
+                results[position][rows] = value
+        return results
