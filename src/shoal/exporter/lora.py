@@ -109,7 +109,7 @@ def read_adapter(base: Any, name: str, source: Path) -> LoraWeights:
             scaled = module.lora_B[name].weight.T * float(module.scaling[name])
             tensors[b] = scaled.contiguous().numpy().astype(np.float32)
         targets.append(module_path)
-    _check_all_weights_used(where, source, len(tensors))
+    _check_all_weights_used(where, source, targets)
     if not targets:
         raise ExportError(f"{where} targets none of {type(base).__name__}'s layers")
     merged = peft_model.merge_and_unload().eval()
@@ -124,20 +124,28 @@ def read_adapter(base: Any, name: str, source: Path) -> LoraWeights:
     )
 
 
-def _check_all_weights_used(where: str, source: Path, used: int) -> None:
-    """PEFT only warns when an adapter's keys match no layer of the base (another base class,
-    e.g. trained on BertForSequenceClassification and loaded into BertModel): refuse instead."""
+def _check_all_weights_used(where: str, source: Path, targets: list[str]) -> None:
+    """PEFT injects slots by module name and only warns when the stored weights match none of
+    them (an adapter trained on another class, e.g. BertForSequenceClassification, whose keys
+    start with `bert.`, loaded into BertModel): every stored module must be a slot it filled."""
     from safetensors import safe_open
 
     weights = source / "adapter_model.safetensors"
     if not weights.is_file():
         return  # a .bin adapter: PEFT loaded it; the parity check still compares the numbers
     with safe_open(str(weights), "pt") as handle:
-        stored = [k for k in handle.keys() if ".lora_A." in k or ".lora_B." in k]  # noqa: SIM118
-    if len(stored) != used:
+        keys = list(handle.keys())  # noqa: SIM118  (a safetensors handle, not a dict)
+    stored = {
+        key.removeprefix("base_model.model.").split(".lora_")[0]
+        for key in keys
+        if ".lora_A." in key or ".lora_B." in key
+    }
+    unmatched = sorted(stored - set(targets))
+    if unmatched:
         raise ExportError(
-            f"{where}: {len(stored)} LoRA tensors are stored but only {used} fit layers of the "
-            "base model; was the adapter trained on another model (or head class)?"
+            f"{where}: its weights for {unmatched[0]}"
+            f"{f' (and {len(unmatched) - 1} more)' if len(unmatched) > 1 else ''} match no "
+            "layer of the base model; was the adapter trained on another model (or head class)?"
         )
 
 
