@@ -57,6 +57,10 @@ class TritonPythonModel:
         if settings.get("threads"):
             session_options.intra_op_num_threads = int(settings["threads"])
             session_options.inter_op_num_threads = 1
+        if settings.get("adapters"):
+            # onnxruntime warns once per LoRA slot that an overridable initializer is not folded
+            # (which is the point of a slot); errors are still logged.
+            session_options.log_severity_level = 3
         providers: list = ["CPUExecutionProvider"]
         if (
             args.get("model_instance_kind") == "GPU"
