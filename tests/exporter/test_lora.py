@@ -104,6 +104,13 @@ def test_each_adapter_is_a_small_file_with_its_parity_against_peft(exported) -> 
     assert not check_entry(repository, "emb").problems
 
 
+def test_repo_list_shows_the_adapters(exported, capsys) -> None:
+    repository, _ = exported
+    assert main(["repo", "list", str(repository)]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("emb ")]
+    assert "embed+2 LoRA" in row
+
+
 def test_the_adapters_really_move_the_vectors(exported) -> None:
     """Parity would pass trivially if an adapter changed nothing: each one moves every text's
     vector well away from the base's, and from the other adapter's."""
@@ -268,3 +275,24 @@ def test_the_command_line_exports_adapters_and_refuses_bad_values(
     assert main([*args, "--adapter", f"legal={adapters['legal']}"]) == 0
     capsys.readouterr()
     assert [a.name for a in Manifest.read(repository / "emb").adapters] == ["legal"]
+
+
+def test_verify_rechecks_every_adapter_and_catches_a_changed_one(
+    exported, adapters, tmp_path, capsys
+) -> None:
+    """`shoal verify` re-runs each adapter's parity against PEFT's merged model of its folder; an
+    adapter retrained after the export no longer matches its exported file."""
+    repository, manifest = exported
+    assert main(["verify", str(repository / "emb")]) == 0
+    table = capsys.readouterr().out
+    assert all(f"EMBEDDING@{name}" in table for name in ADAPTERS)
+    copy = tmp_path / "repository"
+    shutil.copytree(repository, copy)
+    retrained = build_tiny_lora_adapter(
+        Path(manifest.source), tmp_path / "retrained", **{**ADAPTERS["legal"], "seed": 9}
+    )
+    data = json.loads((copy / "emb" / "shoal.json").read_text())
+    data["adapters"][0]["source"] = str(retrained)
+    (copy / "emb" / "shoal.json").write_text(json.dumps(data))
+    assert main(["verify", str(copy / "emb")]) == 1
+    assert "EMBEDDING@legal" in capsys.readouterr().out

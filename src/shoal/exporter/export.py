@@ -178,7 +178,7 @@ def _build_entry(
         for lora in loras:
             path = work / "adapters" / f"{lora.name}.onnx_adapter"
             lora_specs.append(
-                _export_lora(adapter, lora, hf_tokenizer, plan, fp32, encoder, slots, path)
+                _export_lora(adapter, model, lora, hf_tokenizer, plan, fp32, encoder, slots, path)
             )
             adapter_files[lora.name] = path
     final = fp32
@@ -232,6 +232,7 @@ def _read_loras(model: Any, options: ExportOptions) -> list[Any]:
 
 def _export_lora(
     adapter: Adapter,
+    base: Any,
     lora: Any,
     hf_tokenizer: Any,
     plan: ExportPlan,
@@ -242,6 +243,7 @@ def _export_lora(
 ) -> LoraAdapterSpec:
     """Write one adapter's file and check the base graph with it active against PEFT's merged
     model (the same probes and fp32 threshold as the base)."""
+    from shoal.exporter.lora import merged_model
     from shoal.exporter.lora_graph import AdapterSession, write_adapter_file
     from shoal.exporter.parity import onnx_session
 
@@ -249,8 +251,9 @@ def _export_lora(
     what = f"adapter {lora.name!r} ({lora.source})"
     session = AdapterSession(onnx_session(graph), path, what)
     fp32 = Dtype.FP32.value
+    reference = merged_model(base, lora)
     parity = check_parity(
-        adapter, lora.merged, hf_tokenizer, plan, graph, encoder, fp32, session=session
+        adapter, reference, hf_tokenizer, plan, graph, encoder, fp32, session=session
     )
     raise_on_failure(parity, f"{what} on the exported base graph")
     log.info("adapter %s: %d bytes, parity %s", lora.name, size, [r.value for r in parity])
@@ -515,6 +518,39 @@ def verify_entry(entry: EntryLayout | str | Path) -> list[ParityResult]:
     encoder = TextEncoder.from_file(entry.tokenizer_dir / "tokenizer.json", plan.tokenization)
     model = adapter.load()
     hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
-    return check_parity(
+    results = check_parity(
         adapter, model, hf_tokenizer, plan, entry.onnx_path, encoder, manifest.dtype
     )
+    return results + _verify_loras(adapter, model, hf_tokenizer, plan, entry, manifest, encoder)
+
+
+def _verify_loras(
+    adapter: Adapter,
+    model: Any,
+    hf_tokenizer: Any,
+    plan: ExportPlan,
+    entry: EntryLayout,
+    manifest: Manifest,
+    encoder: TextEncoder,
+) -> list[ParityResult]:
+    """Each LoRA adapter's file on the entry's graph against PEFT's merged model of its source
+    folder; results named `<output>@<adapter>`."""
+    if not manifest.adapters:
+        return []
+    from shoal.exporter.lora import merged_model, read_adapter
+    from shoal.exporter.lora_graph import AdapterSession
+    from shoal.exporter.parity import onnx_session
+
+    results = []
+    for spec in manifest.adapters:
+        lora = read_adapter(model, spec.name, Path(spec.source))
+        path = entry.onnx_path.parent / spec.file
+        session = AdapterSession(onnx_session(entry.onnx_path), path, f"adapter {spec.name!r}")
+        for result in check_parity(
+            adapter, merged_model(model, lora), hf_tokenizer, plan, entry.onnx_path, encoder,
+            manifest.dtype,
+            session=session,
+        ):  # fmt: skip
+            result.output = f"{result.output}@{spec.name}"
+            results.append(result)
+    return results

@@ -42,7 +42,8 @@ def slot_names(module_path: str) -> tuple[str, str]:
 
 @dataclass
 class LoraWeights:
-    """One PEFT adapter read onto the base model: its slot tensors and PEFT's merged model."""
+    """One PEFT adapter read onto the base model: its slot tensors (PEFT's merged model, the
+    parity reference, is built when needed by `merged_model`: one copy of the base at a time)."""
 
     name: str
     source: Path
@@ -50,7 +51,6 @@ class LoraWeights:
     alpha: float
     target_modules: list[str]
     tensors: dict[str, np.ndarray]  # slot name -> A [in, r] or B [r, out] (scaling folded in)
-    merged: Any  # the base with the adapter merged by PEFT: the parity reference
 
 
 def _config_problem(config: Any) -> str | None:
@@ -71,7 +71,7 @@ def _config_problem(config: Any) -> str | None:
 
 def read_adapter(base: Any, name: str, source: Path) -> LoraWeights:
     """PEFT's adapter at `source` applied to a copy of `base` (the model the family exports)."""
-    from peft import PeftConfig, PeftModel
+    from peft import PeftConfig
     from peft.tuners.lora import LoraLayer
 
     source = Path(source)
@@ -87,13 +87,7 @@ def read_adapter(base: Any, name: str, source: Path) -> LoraWeights:
     problem = _config_problem(config)
     if problem:
         raise ExportError(f"{where} {problem}")
-    try:
-        peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(source), adapter_name=name)
-    except Exception as exc:  # noqa: BLE001  corrupt weights, shapes of another base model
-        raise ExportError(
-            f"{where}: PEFT cannot load it onto {type(base).__name__}: {exc}; is the weights "
-            "file intact, and was the adapter trained on this base model?"
-        ) from exc
+    peft_model = _peft_model(base, name, source, where)
     prefix = "base_model.model."
     tensors: dict[str, np.ndarray] = {}
     targets: list[str] = []
@@ -112,7 +106,6 @@ def read_adapter(base: Any, name: str, source: Path) -> LoraWeights:
     _check_all_weights_used(where, source, targets)
     if not targets:
         raise ExportError(f"{where} targets none of {type(base).__name__}'s layers")
-    merged = peft_model.merge_and_unload().eval()
     return LoraWeights(
         name=name,
         source=source,
@@ -120,8 +113,26 @@ def read_adapter(base: Any, name: str, source: Path) -> LoraWeights:
         alpha=float(config.lora_alpha),
         target_modules=targets,
         tensors=tensors,
-        merged=merged,
     )
+
+
+def _peft_model(base: Any, name: str, source: Path, where: str) -> Any:
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(copy.deepcopy(base), str(source), adapter_name=name)
+    except Exception as exc:  # noqa: BLE001  corrupt weights, shapes of another base model
+        raise ExportError(
+            f"{where}: PEFT cannot load it onto {type(base).__name__}: {exc}; is the weights "
+            "file intact, and was the adapter trained on this base model?"
+        ) from exc
+
+
+def merged_model(base: Any, lora: LoraWeights) -> Any:
+    """PEFT's own merge of the adapter into a copy of `base` (`merge_and_unload`): the parity
+    reference of the adapter's file on the exported graph."""
+    where = f"adapter {lora.name!r} ({lora.source})"
+    return _peft_model(base, lora.name, lora.source, where).merge_and_unload().eval()
 
 
 def _check_all_weights_used(where: str, source: Path, targets: list[str]) -> None:
