@@ -143,16 +143,13 @@ MANIFEST_SCHEMA_VERSION = 1
 # optional ensemble input, BYTES [batch, 1], naming each row's adapter; absent or "" = the base.
 INPUT_ADAPTER = "ADAPTER"
 ADAPTER_NAME_MAX_LENGTH = 64
-_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def adapter_name_problem(name: object) -> str | None:
-    """Why `name` cannot name a LoRA adapter of an entry (one sentence with the rule), or None."""
-    if (
-        isinstance(name, str)
-        and _ADAPTER_NAME.fullmatch(name)
-        and len(name) <= ADAPTER_NAME_MAX_LENGTH
-    ):
+    """Why `name` cannot name a LoRA adapter of an entry (one sentence with the rule), or None.
+    The characters of a model name (`__` allowed: an adapter name is no Triton model's)."""
+    fits = isinstance(name, str) and len(name) <= ADAPTER_NAME_MAX_LENGTH
+    if fits and _MODEL_NAME.fullmatch(name):
         return None
     return (
         f"adapter name {name!r} is not allowed: use letters, digits, '.', '-', '_' (start with a "
