@@ -89,6 +89,18 @@ def texts_per_second(run, rows: int, seconds: float = 3.0) -> float:
     return done / (time.perf_counter() - started)
 
 
+def matmul_gflops(size: int = 1024, seconds: float = 1.0) -> float:
+    """The machine's fp32 matmul speed now (numpy): the ceiling beside the throughput figures."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ a
+        done += 1
+    return done * 2 * size**3 / (time.perf_counter() - started) / 1e9
+
+
 def build(workdir: Path, count: int, hidden: int, layers: int):
     import torch
     from peft import PeftModel
@@ -191,6 +203,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, run in runs.items():
                 speed[name] = max(speed[name], texts_per_second(run, args.batch, 1.5))
+        ceiling = matmul_gflops()
         one_lora, one_merged, no_adapter = (
             speed["one_lora"],
             speed["one_merged"],
@@ -201,7 +214,8 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     mib = 2**20
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, onnxruntime {THREADS} threads")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, onnxruntime {THREADS} threads; "
+          f"fp32 matmul now {ceiling:.0f} GFLOP/s (shared machine: throughput is noisy)")  # fmt: skip
     print(f"model: random BERT hidden {args.hidden}, {args.layers} layers; {args.adapters} "
           f"LoRA adapters rank 8 on query/value; batch {args.batch} x "
           f"{tokens['input_ids'].shape[1]} tokens")  # fmt: skip

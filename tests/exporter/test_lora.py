@@ -102,6 +102,9 @@ def test_each_adapter_is_a_small_file_with_its_parity_against_peft(exported) -> 
     assert [t.name for t in manifest.inputs].count(INPUT_ADAPTER) == 1
     assert INPUT_ADAPTER not in {t.name for t in manifest.encoder_inputs}
     assert not check_entry(repository, "emb").problems
+    # Slots on query/key/value: no attention block fuses, and the manifest says why.
+    assert manifest.fused_attention == 0
+    assert "LoRA slots" in manifest.extra["optimization"]["note"]
 
 
 def test_repo_list_shows_the_adapters(exported, capsys) -> None:

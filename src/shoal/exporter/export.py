@@ -175,6 +175,7 @@ def _build_entry(
         from shoal.exporter.lora_graph import check_slots
 
         check_slots(fp32, slots)
+        _note_unfused_attention(optimization)
         for lora in loras:
             path = work / "adapters" / f"{lora.name}.onnx_adapter"
             lora_specs.append(
@@ -269,6 +270,15 @@ def _export_lora(
         bytes=size,
         parity=parity,
     )
+
+
+def _note_unfused_attention(optimization: dict[str, Any]) -> None:
+    """Say in the manifest why attention blocks stayed unfused: the optimizer's attention matcher
+    wants MatMul -> Add(bias), and a LoRA slot on a projection adds to it first."""
+    if optimization.get("fused_attention", 0) >= optimization.get("attention_blocks", 0):
+        return
+    why = "LoRA slots on attention projections keep those blocks unfused (docs/lora.md)"
+    optimization["note"] = f"{optimization['note']}; {why}" if optimization.get("note") else why
 
 
 def _parameter_count(module: Any) -> int:
