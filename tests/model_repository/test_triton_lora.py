@@ -31,6 +31,7 @@ from tests.support.triton import serving_entries
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
 
 NAME = "emb"
+BROKEN = "emb-broken"  # its adapter file is corrupted by a test, then loaded
 MIN_COSINE = 0.99999  # the fp32 parity bar
 BASE = ""
 
@@ -41,6 +42,7 @@ def exported(tiny_model, tmp_path_factory: pytest.TempPathFactory):
     adapters = build_adapters(base, tmp_path_factory.mktemp("adapters"))
     repository = tmp_path_factory.mktemp("lora-serving") / "repository"
     export_with_adapters(base, adapters, repository, NAME)
+    export_with_adapters(base, adapters, repository, BROKEN)  # not loaded at start
     expected = {BASE: peft_embeddings(base, None, TEXTS)}
     expected |= {name: peft_embeddings(base, path, TEXTS) for name, path in adapters.items()}
     return repository, expected
@@ -184,3 +186,23 @@ def test_the_docs_lora_example_runs_against_the_served_entry(server) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(2, 32)"
+
+
+def test_a_corrupt_adapter_file_fails_the_load_naming_the_adapter(server, exported) -> None:
+    """The encode step refuses to load an adapter file onnxruntime cannot read; Triton reports
+    the load as failed (the served entry keeps serving)."""
+    from shoal.manifest import Manifest
+
+    repository, expected = exported
+    manifest = Manifest.read(repository / BROKEN)
+    spec = manifest.adapters[0]
+    path = repository / f"{BROKEN}__encode" / str(manifest.version) / spec.file
+    path.write_bytes(b"not an onnxruntime adapter")
+    client = httpclient.InferenceServerClient(server.http_address)
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model(f"{BROKEN}__encode")
+    reported = str(caught.value) + server.log_path.read_text(errors="replace")
+    assert f"LoRA adapter {spec.name!r}: {spec.file} cannot be loaded" in reported
+    assert not client.is_model_ready(f"{BROKEN}__encode")
+    got = embed(server, "http", TEXTS, [spec.name] * len(TEXTS))
+    assert_rows_match(got, expected, list(range(len(TEXTS))), [spec.name] * len(TEXTS))
