@@ -169,19 +169,12 @@ def _build_entry(
     hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
     parity = check_parity(adapter, model, hf_tokenizer, plan, fp32, encoder, Dtype.FP32.value)
     raise_on_failure(parity, f"the fp32 export of {checkpoint.path}")
-    adapter_files: dict[str, Path] = {}
-    lora_specs: list[LoraAdapterSpec] = []
+    lora_specs, adapter_files = [], {}
     if loras:
-        from shoal.exporter.lora_graph import check_slots
-
-        check_slots(fp32, slots)
         _note_unfused_attention(optimization)
-        for lora in loras:
-            path = work / "adapters" / f"{lora.name}.onnx_adapter"
-            lora_specs.append(
-                _export_lora(adapter, model, lora, hf_tokenizer, plan, fp32, encoder, slots, path)
-            )
-            adapter_files[lora.name] = path
+        lora_specs, adapter_files = _export_loras(
+            adapter, model, loras, hf_tokenizer, plan, fp32, encoder, slots, work / "adapters"
+        )
     final = fp32
     if options.dtype != Dtype.FP32.value:
         final = work / f"{options.dtype}.onnx"
@@ -229,6 +222,32 @@ def _read_loras(model: Any, options: ExportOptions) -> list[Any]:
     from shoal.exporter.lora import read_adapter
 
     return [read_adapter(model, name, Path(folder)) for name, folder in options.adapters]
+
+
+def _export_loras(
+    adapter: Adapter,
+    base: Any,
+    loras: list[Any],
+    hf_tokenizer: Any,
+    plan: ExportPlan,
+    graph: Path,
+    encoder: TextEncoder,
+    slots: list[str],
+    folder: Path,
+) -> tuple[list[LoraAdapterSpec], dict[str, Path]]:
+    """Each adapter's file (in `folder`) and manifest entry, once the slots are checked."""
+    from shoal.exporter.lora_graph import check_slots
+
+    check_slots(graph, slots)
+    specs, files = [], {}
+    for lora in loras:
+        files[lora.name] = folder / f"{lora.name}.onnx_adapter"
+        specs.append(
+            _export_lora(
+                adapter, base, lora, hf_tokenizer, plan, graph, encoder, slots, files[lora.name]
+            )
+        )
+    return specs, files
 
 
 def _export_lora(
