@@ -14,7 +14,8 @@ each family once per session.
 
 Families (the exporter's registry keys): bert, xlm-roberta, modernbert, qwen2, qwen3, reranker,
 colbert, splade, bge-m3, token-classification (a NER head on BERT, or with
-`backbone="xlm-roberta"` / `"deberta-v2"` on those).
+`backbone="xlm-roberta"` / `"deberta-v2"` on those), llm-reranker (a Qwen3ForCausalLM with the
+Qwen3-Reranker prompt's words, "yes" and "no" in its vocabulary; export it with task rerank).
 
 Overrides: `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `intermediate_size`,
 `max_position_embeddings`, `seed`, `vocab_size` (target tokenizer vocabulary), `colbert_dim`,
@@ -133,7 +134,12 @@ def _train_unigram(
     return tok
 
 
-def _train_byte_bpe(vocab_size: int, specials: list[str], template: tuple[str, str] | None) -> Any:
+def _train_byte_bpe(
+    vocab_size: int,
+    specials: list[str],
+    template: tuple[str, str] | None,
+    corpus: tuple[str, ...] = CORPUS,
+) -> Any:
     """GPT-2/Qwen style byte-level BPE. `template` = (single, pair) post-processor templates."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from tokenizers.trainers import BpeTrainer
@@ -142,7 +148,7 @@ def _train_byte_bpe(vocab_size: int, specials: list[str], template: tuple[str, s
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
-        CORPUS,
+        corpus,
         BpeTrainer(
             vocab_size=vocab_size,
             special_tokens=specials,
@@ -542,6 +548,56 @@ def _build_qwen(model_type: str, out_dir: Path, o: dict[str, Any]) -> None:
     (out_dir / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2))
 
 
+# What a Qwen3-Reranker's tokenizer has seen: its prompt's words, and "yes"/"no" as whole tokens.
+RERANKER_CORPUS: tuple[str, ...] = (
+    *CORPUS,
+    "Judge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".',
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query",
+    "<Query>: where do fish live?\n<Document>: fish live in water.",
+    "system user assistant think yes no yes no yes no",
+)
+
+
+def _build_llm_reranker(out_dir: Path, o: dict[str, Any]) -> None:
+    """A Qwen3-Reranker style checkpoint: Qwen3ForCausalLM with an untied LM head (so that an
+    export reading the embeddings instead of lm_head fails parity), Qwen's specials and its
+    <think> tokens, no tokens added by the post-processor, left padding."""
+    import transformers
+    from tokenizers import AddedToken
+
+    tok = _train_byte_bpe(max(o["vocab_size"], 600), QWEN_SPECIALS, None, RERANKER_CORPUS)
+    tok.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")]
+    )
+    for word in ("yes", "no"):
+        if tok.token_to_id(word) is None:
+            raise AssertionError(f"the tiny reranker tokenizer has no {word!r} token")
+    _save_tokenizer(
+        tok,
+        out_dir,
+        tokenizer_class="PreTrainedTokenizerFast",
+        special_tokens={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"},
+        model_max_length=o["max_position_embeddings"],
+        padding_side="left",
+        extra_config={"model_input_names": ["input_ids", "attention_mask"]},
+    )
+    heads = o["num_attention_heads"]
+    config = transformers.Qwen3Config(
+        **_common_config(o, tok.get_vocab_size()),
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=o["hidden_size"] // heads,
+        pad_token_id=tok.token_to_id("<|endoftext|>"),
+        eos_token_id=tok.token_to_id("<|im_end|>"),
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    _seeded(o)
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    _randomize_norms(model, o["seed"])
+    _save_model(model, out_dir)
+
+
 def _write_sentence_transformers(out_dir: Path, pooling: str, dims: int, normalize: bool) -> None:
     """modules.json + 1_Pooling/config.json (+ 2_Normalize) as a sentence-transformers folder."""
     modules = [
@@ -603,6 +659,7 @@ BUILDERS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "splade": _build_splade,
     "bge-m3": _build_bge_m3,
     "token-classification": _build_token_classification,
+    "llm-reranker": _build_llm_reranker,
 }
 FAMILIES: tuple[str, ...] = tuple(BUILDERS)
 

@@ -104,6 +104,7 @@ EXPORT_KEYS: dict[str, Kind] = {
     "dims": Integer(1),
     "matryoshka": Boolean(),
     "aggregation": Choice(Aggregation),
+    "instruction": Text(),
     "score": Text(),
     "dtype": Choice(Dtype),
     "runtime": Choice(Runtime),

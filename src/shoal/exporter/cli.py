@@ -104,6 +104,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="encode-step instances per replica (Triton instance group count) (default: 1)",
     )
+    export.add_argument(
+        "--instruction",
+        help="LLM rerankers (a *ForCausalLM with --task rerank): the prompt's <Instruct> line "
+        "(default: the Qwen3-Reranker model card's web-search instruction)",
+    )
     export.add_argument("--query-prefix", help="text put before queries (TEXT_TYPE=query)")
     export.add_argument("--document-prefix", help="text put before documents")
     export.add_argument("--family", help="force an architecture adapter instead of detecting it")
@@ -148,6 +153,7 @@ def run_export(args: argparse.Namespace) -> int:
             query_prefix=args.query_prefix,
             document_prefix=args.document_prefix,
             aggregation=args.aggregation,
+            instruction=args.instruction,
             family=args.family,
             overwrite=args.overwrite,
             optimize=args.optimize,
