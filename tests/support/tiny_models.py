@@ -662,6 +662,11 @@ BUILDERS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "llm-reranker": _build_llm_reranker,
 }
 FAMILIES: tuple[str, ...] = tuple(BUILDERS)
+# ExportOptions fields a family's tiny checkpoint needs: a causal LM exports as an embedder unless
+# asked for task rerank, and the reranker prompt's prefix and suffix take 77 tokens.
+FAMILY_EXPORT_OPTIONS: dict[str, dict[str, Any]] = {
+    "llm-reranker": {"task": "rerank", "max_length": 128},
+}
 
 
 def build_tiny_model(family: str, out_dir: Path, **overrides: Any) -> Path:
