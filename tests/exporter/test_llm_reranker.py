@@ -55,6 +55,28 @@ def test_the_export_is_at_parity_within_1e_5_and_ranks_as_the_reference(
 
 
 @pytest.mark.slow
+def test_the_probe_pairs_score_apart_so_parity_compares_something(tiny_model):
+    """At the export's max length the documents still fit beside the prompt: the reference
+    scores of the probe batch differ (a prompt that crowded them out would score every pair
+    the same, and the ranking check would compare ties)."""
+    from transformers import AutoTokenizer
+
+    from shoal.exporter.adapters import detect_adapter
+    from shoal.exporter.checkpoint import inspect_checkpoint
+    from shoal.exporter.options import ExportOptions
+    from shoal.exporter.parity import probe_runs, reference_outputs
+
+    folder = tiny_model("llm-reranker")
+    adapter = detect_adapter(inspect_checkpoint(folder), task="rerank")
+    plan = adapter.plan(ExportOptions(task="rerank", max_length=MAX_LENGTH, score="sigmoid"))
+    padded = next(run for run in probe_runs(plan) if run.label == "padded")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    wants = reference_outputs(adapter, adapter.load(), tokenizer, plan, padded)
+    scores = [float(w["SCORE"][0]) for w in wants]
+    assert len({round(s, 3) for s in scores}) == len(scores), scores
+
+
+@pytest.mark.slow
 def test_the_graph_holds_two_lm_head_rows_not_the_vocabulary(tiny_model, tmp_path):
     import onnx
     from safetensors import safe_open
