@@ -239,3 +239,19 @@ def test_bad_input_is_refused_for_that_request_alone(
         rerank_bytes(server, protocol, "qwen-rerank", queries, documents)
     assert fragment in str(caught.value)
     assert len(rerank(server, protocol, "qwen-rerank", [QUERY], ["fish"])) == 1
+
+
+def test_the_docs_example_runs_against_the_served_entry(server) -> None:
+    """docs/tasks.md's `tasks-llm-rerank` example, as written but for the server's address."""
+    import subprocess
+    import sys
+
+    from tests.docs.test_doc_examples import example
+
+    script = example("tasks-llm-rerank").text.replace("127.0.0.1:8000", server.http_address)
+    assert script != example("tasks-llm-rerank").text
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Fish live in water" in done.stdout
