@@ -120,12 +120,23 @@ def test_parity_fails_when_the_graph_reads_the_input_embeddings(tiny_model, tmp_
 
 
 @pytest.mark.slow
-def test_the_instruction_is_an_export_option(tiny_model, tmp_path):
-    manifest = export(tiny_model, tmp_path, instruction="Find recipes for {the} query")
-    template = manifest.extra["tokenization"]["prompt"]["template"]
-    assert template == (
+def test_the_instruction_prefix_and_suffix_are_export_options(tiny_model, tmp_path):
+    """A checkpoint trained with another chat format (here: no think block, a shorter system
+    turn) is exported with its own prompt, and verified with it."""
+    prefix = "<|im_start|>system\nAnswer yes or no.<|im_end|>\n<|im_start|>user\n"
+    suffix = "<|im_end|>\n<|im_start|>assistant\n"
+    manifest = export(
+        tiny_model,
+        tmp_path,
+        instruction="Find recipes for {the} query",
+        prompt_prefix=prefix,
+        prompt_suffix=suffix,
+    )
+    prompt = manifest.extra["tokenization"]["prompt"]
+    assert prompt["template"] == (
         "<Instruct>: Find recipes for {the} query\n<Query>: {query}\n<Document>: {document}"
     )
+    assert (prompt["prefix"], prompt["suffix"]) == (prefix, suffix)
     assert manifest.extra["instruction"] == "Find recipes for {the} query"
     assert all(r.passed for r in manifest.parity)
 
@@ -137,8 +148,9 @@ def test_instruction_is_refused_by_other_families(tiny_model):
     from shoal.exporter.options import ExportOptions
 
     adapter = detect_adapter(inspect_checkpoint(tiny_model("reranker")))
-    with pytest.raises(ExportError, match="--instruction applies to LLM rerankers"):
-        adapter.plan(ExportOptions(instruction="Judge"))
+    for option in ("instruction", "prompt_prefix", "prompt_suffix"):
+        with pytest.raises(ExportError, match="--prompt-suffix apply to LLM rerankers"):
+            adapter.plan(ExportOptions(**{option: "Judge"}))
 
 
 def test_a_max_length_without_room_for_query_and_document_is_refused(tiny_model):

@@ -105,6 +105,8 @@ EXPORT_KEYS: dict[str, Kind] = {
     "matryoshka": Boolean(),
     "aggregation": Choice(Aggregation),
     "instruction": Text(),
+    "prompt_prefix": Text(),
+    "prompt_suffix": Text(),
     "score": Text(),
     "dtype": Choice(Dtype),
     "runtime": Choice(Runtime),

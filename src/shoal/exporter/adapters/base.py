@@ -55,8 +55,9 @@ class Adapter:
     # Head classes (HEAD_TASKS suffixes) this family exports, or leaves out as the usual
     # practice for its task: a plain encoder's embeddings ignore a pre-training head.
     heads: ClassVar[tuple[str, ...]] = ("ForMaskedLM", "ForPreTraining")
-    # The prompt of LLM rerankers has an instruction (`--instruction`); other families refuse it.
-    takes_instruction: ClassVar[bool] = False
+    # LLM rerankers build a prompt (--instruction, --prompt-prefix/--prompt-suffix); others refuse
+    # those options.
+    takes_prompt: ClassVar[bool] = False
     # Parity bars on SCORE tighter than parity.THRESHOLDS, by dtype (max_scaled_diff).
     parity_score_limits: ClassVar[dict[str, float]] = {}
 
@@ -140,10 +141,11 @@ class Adapter:
                 f"--pooling/--dims/--matryoshka apply to dense embeddings (tasks embed, multi), "
                 f"not {task.value!r}"
             )
-        if options.instruction is not None and not self.takes_instruction:
+        prompt_options = (options.instruction, options.prompt_prefix, options.prompt_suffix)
+        if any(o is not None for o in prompt_options) and not self.takes_prompt:
             raise ExportError(
-                f"--instruction applies to LLM rerankers (a *ForCausalLM checkpoint exported "
-                f"with --task rerank), not to family {self.name!r}"
+                f"--instruction/--prompt-prefix/--prompt-suffix apply to LLM rerankers (a "
+                f"*ForCausalLM checkpoint exported with --task rerank), not to family {self.name!r}"
             )
         if options.score != SCORE_RAW and task != Task.RERANK:
             raise ExportError(f"--score applies to rerankers (task rerank), not {task.value!r}")

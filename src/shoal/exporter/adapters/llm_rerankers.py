@@ -9,7 +9,9 @@ passes over families that do not export the asked-for task.
 
 The prompt is the model card's: a system turn asking for "yes" or "no", the user turn
 `<Instruct>: {instruction}\\n<Query>: {query}\\n<Document>: {document}`, and the assistant turn
-opened with an empty think block. The instruction is an export option (`--instruction`).
+opened with an empty think block. Where a checkpoint was trained otherwise, the instruction
+(`--instruction`) and the text before and after the user turn's content (`--prompt-prefix`,
+`--prompt-suffix`) are export options; the manifest records what was used.
 
 The exported graph computes what the score needs only: the last position's hidden state times the
 two LM-head rows (yes, no), giving one logit per pair, logit(yes) - logit(no). With `--score
@@ -44,13 +46,14 @@ class LlmRerankerAdapter(Adapter):
     detection_priority = -10  # below the decoder embedders: only `--task rerank` picks it
     auto_class = "AutoModelForCausalLM"
     heads = ("ForCausalLM",)
-    takes_instruction = True
+    takes_prompt = True
     # fp32: the yes-probability within 1e-5 of the model card's (base bar: 1e-4)
     parity_score_limits: ClassVar[dict[str, float]] = {"fp32": 1e-5}
-    prefix: ClassVar[str] = QWEN3_RERANKER_PREFIX
-    suffix: ClassVar[str] = QWEN3_RERANKER_SUFFIX
     answers: ClassVar[tuple[str, str]] = ("yes", "no")  # (relevant, not relevant) tokens
-    instruction = DEFAULT_INSTRUCTION  # the export's (`plan` sets it from the options)
+    # the export's (`plan` sets them from the options)
+    instruction = DEFAULT_INSTRUCTION
+    prefix = QWEN3_RERANKER_PREFIX
+    suffix = QWEN3_RERANKER_SUFFIX
 
     @classmethod
     def matches(cls, checkpoint: Any) -> bool:
@@ -60,6 +63,10 @@ class LlmRerankerAdapter(Adapter):
 
     def plan(self, options: ExportOptions) -> ExportPlan:
         self.instruction = options.instruction or DEFAULT_INSTRUCTION
+        if options.prompt_prefix is not None:
+            self.prefix = options.prompt_prefix
+        if options.prompt_suffix is not None:
+            self.suffix = options.prompt_suffix
         return super().plan(options)
 
     def template(self) -> str:
@@ -87,6 +94,7 @@ class LlmRerankerAdapter(Adapter):
 
     def manifest_extra(self) -> dict[str, Any]:
         yes, no = self.answer_ids()
+        # the prefix and suffix are in extra.tokenization.prompt, with the filled template
         return {"instruction": self.instruction, "yes_token_id": yes, "no_token_id": no}
 
     def graph_module(self, model: Any, plan: ExportPlan) -> Any:
