@@ -502,6 +502,19 @@ def _build_modernbert(out_dir: Path, o: dict[str, Any]) -> None:
     _save_model(model, out_dir)
 
 
+def _save_qwen_tokenizer(tok: Any, out_dir: Path, o: dict[str, Any]) -> None:
+    """Qwen's tokenizer files: <|endoftext|> pads, <|im_end|> ends, left padding."""
+    _save_tokenizer(
+        tok,
+        out_dir,
+        tokenizer_class="PreTrainedTokenizerFast",
+        special_tokens={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"},
+        model_max_length=o["max_position_embeddings"],
+        padding_side="left",
+        extra_config={"model_input_names": ["input_ids", "attention_mask"]},
+    )
+
+
 def _build_qwen(model_type: str, out_dir: Path, o: dict[str, Any]) -> None:
     """A Qwen3-Embedding style decoder embedder: byte-level BPE whose post-processor appends
     <|endoftext|> (the token whose state is the embedding), left padding, last-token pooling."""
@@ -512,15 +525,7 @@ def _build_qwen(model_type: str, out_dir: Path, o: dict[str, Any]) -> None:
         QWEN_SPECIALS,
         ("$A <|endoftext|>", "$A <|endoftext|> $B <|endoftext|>"),
     )
-    _save_tokenizer(
-        tok,
-        out_dir,
-        tokenizer_class="PreTrainedTokenizerFast",
-        special_tokens={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"},
-        model_max_length=o["max_position_embeddings"],
-        padding_side="left",
-        extra_config={"model_input_names": ["input_ids", "attention_mask"]},
-    )
+    _save_qwen_tokenizer(tok, out_dir, o)
     heads = o["num_attention_heads"]
     common = _common_config(o, tok.get_vocab_size())
     extra: dict[str, Any] = {
@@ -573,15 +578,7 @@ def _build_llm_reranker(out_dir: Path, o: dict[str, Any]) -> None:
     for word in ("yes", "no"):
         if tok.token_to_id(word) is None:
             raise AssertionError(f"the tiny reranker tokenizer has no {word!r} token")
-    _save_tokenizer(
-        tok,
-        out_dir,
-        tokenizer_class="PreTrainedTokenizerFast",
-        special_tokens={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"},
-        model_max_length=o["max_position_embeddings"],
-        padding_side="left",
-        extra_config={"model_input_names": ["input_ids", "attention_mask"]},
-    )
+    _save_qwen_tokenizer(tok, out_dir, o)
     heads = o["num_attention_heads"]
     config = transformers.Qwen3Config(
         **_common_config(o, tok.get_vocab_size()),
