@@ -77,6 +77,17 @@ def test_the_probe_pairs_score_apart_so_parity_compares_something(tiny_model):
 
 
 @pytest.mark.slow
+def test_a_qwen2_causal_lm_exports_at_parity_too(tiny_model, tmp_path):
+    from shoal.exporter import ExportOptions, export_model
+
+    checkpoint = tiny_model("llm-reranker", backbone="qwen2")
+    options = ExportOptions(task="rerank", max_length=MAX_LENGTH, score="sigmoid")
+    manifest = export_model(checkpoint, "qwen2-rerank", tmp_path / "repo", options)
+    assert (manifest.architecture, manifest.model_type) == ("llm-reranker", "qwen2")
+    assert manifest.parity and all(r.passed for r in manifest.parity)
+
+
+@pytest.mark.slow
 def test_the_graph_holds_two_lm_head_rows_not_the_vocabulary(tiny_model, tmp_path):
     import onnx
     from safetensors import safe_open

@@ -19,7 +19,8 @@ Qwen3-Reranker prompt's words, "yes" and "no" in its vocabulary; export it with 
 
 Overrides: `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `intermediate_size`,
 `max_position_embeddings`, `seed`, `vocab_size` (target tokenizer vocabulary), `colbert_dim`,
-`backbone` (token-classification: "bert" | "xlm-roberta" | "deberta-v2"),
+`backbone` (token-classification: "bert" | "xlm-roberta" | "deberta-v2"; llm-reranker: "qwen2"
+for a Qwen2ForCausalLM, any other value a Qwen3ForCausalLM),
 and `sentence_transformers_pooling` ("cls" | "mean" | "max" | "lasttoken": also write modules.json
 and 1_Pooling/config.json as a sentence-transformers folder does).
 """
@@ -502,8 +503,26 @@ def _build_modernbert(out_dir: Path, o: dict[str, Any]) -> None:
     _save_model(model, out_dir)
 
 
-def _save_qwen_tokenizer(tok: Any, out_dir: Path, o: dict[str, Any]) -> None:
-    """Qwen's tokenizer files: <|endoftext|> pads, <|im_end|> ends, left padding."""
+def _save_qwen_tokenizer(
+    tok: Any, out_dir: Path, o: dict[str, Any], list_added_tokens: bool = False
+) -> None:
+    """Qwen's tokenizer files: <|endoftext|> pads, <|im_end|> ends, left padding.
+    list_added_tokens: tokenizer_config.json lists every added token (<|im_start|>, <think>, ...)
+    as Qwen's do; transformers 5 rebuilds a qwen2 checkpoint's tokenizer from that list and the
+    vocabulary, and would split an unlisted <|im_start|> into characters."""
+    extra: dict[str, Any] = {"model_input_names": ["input_ids", "attention_mask"]}
+    if list_added_tokens:
+        extra["added_tokens_decoder"] = {
+            str(i): {
+                "content": t.content,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": t.special,
+            }
+            for i, t in sorted(tok.get_added_tokens_decoder().items())
+        }
     _save_tokenizer(
         tok,
         out_dir,
@@ -511,7 +530,7 @@ def _save_qwen_tokenizer(tok: Any, out_dir: Path, o: dict[str, Any]) -> None:
         special_tokens={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"},
         model_max_length=o["max_position_embeddings"],
         padding_side="left",
-        extra_config={"model_input_names": ["input_ids", "attention_mask"]},
+        extra_config=extra,
     )
 
 
@@ -578,19 +597,21 @@ def _build_llm_reranker(out_dir: Path, o: dict[str, Any]) -> None:
     for word in ("yes", "no"):
         if tok.token_to_id(word) is None:
             raise AssertionError(f"the tiny reranker tokenizer has no {word!r} token")
-    _save_qwen_tokenizer(tok, out_dir, o)
+    _save_qwen_tokenizer(tok, out_dir, o, list_added_tokens=True)
     heads = o["num_attention_heads"]
-    config = transformers.Qwen3Config(
+    qwen2 = o["backbone"] == "qwen2"
+    config = (transformers.Qwen2Config if qwen2 else transformers.Qwen3Config)(
         **_common_config(o, tok.get_vocab_size()),
         num_key_value_heads=max(1, heads // 2),
-        head_dim=o["hidden_size"] // heads,
+        **({} if qwen2 else {"head_dim": o["hidden_size"] // heads}),
         pad_token_id=tok.token_to_id("<|endoftext|>"),
         eos_token_id=tok.token_to_id("<|im_end|>"),
         bos_token_id=None,
         tie_word_embeddings=False,
     )
     _seeded(o)
-    model = transformers.Qwen3ForCausalLM(config).eval()
+    causal_lm = transformers.Qwen2ForCausalLM if qwen2 else transformers.Qwen3ForCausalLM
+    model = causal_lm(config).eval()
     _randomize_norms(model, o["seed"])
     _save_model(model, out_dir)
 
