@@ -150,6 +150,11 @@ def test_the_instruction_prefix_and_suffix_are_export_options(tiny_model, tmp_pa
     assert (prompt["prefix"], prompt["suffix"]) == (prefix, suffix)
     assert manifest.extra["instruction"] == "Find recipes for {the} query"
     assert all(r.passed for r in manifest.parity)
+    # `shoal verify` re-plans without the options: the entry's own prompt is what it checks
+    from shoal.exporter import verify_entry
+
+    verified = verify_entry(tmp_path / "repo" / manifest.name)
+    assert [(r.metric, r.value) for r in verified] == [(r.metric, r.value) for r in manifest.parity]
 
 
 def test_instruction_is_refused_by_other_families(tiny_model):
