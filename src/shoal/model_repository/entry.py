@@ -54,7 +54,19 @@ TOKEN_INFO = (TensorSpec(TOKEN_OFFSETS, "INT64", [-1, 2]), TensorSpec(WORD_IDS, 
 # few tens of KB; megabytes are a mistake or an attack and would stall the tokenize instance).
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
 # Keys of step.json that come from EntryOptions rather than the manifest (a check ignores them).
-OPTION_KEYS = frozenset({"pad_to_multiple_of", "max_text_bytes", "threads"})
+OPTION_KEYS = frozenset(
+    {
+        "pad_to_multiple_of",
+        "max_text_bytes",
+        "threads",
+        "spinning",
+        "length_slack",
+        "min_group_tokens",
+    }
+)
+# step.json keys added after entries were first written: an older entry without one is still
+# whole (its step code predates the key and does not read it); when present it must match.
+LATER_KEYS = frozenset({"pad_token_id"})
 
 
 class InstanceKind(StrEnum):
@@ -93,6 +105,15 @@ class EntryOptions:
     # (whose step pads a batch of requests itself).
     pad_to_multiple_of: int | None = None
     encode_threads: int = 0  # onnxruntime intra-op threads in the portable step; 0 = its default
+    # onnxruntime's threads busy-wait between runs unless told not to: on a CPU pool that takes
+    # cores from the tokenize/postprocess steps and Triton (benchmarks/triton_path.py).
+    encode_spinning: bool = False
+    # Length-aware runs in the portable step (steps/encode_portable.py): rows are grouped by real
+    # length so that a group's padded tokens stay within (1 + slack) x its real tokens, once a
+    # group holds min_group_tokens. slack < 0 turns grouping off (one padded run per batch).
+    # 0.1 / 64 had the least CPU per sentence of the settings tried on MiniLM (1 and 2 threads).
+    length_slack: float = 0.1
+    min_group_tokens: int = 64
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
 
     def __post_init__(self) -> None:
@@ -105,6 +126,10 @@ class EntryOptions:
                 raise ValueError(f"EntryOptions.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise ValueError(f"EntryOptions.max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.min_group_tokens < 1:
+            raise ValueError(
+                f"EntryOptions.min_group_tokens must be >= 1, got {self.min_group_tokens}"
+            )
         if self.max_queue_delay_microseconds < 0:
             raise ValueError("EntryOptions.max_queue_delay_microseconds must be >= 0")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
@@ -472,7 +497,11 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
             "model": manifest.name,
             "onnx": "model.onnx",
             "padding_side": manifest.padding_side,
+            "pad_token_id": tokenization.get("pad_token_id"),
             "threads": options.encode_threads,
+            "spinning": options.encode_spinning,
+            "length_slack": options.length_slack,
+            "min_group_tokens": options.min_group_tokens,
         }
     return configs
 
