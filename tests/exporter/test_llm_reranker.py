@@ -48,6 +48,7 @@ def test_the_export_is_at_parity_within_1e_5_and_ranks_as_the_reference(
     assert by_metric["max_scaled_diff"].threshold == 1e-5
     assert by_metric["max_scaled_diff"].value <= 1e-5
     assert by_metric["discordant_pairs"].value == 0
+    assert manifest.extra["parity_thresholds"]["fp32"]["max_scaled_diff"] == 1e-5
     assert set(by_metric["discordant_pairs"].details) == {"batch1/all", "padded/all"}
     assert manifest.extra["postprocessing"]["score_activation"] == (
         "sigmoid" if score == "sigmoid" else "none"
