@@ -11,7 +11,7 @@ import pytest
 from shoal.contract import OUTPUTS_BY_TASK, Task
 from shoal.manifest import Manifest
 from shoal.model_repository.layout import EntryLayout
-from tests.support.tiny_models import FAMILIES
+from tests.support.tiny_models import FAMILIES, FAMILY_EXPORT_OPTIONS
 
 EXPECTED_TASK = {
     "bert": Task.EMBED,
@@ -25,6 +25,7 @@ EXPECTED_TASK = {
     "bge-m3": Task.MULTI,
     "token-classification": Task.EXTRACT,
     "gliner": Task.EXTRACT_ZERO_SHOT,
+    "llm-reranker": Task.RERANK,
 }
 
 
@@ -39,7 +40,8 @@ def test_family_is_detected_from_its_checkpoint(family, tiny_model):
     from shoal.exporter.adapters import detect_adapter
     from shoal.exporter.checkpoint import inspect_checkpoint
 
-    assert detect_adapter(inspect_checkpoint(tiny_model(family))).name == family
+    task = FAMILY_EXPORT_OPTIONS.get(family, {}).get("task")
+    assert detect_adapter(inspect_checkpoint(tiny_model(family)), task=task).name == family
 
 
 @pytest.mark.slow

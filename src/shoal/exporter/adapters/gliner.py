@@ -212,7 +212,7 @@ class GlinerAdapter(Adapter):
     def check_parity(
         self, model: Any, plan: ExportPlan, onnx_path: Any, dtype: str, tokenizer_json: Any = None
     ) -> list[Any]:
-        from shoal.exporter.parity import onnx_session, parity_results
+        from shoal.exporter.parity import family_threshold, onnx_session, parity_results
 
         session = onnx_session(Path(onnx_path))
         encoder = self.encoder(plan, tokenizer_json)
@@ -224,7 +224,7 @@ class GlinerAdapter(Adapter):
             for output, (metric, row_figures) in figures.items():
                 for row, value in row_figures.items():
                     per_output.setdefault(output, (metric, {}))[1][f"{label}/{row}"] = value
-        return parity_results(per_output, dtype)
+        return parity_results(list(per_output.items()), dtype, family_threshold(self, dtype))
 
 
 def span_logits_module(model: Any) -> Any:
