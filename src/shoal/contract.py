@@ -21,6 +21,9 @@ class Task(StrEnum):
     SPARSE = "sparse"  # SPLADE-style lexical weights: (token id, weight) pairs
     MULTI = "multi"  # bge-m3: dense, sparse and ColBERT outputs from one pass
     EXTRACT = "extract"  # token classification: labelled character spans (entities) per text
+    # CLIP/SigLIP: images and texts into one space. One export writes two entries: `name` (TEXT)
+    # and `name-image` (IMAGE), each answering EMBEDDING (see image_entry_name).
+    IMAGE_TEXT = "image-text"
 
 
 class Pooling(StrEnum):
@@ -77,6 +80,9 @@ INPUT_TEXT_TYPE = (
     "TEXT_TYPE"  # optional BYTES [batch, 1]: "query" or "document" (prefixes, markers)
 )
 
+# BYTES [batch, 1]: image files (JPEG, PNG, WebP) for the image entry of an image-text export
+INPUT_IMAGE = "IMAGE"
+
 OUTPUT_EMBEDDING = "EMBEDDING"  # FP32 [batch, dims]
 OUTPUT_SCORE = "SCORE"  # FP32 [batch, 1]
 OUTPUT_SPARSE_INDICES = "SPARSE_INDICES"  # INT64 [batch, n]: token ids, padded with -1
@@ -100,7 +106,17 @@ OUTPUTS_BY_TASK: dict[Task, tuple[str, ...]] = {
         OUTPUT_COLBERT_LENGTHS,
     ),
     Task.EXTRACT: (OUTPUT_ENTITIES,),
+    Task.IMAGE_TEXT: (OUTPUT_EMBEDDING,),
 }
+
+# An image-text export's image tower is served as its own entry, `<name>-image` (EMBEDDING from
+# IMAGE), beside `<name>` (EMBEDDING from TEXT): one Triton ensemble per input kind.
+IMAGE_ENTRY_SUFFIX = "-image"
+
+
+def image_entry_name(name: str) -> str:
+    """The entry serving the image tower of image-text export `name`."""
+    return f"{name}{IMAGE_ENTRY_SUFFIX}"
 
 # Step names inside a model-repository entry: the ensemble is named after the model.
 STEP_TOKENIZE = "tokenize"

@@ -14,7 +14,7 @@ each family once per session.
 
 Families (the exporter's registry keys): bert, xlm-roberta, modernbert, qwen2, qwen3, reranker,
 colbert, splade, bge-m3, token-classification (a NER head on BERT, or with
-`backbone="xlm-roberta"` / `"deberta-v2"` on those).
+`backbone="xlm-roberta"` / `"deberta-v2"` on those), clip, siglip (tests/support/tiny_image_text.py).
 
 Overrides: `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `intermediate_size`,
 `max_position_embeddings`, `seed`, `vocab_size` (target tokenizer vocabulary), `colbert_dim`,
@@ -30,6 +30,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.support import tiny_image_text
 
 # The corpus the tokenizers are trained on: varied words, punctuation, accents, CJK and emoji so
 # that probe texts tokenize into real pieces instead of [UNK]s.
@@ -603,6 +605,8 @@ BUILDERS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "splade": _build_splade,
     "bge-m3": _build_bge_m3,
     "token-classification": _build_token_classification,
+    "clip": lambda out, o: tiny_image_text.build_clip(out, o),
+    "siglip": lambda out, o: tiny_image_text.build_siglip(out, o),
 }
 FAMILIES: tuple[str, ...] = tuple(BUILDERS)
 

@@ -3,7 +3,12 @@ registers every family; adding a family = one class with `@register` and its tin
 
 from __future__ import annotations
 
-from shoal.exporter.adapters import decoders, encoders, heads  # noqa: F401  (registration)
+from shoal.exporter.adapters import (  # noqa: F401  (registration)
+    decoders,
+    encoders,
+    heads,
+    image_text,
+)
 from shoal.exporter.adapters.base import Adapter
 from shoal.exporter.adapters.registry import ADAPTERS, detect_adapter, register, supported_families
 
