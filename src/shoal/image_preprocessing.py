@@ -62,12 +62,12 @@ def preprocessing_settings(config: dict[str, Any]) -> dict[str, Any]:
         if not ("height" in crop_size and "width" in crop_size):
             raise ValueError(f"crop_size {crop_size} lacks height and width")
         crop = {"height": int(crop_size["height"]), "width": int(crop_size["width"])}
-        if resize and "shortest_edge" in resize:
-            if resize["shortest_edge"] < max(crop["height"], crop["width"]):
-                raise ValueError(
-                    f"crop_size {crop_size} is larger than the resized shortest edge "
-                    f"{resize['shortest_edge']} (the crop would need padding)"
-                )
+        edge = (resize or {}).get("shortest_edge")
+        if edge is not None and edge < max(crop["height"], crop["width"]):
+            raise ValueError(
+                f"crop_size {crop_size} is larger than the resized shortest edge {edge} "
+                "(the crop would need padding)"
+            )
     final = crop or (resize if resize and "height" in resize else None)
     if final is None:
         raise ValueError("the images would keep their own size: set a fixed size or a crop")
@@ -100,7 +100,9 @@ def open_image(data: bytes, max_pixels: int) -> Any:
             "in one of those formats"
         ) from None
     except Image.DecompressionBombError:
-        raise ImageError(f"is over the limit of {max_pixels} pixels; send a smaller image") from None
+        raise ImageError(
+            f"is over the limit of {max_pixels} pixels; send a smaller image"
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"cannot be read as an image ({exc}); send a valid image file") from None
     width, height = image.size

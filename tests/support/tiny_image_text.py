@@ -57,7 +57,9 @@ def build_clip(out_dir: Path, o: dict[str, Any]) -> None:
     from tests.support.tiny_models import _save_tokenizer, _seeded, _train_byte_bpe
 
     start, end = "<|startoftext|>", "<|endoftext|>"
-    tok = _train_byte_bpe(o["vocab_size"], [start, end], (f"{start} $A {end}", f"{start} $A {end} $B {end}"))
+    tok = _train_byte_bpe(
+        o["vocab_size"], [start, end], (f"{start} $A {end}", f"{start} $A {end} $B {end}")
+    )
     _save_tokenizer(
         tok,
         out_dir,

@@ -17,6 +17,7 @@ import torch
 from shoal.exporter.errors import ExportError
 from shoal.postprocessing import (
     GRAPH_COLBERT_VECTORS,
+    GRAPH_EMBEDDINGS,
     GRAPH_HIDDEN_STATES,
     GRAPH_LOGITS,
     GRAPH_SPARSE_WEIGHTS,
@@ -35,6 +36,7 @@ OUTPUT_AXES: dict[str, dict[int, str]] = {
     GRAPH_TOKEN_WEIGHTS: {0: "batch", 1: "sequence"},
     GRAPH_COLBERT_VECTORS: {0: "batch", 1: "sequence_after_first"},
     GRAPH_TOKEN_LOGITS: {0: "batch", 1: "sequence"},
+    GRAPH_EMBEDDINGS: {0: "batch"},
 }
 
 
@@ -45,10 +47,13 @@ def export_graph(
     sample: dict[str, np.ndarray],
     path: Path,
     opset: int,
+    input_axes: dict[int, str] | None = None,
 ) -> None:
-    """Trace `module` on `sample` (a padded batch, so the mask path is traced) into `path`."""
+    """Trace `module` on `sample` (a padded batch, so the mask path is traced) into `path`.
+    `input_axes`: the inputs' dynamic axes when not [batch, sequence] (pixel values: batch only)."""
     args = tuple(torch.from_numpy(sample[name]) for name in input_names)
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    axes = input_axes if input_axes is not None else {0: "batch", 1: "sequence"}
+    dynamic_axes = {name: dict(axes) for name in input_names}
     dynamic_axes.update({name: OUTPUT_AXES[name] for name in output_names})
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

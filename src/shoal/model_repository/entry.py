@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 
 from shoal.contract import (
+    INPUT_IMAGE,
     INPUT_TEXT,
     INPUT_TEXT_TYPE,
     STEP_ENCODE,
@@ -41,6 +42,11 @@ TEMPLATES_DIR = Path(__file__).with_name("templates")
 # The standalone modules the python steps import beside their model.py (no shoal imports inside).
 TOKENIZATION_MODULE = "shoal.tokenization"
 POSTPROCESSING_MODULE = "shoal.postprocessing"
+# The image entry of an image-text export: its first step (in the tokenize slot, so that every tool
+# that loads, checks and hot-swaps entries treats it as any entry's light first step) decodes and
+# preprocesses images with this standalone module.
+IMAGE_STEP_SOURCE = "preprocess_image.py"
+IMAGE_PREPROCESSING_MODULE = "shoal.image_preprocessing"
 
 # Tensors the tokenize step always produces: postprocess needs them even when the graph does not.
 IDS = "input_ids"
@@ -53,8 +59,15 @@ TOKEN_INFO = (TensorSpec(TOKEN_OFFSETS, "INT64", [-1, 2]), TensorSpec(WORD_IDS, 
 # A text over this many UTF-8 bytes is refused before tokenization (a few thousand tokens need a
 # few tens of KB; megabytes are a mistake or an attack and would stall the tokenize instance).
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
+# Image files over this many bytes, or whose header declares over this many pixels, are refused
+# before their pixels are decoded (a few-KB PNG can expand to gigabytes: a decompression bomb).
+# 64 megapixels holds any camera photo; decoded, it is ~200 MB of RGB.
+DEFAULT_MAX_IMAGE_BYTES = 32 << 20
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 # Keys of step.json that come from EntryOptions rather than the manifest (a check ignores them).
-OPTION_KEYS = frozenset({"pad_to_multiple_of", "max_text_bytes", "threads"})
+OPTION_KEYS = frozenset(
+    {"pad_to_multiple_of", "max_text_bytes", "threads", "max_image_bytes", "max_image_pixels"}
+)
 
 
 class InstanceKind(StrEnum):
@@ -94,6 +107,8 @@ class EntryOptions:
     pad_to_multiple_of: int | None = None
     encode_threads: int = 0  # onnxruntime intra-op threads in the portable step; 0 = its default
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # image entries (image-text exports) only
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         if self.runtime is not None:
@@ -111,6 +126,9 @@ class EntryOptions:
             raise ValueError("EntryOptions.pad_to_multiple_of must be >= 1")
         if self.max_text_bytes < 1:
             raise ValueError("EntryOptions.max_text_bytes must be >= 1")
+        for name in ("max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EntryOptions.{name} must be >= 1, got {getattr(self, name)}")
 
 
 class EntryError(ValueError):
@@ -176,7 +194,29 @@ class EntryTensors:
     postprocess_inputs: list[TensorSpec]  # ids, mask, the graph outputs (+ text, token info)
 
 
+def is_image_entry(manifest: Manifest) -> bool:
+    """The image entry of an image-text export: IMAGE in, pixel values to its graph."""
+    return any(t.name == INPUT_IMAGE for t in manifest.inputs)
+
+
+def _image_entry_tensors(manifest: Manifest) -> EntryTensors:
+    """IMAGE -> preprocess (tokenize slot) -> pixel_values -> encode -> embeddings ->
+    postprocess -> EMBEDDING: no token ids anywhere."""
+    if not manifest.outputs:
+        raise EntryError(f"the manifest of {manifest.name!r} lists no outputs")
+    return EntryTensors(
+        inputs=list(manifest.inputs),
+        outputs=list(manifest.outputs),
+        tokens=list(manifest.encoder_inputs),
+        encoder_inputs=list(manifest.encoder_inputs),
+        encoder_outputs=list(manifest.encoder_outputs),
+        postprocess_inputs=list(manifest.encoder_outputs),
+    )
+
+
 def entry_tensors(manifest: Manifest) -> EntryTensors:
+    if is_image_entry(manifest):
+        return _image_entry_tensors(manifest)
     encoder_inputs = list(manifest.encoder_inputs)
     names = {t.name for t in encoder_inputs}
     if IDS not in names:
@@ -256,7 +296,11 @@ def _python_step_context(
 
 
 def _tensorrt_profile(tensors: list[TensorSpec], batch: int, length: int) -> str:
-    return ",".join(f"{t.name}:{batch}x{length}" for t in tensors)
+    """name:BxT per token input; an input of fixed dims (pixel values) keeps them: name:Bx3xHxW."""
+    return ",".join(
+        f"{t.name}:" + "x".join(map(str, [batch, *(t.dims if -1 not in t.dims else [length])]))
+        for t in tensors
+    )
 
 
 def _onnxruntime_encode_context(
@@ -440,27 +484,9 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
     """What each python step reads in `initialize` (its step.json), from the manifest (the
     exporter's tokenization/postprocessing settings, verified at parity) and the options."""
     resolved = resolve_options(manifest, options)
-    tokenization = _extra_settings(manifest, "tokenization")
     postprocessing = _extra_settings(manifest, "postprocessing")
-    tensors = entry_tensors(manifest)
-    produced = {IDS, MASK} | ({"token_type_ids"} if tokenization.get("token_type_ids") else set())
-    if tokenization.get("token_info") is not None:
-        produced |= {TOKEN_OFFSETS, WORD_IDS}
-    unknown = sorted({t.name for t in tensors.tokens} - produced)
-    if unknown:
-        raise EntryError(
-            f"the encoder of {manifest.name!r} takes {unknown}, which the tokenize step does not "
-            f"produce (it produces {sorted(produced)})"
-        )
     configs: dict[str, dict[str, Any]] = {
-        STEP_TOKENIZE: {
-            "model": manifest.name,
-            "task": manifest.task,
-            "tokenization": tokenization,
-            "tokenizer_dir": "tokenizer",
-            "pad_to_multiple_of": resolved.pad_to_multiple_of,
-            "max_text_bytes": options.max_text_bytes,
-        },
+        STEP_TOKENIZE: _first_step_config(manifest, resolved),
         STEP_POSTPROCESS: {
             "model": manifest.name,
             "task": manifest.task,
@@ -475,6 +501,38 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
             "threads": options.encode_threads,
         }
     return configs
+
+
+def _first_step_config(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, Any]:
+    """step.json of the tokenize step, or of an image entry's preprocess step."""
+    options = resolved.options
+    if is_image_entry(manifest):
+        return {
+            "model": manifest.name,
+            "task": manifest.task,
+            "image_preprocessing": _extra_settings(manifest, "image_preprocessing"),
+            "max_image_bytes": options.max_image_bytes,
+            "max_image_pixels": options.max_image_pixels,
+        }
+    tokenization = _extra_settings(manifest, "tokenization")
+    tensors = entry_tensors(manifest)
+    produced = {IDS, MASK} | ({"token_type_ids"} if tokenization.get("token_type_ids") else set())
+    if tokenization.get("token_info") is not None:
+        produced |= {TOKEN_OFFSETS, WORD_IDS}
+    unknown = sorted({t.name for t in tensors.tokens} - produced)
+    if unknown:
+        raise EntryError(
+            f"the encoder of {manifest.name!r} takes {unknown}, which the tokenize step does not "
+            f"produce (it produces {sorted(produced)})"
+        )
+    return {
+        "model": manifest.name,
+        "task": manifest.task,
+        "tokenization": tokenization,
+        "tokenizer_dir": "tokenizer",
+        "pad_to_multiple_of": resolved.pad_to_multiple_of,
+        "max_text_bytes": options.max_text_bytes,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,22 +604,25 @@ def write_entry(
     staging_repository: Path,
     manifest: Manifest,
     onnx_path: Path,
-    tokenizer_dir: Path,
+    tokenizer_dir: Path | None,
     options: EntryOptions,
 ) -> EntryLayout:
     """Lay out the four Triton models of `manifest.name` under `staging_repository`, in version
     folder `manifest.version`.
 
-    Copies the ONNX graph (and its external data) and the tokenizer files, renders every
+    Copies the ONNX graph (and its external data) and the tokenizer files (an image entry has
+    none: `tokenizer_dir` None, its first step preprocesses images), renders every
     config.pbtxt, copies the step sources, and writes the manifest with `sha256` filled in for
     every file Triton reads (paths relative to the repository root). The caller moves the staged
     folders into the real repository.
     """
     staging_repository = Path(staging_repository)
-    onnx_path, tokenizer_dir = Path(onnx_path), Path(tokenizer_dir)
+    onnx_path = Path(onnx_path)
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
+    image = is_image_entry(manifest)
     if not onnx_path.is_file():
         raise EntryError(f"ONNX graph {onnx_path} not found")
-    if not (tokenizer_dir / "tokenizer.json").is_file():
+    if not image and (tokenizer_dir is None or not (tokenizer_dir / "tokenizer.json").is_file()):
         raise EntryError(
             f"{tokenizer_dir} has no tokenizer.json: the tokenize step needs a fast tokenizer"
         )
@@ -592,11 +653,19 @@ def write_entry(
     if resolved.runtime is Runtime.PORTABLE:
         _copy(STEP_SOURCES_DIR / "encode_portable.py", layout.encode_dir / version / "model.py")
 
-    # tokenize: the tokenizer files and the step with its standalone tokenization module
-    for source in sorted(p for p in tokenizer_dir.rglob("*") if p.is_file()):
-        _copy(source, layout.tokenizer_dir / source.relative_to(tokenizer_dir))
-    _copy(STEP_SOURCES_DIR / "tokenize.py", layout.tokenize_dir / version / "model.py")
-    _copy(_module_source(TOKENIZATION_MODULE), layout.tokenize_dir / version / "tokenization.py")
+    if image:  # the image preprocess step with its standalone module
+        _copy(STEP_SOURCES_DIR / IMAGE_STEP_SOURCE, layout.tokenize_dir / version / "model.py")
+        _copy(
+            _module_source(IMAGE_PREPROCESSING_MODULE),
+            layout.tokenize_dir / version / "image_preprocessing.py",
+        )
+    elif tokenizer_dir is not None:  # the tokenizer files, the step and its tokenization module
+        for source in sorted(p for p in tokenizer_dir.rglob("*") if p.is_file()):
+            _copy(source, layout.tokenizer_dir / source.relative_to(tokenizer_dir))
+        _copy(STEP_SOURCES_DIR / "tokenize.py", layout.tokenize_dir / version / "model.py")
+        _copy(
+            _module_source(TOKENIZATION_MODULE), layout.tokenize_dir / version / "tokenization.py"
+        )
 
     # postprocess: the step and its standalone postprocessing module
     _copy(STEP_SOURCES_DIR / "postprocess.py", layout.postprocess_dir / version / "model.py")

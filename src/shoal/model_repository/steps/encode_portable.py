@@ -71,6 +71,10 @@ class TritonPythonModel:
             i["name"]: pb_utils.triton_string_to_numpy(i["data_type"])
             for i in model_config["input"]
         }
+        # Inputs of fixed dims (pixel values) are joined as they are: no padding.
+        dims = {i["name"]: tuple(int(d) for d in i["dims"]) for i in model_config["input"]}
+        fixed = all(-1 not in d for d in dims.values())
+        self.fixed_dims = dims if fixed else {}
         self.outputs = [
             (
                 o["name"],
@@ -92,14 +96,18 @@ class TritonPythonModel:
                 raise RequestError(f"input {name!r} is missing")
             arrays[name] = tensor.as_numpy().astype(self.input_dtypes[name], copy=False)
         shapes = {a.shape for a in arrays.values()}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        if self.fixed_dims:  # image-text image entries: pixel values of the configured size
+            wrong = {n: a.shape for n, a in arrays.items() if a.shape[1:] != self.fixed_dims[n]}
+            if wrong:
+                raise RequestError(f"inputs must be [batch, *{self.fixed_dims}], got {wrong}")
+        elif len(shapes) != 1 or len(next(iter(shapes))) != 2:
             detail = {n: a.shape for n, a in arrays.items()}
             raise RequestError(f"inputs must all be [batch, tokens] of one shape, got {detail}")
         return arrays
 
     def _pad(self, array: np.ndarray, length: int) -> np.ndarray:
         missing = length - array.shape[1]
-        if missing == 0:
+        if missing == 0 or self.fixed_dims:
             return array
         width = ((0, 0), (missing, 0)) if self.left_padding else ((0, 0), (0, missing))
         return np.pad(array, width)  # zeros: masked out by attention_mask

@@ -36,6 +36,7 @@ class TritonPythonModel:
         # Inputs that do not come from the graph (extract: the texts, token offsets, word ids).
         self.step_inputs = postprocessing.STEP_INPUTS_BY_TASK.get(self.task, ())
         self.text_input = postprocessing.INPUT_TEXT
+        self.token_inputs = {i["name"] for i in model_config["input"]} & {IDS, MASK}
         self.graph_outputs = [
             i["name"]
             for i in model_config["input"]
@@ -66,7 +67,9 @@ class TritonPythonModel:
                 v.decode("utf-8") if isinstance(v, bytes) else str(v)
                 for v in inputs[self.text_input].reshape(-1)
             ]
-        results = self.postprocess(self.task, graph, read(IDS), read(MASK), self.config, inputs)
+        # An image entry's graph takes pixels: it has no token ids or mask to pass.
+        ids, mask = (read(n) if n in self.token_inputs else None for n in (IDS, MASK))
+        results = self.postprocess(self.task, graph, ids, mask, self.config, inputs)
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor(name, np.ascontiguousarray(results[name], dtype=dtype))
