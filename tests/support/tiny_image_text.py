@@ -5,7 +5,7 @@ bilinear resize, mean/std 0.5). Nothing is downloaded.
 
 Sizes: 32x32 images in 8x8 patches (16 patches), 32-wide towers (CLIP projects both to 16 dims; SigLIP's space is
 its 32-wide vision output); text
-positions: CLIP 24, SigLIP 16 (SigLIP pads every text to them), so the probe set's long text is
+positions: 64 (SigLIP pads every text to its max length), so the probe set's long text is
 truncated.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
 PROJECTION_DIM = 16
-CLIP_TEXT_POSITIONS = 24
-SIGLIP_TEXT_POSITIONS = 16
+CLIP_TEXT_POSITIONS = 64
+SIGLIP_TEXT_POSITIONS = 64
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
