@@ -30,6 +30,7 @@ pixels are decoded: a small file can expand to gigabytes), and a file whose pixe
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -92,16 +93,19 @@ def open_image(data: bytes, max_pixels: int) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        # Reads the header only: format, width and height.
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        # Reads the header only: format, width and height. Pillow warns from 89 M pixels on;
+        # `max_pixels` is the limit here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise ImageError(
             f"is not a JPEG, PNG or WebP image ({_describe(data)}); send the image file's bytes "
             "in one of those formats"
         ) from None
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked in open too
         raise ImageError(
-            f"is over the limit of {max_pixels} pixels; send a smaller image"
+            f"is over the limit of {max_pixels} pixels ({exc}); send a smaller image"
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"cannot be read as an image ({exc}); send a valid image file") from None
