@@ -142,7 +142,7 @@ class TritonPythonModel:
         results = self.session.run([name for name, _, _ in self.outputs], feed)
         start = 0
         for index, arrays in batch:
-            rows, own_length = arrays[self.input_names[0]].shape
+            rows, own_length = arrays[self.input_names[0]].shape[:2]
             tensors = []
             for (name, dtype, per_token), result in zip(self.outputs, results, strict=True):
                 part = result[start : start + rows]
