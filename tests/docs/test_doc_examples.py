@@ -45,6 +45,7 @@ RUN_HERE = {
     "install-openai", "gpu-export", "catalog-reference", "operator-pool", "operator-model",
     "serve-options", "python-api",
     "tasks-extract",  # run by tests/model_repository/test_triton_extract.py against its entry "ner"
+    "tasks-image-text",  # run by tests/model_repository/test_triton_image_text.py ("clip")
 }  # fmt: skip
 # The folders README's download step fills, and what the docs session puts there instead.
 CHECKPOINTS = {

@@ -157,11 +157,18 @@ def run_export(args: argparse.Namespace) -> int:
             manifest = export_model(args.source, args.name, Path(args.repository), options)
     except (ExportError, ValueError) as exc:
         raise UserError(str(exc)) from exc
-    print(
-        f"exported {manifest.name}: {manifest.architecture} {manifest.task}, {manifest.dtype}, "
-        f"fused attention {manifest.fused_attention}, memory {manifest.memory_bytes / 2**20:.1f} MiB"
-    )
-    print(format_table(manifest.parity))
+    manifests = [manifest]
+    if "image_entry" in manifest.extra:  # image-text: the image tower's entry was written too
+        from shoal.manifest import Manifest
+
+        manifests.append(Manifest.read(Path(args.repository) / manifest.extra["image_entry"]))
+    for written in manifests:
+        print(
+            f"exported {written.name}: {written.architecture} {written.task}, {written.dtype}, "
+            f"fused attention {written.fused_attention}, "
+            f"memory {written.memory_bytes / 2**20:.1f} MiB"
+        )
+        print(format_table(written.parity))
     return 0
 
 
