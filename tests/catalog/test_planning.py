@@ -89,3 +89,23 @@ models:
     assert "--dims 4096 exceeds the model's output width (32)" in lines["too-wide"]
     assert "max_length 100000 exceeds what" in lines["too-long"]
     assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+
+
+def test_an_image_text_model_is_refused_by_the_plan_naming_shoal_export(
+    tiny_model, tmp_path: Path
+) -> None:
+    (tmp_path / "catalog.yaml").write_text(
+        f"defaults:\n  pool: cpu\nmodels:\n  - name: clip\n    source: {tiny_model('clip')}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "shoal.cli", "build", str(tmp_path / "catalog.yaml"),
+         "--repository", str(tmp_path / "repo"), "--manifests", str(tmp_path / "out"),
+         "--dry-run", "--progress", "plain"],
+        capture_output=True, text=True, env=_hidden_torch(tmp_path / "shim"), timeout=120,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    assert "image-text model (clip), which exports as two entries" in lines["clip"]
+    assert "export it with `shoal export`" in lines["clip"]
