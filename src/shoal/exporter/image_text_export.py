@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from shoal.contract import (
     Dtype,
     image_entry_name,
 )
+from shoal.exporter.checkpoint import TOKENIZER_FILES
 from shoal.exporter.errors import ExportError
 from shoal.exporter.fingerprint import source_hash, tool_versions
 from shoal.exporter.image_text_parity import check_image_parity, check_text_parity
@@ -155,8 +157,6 @@ def _build_entries(
     ]
     tokenizer_dir = work / "tokenizer"
     tokenizer_dir.mkdir()
-    from shoal.exporter.checkpoint import TOKENIZER_FILES
-
     for filename in TOKENIZER_FILES:
         if checkpoint.has(filename):
             shutil.copyfile(checkpoint.path / filename, tokenizer_dir / filename)
@@ -177,7 +177,12 @@ def _build_entries(
     return manifests
 
 
-def _verified(kind: str, entry: str, fp32: Path, check: Any, dtype: str, source: Path) -> Tower:
+ParityCheck = Callable[[Path, str], list[ParityResult]]  # (graph, dtype) -> results
+
+
+def _verified(
+    kind: str, entry: str, fp32: Path, check: ParityCheck, dtype: str, source: Path
+) -> Tower:
     """The tower's graph at `dtype`, checked at fp32 and (when converted) at `dtype`."""
     from shoal.exporter.export import _convert_dtype
 
