@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
 
 FAMILIES = ("clip", "siglip")
 MIN_COSINE = 0.99999
+MAX_IMAGE_BYTES = 1_000_000
 MAX_IMAGE_PIXELS = 400_000  # over the probes (640x480 at most), under an ordinary 700x700 image
 CLIENT_MISTAKE = {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}
 TEXTS = ["a photo of a fish", "Café naïve 東京 🐟", "", "a shoal of small fish " * 30]
@@ -74,6 +75,7 @@ def exported(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
                 encode_threads=1,
                 max_queue_delay_microseconds=50_000,
                 max_image_pixels=MAX_IMAGE_PIXELS,
+                max_image_bytes=MAX_IMAGE_BYTES,
             ),
         )
         export_model(checkpoint, family, repository, options)
@@ -219,6 +221,10 @@ def _bad_images() -> dict[str, tuple[bytes, str]]:
             _png_header_only(10_000, 10_000),  # 100 M pixels (300 MB decoded) in ~70 bytes
             r"IMAGE\[1\] is 10000x10000 = 100000000 pixels, over the limit of 400000",
         ),
+        "too many bytes": (
+            b"\xff\xd8" + b"\0" * 1_100_000,
+            r"IMAGE\[1\] is 1100002 bytes, over the limit of 1000000 bytes per image",
+        ),
         "over the limit": (
             _file(Image.new("RGB", (700, 700)), "PNG"),
             r"IMAGE\[1\] is 700x700 = 490000 pixels, over the limit of 400000",
@@ -227,7 +233,9 @@ def _bad_images() -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-@pytest.mark.parametrize("kind", ["corrupt", "gif", "text", "bomb", "over the limit"])
+@pytest.mark.parametrize(
+    "kind", ["corrupt", "gif", "text", "bomb", "over the limit", "too many bytes"]
+)
 def test_a_bad_image_is_refused_for_its_own_request(server, exported, protocol, kind) -> None:
     """The bad request and good requests sent at the same time (the batcher may join them): the
     bad one gets 400 / INVALID_ARGUMENT naming the row, every good one its embeddings."""
