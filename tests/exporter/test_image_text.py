@@ -159,3 +159,31 @@ def test_a_checkpoint_without_its_image_processor_settings_is_refused(tiny_model
     (checkpoint / "preprocessor_config.json").unlink()
     with pytest.raises(ExportError, match="preprocessor_config.json not found"):
         export_model(checkpoint, "c", tmp_path / "r", ExportOptions())
+
+
+def test_the_image_limits_are_set_at_export_from_the_command_line(tiny_model, tmp_path, capsys):
+    import json
+
+    from shoal.cli import main
+
+    repository = tmp_path / "repository"
+    args = ["export", str(tiny_model("siglip")), "--name", "s", "--repository", str(repository)]
+    assert main([*args, "--max-image-pixels", "12345", "--max-image-bytes", "6789"]) == 0
+    printed = capsys.readouterr().out
+    assert "exported s: siglip image-text" in printed and "exported s-image:" in printed
+    assert "pixel_values" in printed  # the image entry's parity table too
+    step = EntryLayout(repository, "s-image").tokenize_dir / "1" / "step.json"
+    settings = json.loads(step.read_text())
+    assert (settings["max_image_pixels"], settings["max_image_bytes"]) == (12345, 6789)
+    default = json.loads(
+        (EntryLayout(repository, "s").tokenize_dir / "1" / "step.json").read_text()
+    )
+    assert "max_image_pixels" not in default  # the text entry has no images
+
+
+def test_a_pixel_limit_below_one_is_refused(tiny_model, tmp_path, capsys):
+    from shoal.cli import main
+
+    args = ["export", str(tiny_model("clip")), "--name", "c", "--repository", str(tmp_path / "r")]
+    assert main([*args, "--max-image-pixels", "0"]) == 2
+    assert "--max-image-pixels must be at least 1, got 0" in capsys.readouterr().err

@@ -9,7 +9,13 @@ import logging
 from shoal.contract import Aggregation, Dtype, Pooling, Runtime, Task
 from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
 from shoal.exporter.options import SCORE_RAW, SCORES
-from shoal.model_repository.entry import EntryOptions, GpuAccelerator, InstanceKind
+from shoal.model_repository.entry import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    EntryOptions,
+    GpuAccelerator,
+    InstanceKind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="encode-step instances per replica (Triton instance group count) (default: 1)",
     )
+    export.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="image-text models: an image whose header declares more pixels is refused before "
+        "it is decoded (decompression bombs) (default: %(default)s)",
+    )
+    export.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        help="image-text models: the largest image file accepted (default: %(default)s)",
+    )
     export.add_argument("--query-prefix", help="text put before queries (TEXT_TYPE=query)")
     export.add_argument("--document-prefix", help="text put before documents")
     export.add_argument("--family", help="force an architecture adapter instead of detecting it")
@@ -188,10 +207,16 @@ def serving_options(args: argparse.Namespace) -> EntryOptions:
                 f"--accelerator {args.accelerator} is an onnxruntime-backend setting: add "
                 "--runtime onnxruntime (the portable runtime uses CUDA on GPU instances by itself)"
             )
+    for flag in ("max_image_pixels", "max_image_bytes"):
+        if getattr(args, flag) < 1:
+            option = "--" + flag.replace("_", "-")
+            raise ValueError(f"{option} must be at least 1, got {getattr(args, flag)}")
     return EntryOptions(
         instance_kind=InstanceKind(args.device),
         gpu_accelerator=GpuAccelerator(args.accelerator or GpuAccelerator.TENSORRT.value),
         instance_count=args.instances,
+        max_image_pixels=args.max_image_pixels,
+        max_image_bytes=args.max_image_bytes,
     )
 
 
