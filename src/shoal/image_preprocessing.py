@@ -43,10 +43,19 @@ class ImageError(ValueError):
     """What is wrong with one image, said so that the sender can fix it."""
 
 
-def preprocessing_settings(config: dict[str, Any]) -> dict[str, Any]:
+def preprocessing_settings(
+    config: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The settings above from a transformers `preprocessor_config.json` (CLIP or SigLIP image
-    processor). ValueError names a setting it cannot follow."""
+    processor), over the processor class's `defaults` for keys the file leaves out. A bare number
+    (older configs, e.g. OpenAI's CLIP) is, as transformers 5 reads it, the shortest edge as
+    `size` and both sides as `crop_size`. ValueError names a setting it cannot follow."""
+    config = {**(defaults or {}), **config}
     size = config.get("size") or {}
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    if isinstance(config.get("crop_size"), int):
+        config["crop_size"] = {"height": config["crop_size"], "width": config["crop_size"]}
     resize = None
     if config.get("do_resize", True):
         if "shortest_edge" in size and not config.get("use_square_size"):

@@ -181,3 +181,31 @@ def test_the_pixel_limit_is_exact(tiny_model) -> None:
     assert open_image(data, 5000).size == (100, 50)
     with pytest.raises(ImageError, match="100x50 = 5000 pixels, over the limit of 4999"):
         open_image(data, 4999)
+
+
+def test_an_older_config_with_bare_numbers_and_left_out_keys_reads_as_transformers_does() -> None:
+    """OpenAI's CLIP preprocessor_config.json gives `size: 224, crop_size: 224` and older files
+    leave keys out: shoal fills them from the processor class's defaults (the CLIP adapter's)."""
+    import transformers
+
+    from shoal.exporter.adapters.image_text import ClipAdapter
+
+    legacy = {
+        "feature_extractor_type": "CLIPFeatureExtractor",
+        "size": 40,
+        "crop_size": 40,
+        "do_center_crop": True,
+        "do_normalize": True,
+        "do_resize": True,
+    }  # no resample, mean or std: the class's bicubic and OpenAI's mean and std
+    settings = preprocessing_settings(legacy, ClipAdapter.image_defaults)
+    assert settings["resize"] == {"shortest_edge": 40}
+    assert settings["crop"] == {"height": 40, "width": 40} and settings["resample"] == 3
+    reference = transformers.CLIPImageProcessorPil(
+        **{k: v for k, v in legacy.items() if k != "feature_extractor_type"}
+    )
+    files = _images()
+    want = reference([Image.open(io.BytesIO(f)) for f in files], return_tensors="np")[
+        "pixel_values"
+    ]
+    np.testing.assert_array_equal(preprocess(files, settings, LARGE_LIMIT), want)

@@ -35,6 +35,8 @@ class ImageTextAdapter(Adapter):
     pad_text_to_max_length: ClassVar[bool] = False
     text_takes_mask: ClassVar[bool] = True
     pil_processor_class: ClassVar[str] = ""  # transformers' Pillow image processor (reference)
+    # That processor's class defaults, for keys a preprocessor_config.json leaves out.
+    image_defaults: ClassVar[dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ planning
 
@@ -124,7 +126,7 @@ class ImageTextAdapter(Adapter):
         """shoal.image_preprocessing settings; the vision tower's image size must match."""
         path = self.checkpoint.path / PREPROCESSOR_CONFIG
         try:
-            settings = preprocessing_settings(self.preprocessor_config())
+            settings = preprocessing_settings(self.preprocessor_config(), self.image_defaults)
         except (KeyError, TypeError, ValueError) as exc:
             raise ExportError(f"{path}: cannot follow its image settings: {exc}") from exc
         size = int(self.tower_config("vision").get("image_size", 224))
@@ -205,6 +207,14 @@ class ClipAdapter(ImageTextAdapter):
     name = "clip"
     model_types = ("clip",)
     pil_processor_class = "CLIPImageProcessorPil"
+    image_defaults = {
+        "size": {"shortest_edge": 224},
+        "resample": 3,  # bicubic
+        "do_center_crop": True,
+        "crop_size": {"height": 224, "width": 224},
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],  # OpenAI's
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
 
 
 @register
@@ -214,3 +224,10 @@ class SiglipAdapter(ImageTextAdapter):
     pad_text_to_max_length = True
     text_takes_mask = False
     pil_processor_class = "SiglipImageProcessorPil"
+    image_defaults = {
+        "size": {"height": 224, "width": 224},
+        "resample": 3,  # bicubic
+        "do_center_crop": False,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
