@@ -208,6 +208,34 @@ def test_a_batch_of_images_equals_single_images(server) -> None:
         assert cosine(batch[row], single) >= MIN_COSINE
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_concurrent_texts_of_different_lengths_get_their_own_vectors(
+    server, exported, family
+) -> None:
+    """The batcher joins requests of different token lengths in the encode step (padded there):
+    each text's vector is still the one transformers gives it alone."""
+    entry = exported[1][family]
+    texts = [t for t in TEXTS if t] * 3
+    expected = dict(zip(TEXTS, reference_texts(entry, TEXTS), strict=True))
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            (results[i],) = embed_texts(server, "grpc", family, [texts[i]])
+        except BaseException as exc:  # noqa: BLE001  reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and len(results) == len(texts)
+    for i, text in enumerate(texts):
+        assert cosine(results[i], expected[text]) >= MIN_COSINE
+
+
 def _bad_images() -> dict[str, tuple[bytes, str]]:
     from PIL import Image
 
