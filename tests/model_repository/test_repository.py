@@ -3,6 +3,7 @@ entry can be broken after that, and `shoal repo list` shows what a repository ho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -135,6 +136,29 @@ def test_check_catches_step_settings_that_disagree_with_the_manifest(repository:
     changed, problem = check_entry(repository, layout.model).problems
     assert changed.startswith(f"{layout.model}__tokenize/1/step.json: sha256 does not match")
     assert "step.json disagrees with the manifest on ['tokenization']" in problem
+
+
+def test_an_entry_written_before_a_later_step_key_is_still_whole(repository: Path) -> None:
+    """Entries exported by an older shoal lack step.json keys added since (LATER_KEYS): their
+    step code does not read them, so the check accepts them; a present key must still match."""
+    from shoal.manifest import Manifest
+    from shoal.model_repository.entry import entry_hashes
+
+    layout = write_sample_entry(repository, Task.EMBED)
+    path = layout.encode_dir / "1" / "step.json"
+
+    def rewrite_step_json(change) -> list[str]:
+        settings = json.loads(path.read_text())
+        change(settings)
+        path.write_text(json.dumps(settings))
+        manifest = Manifest.read(layout.ensemble_dir)
+        rehashed = dataclasses.replace(manifest, sha256=dict(sorted(entry_hashes(layout).items())))
+        rehashed.write(layout.ensemble_dir)
+        return check_entry(repository, layout.model).problems
+
+    assert rewrite_step_json(lambda settings: settings.pop("pad_token_id")) == []
+    (problem,) = rewrite_step_json(lambda settings: settings.update(pad_token_id=12345))
+    assert "disagrees with the manifest on ['pad_token_id']" in problem
 
 
 def test_check_reports_an_unreadable_manifest_and_a_missing_step(repository: Path) -> None:

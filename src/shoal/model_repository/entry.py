@@ -66,8 +66,20 @@ DEFAULT_MAX_IMAGE_BYTES = 32 << 20
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 # Keys of step.json that come from EntryOptions rather than the manifest (a check ignores them).
 OPTION_KEYS = frozenset(
-    {"pad_to_multiple_of", "max_text_bytes", "threads", "max_image_bytes", "max_image_pixels"}
+    {
+        "pad_to_multiple_of",
+        "max_text_bytes",
+        "threads",
+        "spinning",
+        "length_slack",
+        "min_group_tokens",
+        "max_image_bytes",
+        "max_image_pixels",
+    }
 )
+# step.json keys added after entries were first written: an older entry without one is still
+# whole (its step code predates the key and does not read it); when present it must match.
+LATER_KEYS = frozenset({"pad_token_id"})
 
 
 class InstanceKind(StrEnum):
@@ -106,6 +118,15 @@ class EntryOptions:
     # (whose step pads a batch of requests itself).
     pad_to_multiple_of: int | None = None
     encode_threads: int = 0  # onnxruntime intra-op threads in the portable step; 0 = its default
+    # onnxruntime's threads busy-wait between runs unless told not to: on a CPU pool that takes
+    # cores from the tokenize/postprocess steps and Triton (benchmarks/triton_path.py).
+    encode_spinning: bool = False
+    # Length-aware runs in the portable step (steps/encode_portable.py): rows are grouped by real
+    # length so that a group's padded tokens stay within (1 + slack) x its real tokens, once a
+    # group holds min_group_tokens. slack < 0 turns grouping off (one padded run per batch).
+    # 0.1 / 64 had the least CPU per sentence of the settings tried on MiniLM (1 and 2 threads).
+    length_slack: float = 0.1
+    min_group_tokens: int = 64
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # image entries (image-text exports) only
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
@@ -120,6 +141,10 @@ class EntryOptions:
                 raise ValueError(f"EntryOptions.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise ValueError(f"EntryOptions.max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.min_group_tokens < 1:
+            raise ValueError(
+                f"EntryOptions.min_group_tokens must be >= 1, got {self.min_group_tokens}"
+            )
         if self.max_queue_delay_microseconds < 0:
             raise ValueError("EntryOptions.max_queue_delay_microseconds must be >= 0")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
@@ -498,7 +523,12 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
             "model": manifest.name,
             "onnx": "model.onnx",
             "padding_side": manifest.padding_side,
+            # null for image entries (pixel values, no padding to cut)
+            "pad_token_id": (manifest.extra.get("tokenization") or {}).get("pad_token_id"),
             "threads": options.encode_threads,
+            "spinning": options.encode_spinning,
+            "length_slack": options.length_slack,
+            "min_group_tokens": options.min_group_tokens,
         }
     return configs
 

@@ -26,6 +26,7 @@ from shoal.contract import (
 )
 from shoal.manifest import Manifest, ManifestError, TensorSpec
 from shoal.model_repository.entry import (
+    LATER_KEYS,
     OPTION_KEYS,
     STEP_CONFIG_FILENAME,
     EntryError,
@@ -298,7 +299,8 @@ def _check_step_settings(
         differing = sorted(
             key
             for key in settings.keys() - OPTION_KEYS
-            if written.get(key) != json.loads(json.dumps(settings[key]))
+            if (key in written or key not in LATER_KEYS)
+            and written.get(key) != json.loads(json.dumps(settings[key]))
         )
         if differing:
             problems.append(
