@@ -154,3 +154,20 @@ def model_name_problem(name: object) -> str | None:
 
 MANIFEST_FILENAME = "shoal.json"  # lives in the ensemble's folder: REPO/<model>/shoal.json
 MANIFEST_SCHEMA_VERSION = 1
+
+# LoRA adapters on one base encoder (docs/lora.md): an entry exported with adapters has this
+# optional ensemble input, BYTES [batch, 1], naming each row's adapter; absent or "" = the base.
+INPUT_ADAPTER = "ADAPTER"
+ADAPTER_NAME_MAX_LENGTH = 64
+
+
+def adapter_name_problem(name: object) -> str | None:
+    """Why `name` cannot name a LoRA adapter of an entry (one sentence with the rule), or None.
+    The characters of a model name (`__` allowed: an adapter name is no Triton model's)."""
+    fits = isinstance(name, str) and len(name) <= ADAPTER_NAME_MAX_LENGTH
+    if fits and _MODEL_NAME.fullmatch(name):
+        return None
+    return (
+        f"adapter name {name!r} is not allowed: use letters, digits, '.', '-', '_' (start with a "
+        f"letter or digit, at most {ADAPTER_NAME_MAX_LENGTH} characters)"
+    )

@@ -25,6 +25,7 @@ from shoal.contract import (
     Dtype,
     Runtime,
     Task,
+    adapter_name_problem,
     model_name_problem,
     step_name,
 )
@@ -52,6 +53,21 @@ class ParityResult:
     passed: bool
     details: dict[str, float] = field(default_factory=dict)  # per output / per probe figures
     output: str = ""  # the contract output compared (EMBEDDING, SCORE, ...)
+
+
+@dataclass
+class LoraAdapterSpec:
+    """A PEFT LoRA adapter exported beside the base graph (docs/lora.md); requests name it in the
+    optional ADAPTER input."""
+
+    name: str
+    file: str  # relative to the encode step's version folder: adapters/<name>.onnx_adapter
+    source: str  # the PEFT adapter folder it came from
+    rank: int
+    alpha: float
+    target_modules: list[str]  # module paths of the base that the adapter changes
+    bytes: int  # size of the adapter file (placement counts it on top of the base)
+    parity: list[ParityResult]  # the graph with this adapter vs PEFT's merged model
 
 
 @dataclass
@@ -85,6 +101,7 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)  # family-specific facts (markers, heads)
     versions: dict[str, str] = field(default_factory=dict)  # tool versions used to export
     version: int = 1  # the Triton version folder of all four models (a re-export adds one)
+    adapters: list[LoraAdapterSpec] = field(default_factory=list)  # LoRA adapters (docs/lora.md)
     schema_version: int = MANIFEST_SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -242,12 +259,31 @@ def _semantic_problem(manifest: Manifest) -> str | None:
     for field_name in ("memory_bytes", "weights_bytes", "parameter_count"):
         if getattr(manifest, field_name) < 0:
             return f"field {field_name!r} must be >= 0, got {getattr(manifest, field_name)}"
+    problem = _adapters_problem(manifest.adapters)
+    if problem:
+        return problem
     for relative, digest in manifest.sha256.items():
         problem = hashed_path_problem(manifest.name, manifest.version, relative)
         if problem:
             return f"field 'sha256': {problem}"
         if not _SHA256.fullmatch(digest):
             return f"field 'sha256.{relative}' is not a sha256 hex digest"
+    return None
+
+
+def _adapters_problem(adapters: list[LoraAdapterSpec]) -> str | None:
+    names = [adapter.name for adapter in adapters]
+    for index, adapter in enumerate(adapters):
+        problem = adapter_name_problem(adapter.name)
+        if problem:
+            return f"field 'adapters[{index}].name': {problem}"
+        if adapter.file != f"adapters/{adapter.name}.onnx_adapter":
+            return (
+                f"field 'adapters[{index}].file' is {adapter.file!r}, not "
+                f"'adapters/{adapter.name}.onnx_adapter'"
+            )
+        if names.count(adapter.name) > 1:
+            return f"field 'adapters': adapter {adapter.name!r} is listed twice"
     return None
 
 

@@ -46,6 +46,7 @@ RUN_HERE = {
     "serve-options", "python-api",
     "tasks-extract",  # run by tests/model_repository/test_triton_extract.py against its entry "ner"
     "tasks-image-text",  # run by tests/model_repository/test_triton_image_text.py ("clip")
+    "lora-call",  # run by tests/model_repository/test_triton_lora.py against its entry "emb"
 }  # fmt: skip
 # The folders README's download step fills, and what the docs session puts there instead.
 CHECKPOINTS = {

@@ -627,3 +627,39 @@ def build_tiny_model(family: str, out_dir: Path, **overrides: Any) -> Path:
     if st_pooling:
         _write_sentence_transformers(out_dir, st_pooling, options["hidden_size"], normalize=True)
     return out_dir
+
+
+# ---------------------------------------------------------------- LoRA adapters (PEFT)
+
+
+def build_tiny_lora_adapter(
+    base: Path,
+    out_dir: Path,
+    *,
+    rank: int = 4,
+    alpha: float = 8.0,
+    target_modules: tuple[str, ...] = ("query", "value"),
+    seed: int = 1,
+    auto_class: str = "AutoModel",
+) -> Path:
+    """A PEFT LoRA adapter of the tiny checkpoint `base`, written by PEFT's save_pretrained
+    (adapter_config.json + adapter_model.safetensors). PEFT starts lora_B at zero (no effect):
+    both A and B are drawn at random here, large enough that the adapter visibly moves the
+    model's outputs."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = getattr(transformers, auto_class).from_pretrained(str(base), dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules))
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if ".lora_A." in name or ".lora_B." in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(out_dir))
+    return out_dir

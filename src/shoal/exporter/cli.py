@@ -125,6 +125,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--query-prefix", help="text put before queries (TEXT_TYPE=query)")
     export.add_argument("--document-prefix", help="text put before documents")
+    export.add_argument(
+        "--adapter",
+        dest="adapters",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a PEFT LoRA adapter folder (adapter_config.json + weights) exported with the base "
+        "as a small file; requests name it in the ADAPTER input (repeat for more; "
+        "docs/lora.md)",
+    )
     export.add_argument("--family", help="force an architecture adapter instead of detecting it")
     export.add_argument("--overwrite", action="store_true", help="replace an existing entry")
     export.add_argument(
@@ -168,6 +178,7 @@ def run_export(args: argparse.Namespace) -> int:
             document_prefix=args.document_prefix,
             aggregation=args.aggregation,
             family=args.family,
+            adapters=parse_adapters(args.adapters),
             overwrite=args.overwrite,
             optimize=args.optimize,
             entry=serving_options(args),
@@ -189,6 +200,26 @@ def run_export(args: argparse.Namespace) -> int:
         )
         print(format_table(written.parity))
     return 0
+
+
+def parse_adapters(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """`--adapter NAME=PATH` values as (name, folder) pairs; ValueError names a bad one."""
+    from pathlib import Path
+
+    pairs = []
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(
+                f"--adapter {value!r} is not NAME=PATH; e.g. --adapter legal=./adapters/legal"
+            )
+        if not Path(folder).is_dir():
+            raise ValueError(
+                f"--adapter {value}: {folder} is not a folder; give the folder PEFT's "
+                "save_pretrained wrote (adapter_config.json, adapter_model.safetensors)"
+            )
+        pairs.append((name, folder))
+    return tuple(pairs)
 
 
 def serving_options(args: argparse.Namespace) -> EntryOptions:

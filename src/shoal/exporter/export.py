@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.contract import (
+    INPUT_ADAPTER,
     INPUT_QUERY,
     INPUT_TEXT,
     INPUT_TEXT_TYPE,
@@ -34,10 +35,10 @@ from shoal.contract import (
 from shoal.exporter.adapters import Adapter, detect_adapter
 from shoal.exporter.checkpoint import TOKENIZER_FILES, inspect_checkpoint
 from shoal.exporter.errors import ExportError
-from shoal.exporter.fingerprint import source_hash, tool_versions
+from shoal.exporter.fingerprint import adapters_hash, source_hash, tool_versions
 from shoal.exporter.options import ExportOptions, ExportPlan
 from shoal.exporter.parity import THRESHOLDS, check_parity, raise_on_failure
-from shoal.manifest import Manifest, ManifestError, ParityResult, TensorSpec
+from shoal.manifest import LoraAdapterSpec, Manifest, ManifestError, ParityResult, TensorSpec
 from shoal.model_repository.entry import EntryError, write_entry
 from shoal.model_repository.install import (
     InstallError,
@@ -147,7 +148,13 @@ def _build_entry(
     work.mkdir()
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     model = adapter.load()
-    module = adapter.graph_module(model, plan).eval()
+    loras = _read_loras(model, options)
+    slotted, slot_values = model, {}
+    if loras:
+        from shoal.exporter.lora import union_of_targets, with_slots
+
+        slotted, slot_values = with_slots(model, union_of_targets(loras))
+    module = adapter.graph_module(slotted, plan).eval()
     encoder = TextEncoder.from_file(checkpoint.path / "tokenizer.json", plan.tokenization)
     texts = ["a shoal of small fish moves as one", "fish"]  # different lengths: padding traced
     sample = encoder.encode(texts, pairs=texts[::-1] if plan.task == Task.RERANK else None)
@@ -156,11 +163,22 @@ def _build_entry(
         module, adapter.graph_input_names(), module.output_names, sample, raw, options.opset
     )
 
+    slots: list[str] = []
+    if loras:
+        from shoal.exporter.lora_graph import open_slots
+
+        slots = open_slots(raw, slot_values)
     fp32 = work / "fp32.onnx"
     optimization = _optimize(adapter, raw, fp32, options.optimize)
     hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
     parity = check_parity(adapter, model, hf_tokenizer, plan, fp32, encoder, Dtype.FP32.value)
     raise_on_failure(parity, f"the fp32 export of {checkpoint.path}")
+    lora_specs, adapter_files = [], {}
+    if loras:
+        _note_unfused_attention(optimization)
+        lora_specs, adapter_files = _export_loras(
+            adapter, model, loras, hf_tokenizer, plan, fp32, encoder, slots, work / "adapters"
+        )
     final = fp32
     if options.dtype != Dtype.FP32.value:
         final = work / f"{options.dtype}.onnx"
@@ -183,14 +201,114 @@ def _build_entry(
         final,
         parity,
         optimization,
-        parameter_count=sum(p.numel() for p in module.parameters()),
+        parameter_count=_parameter_count(module),
         version=version,
+        adapters=lora_specs,
     )
     try:
-        write_entry(staging / "repository", manifest, final, tokenizer_dir, options.entry)
+        write_entry(
+            staging / "repository",
+            manifest,
+            final,
+            tokenizer_dir,
+            options.entry,
+            adapter_files=adapter_files,
+        )
     except EntryError as exc:
         raise ExportError(f"cannot lay out entry {name!r}: {exc}") from exc
     return manifest
+
+
+def _read_loras(model: Any, options: ExportOptions) -> list[Any]:
+    """The PEFT adapters of `--adapter`, each applied to (a copy of) the loaded base."""
+    if not options.adapters:
+        return []
+    from shoal.exporter.lora import read_adapter
+
+    return [read_adapter(model, name, Path(folder)) for name, folder in options.adapters]
+
+
+def _export_loras(
+    adapter: Adapter,
+    base: Any,
+    loras: list[Any],
+    hf_tokenizer: Any,
+    plan: ExportPlan,
+    graph: Path,
+    encoder: TextEncoder,
+    slots: list[str],
+    folder: Path,
+) -> tuple[list[LoraAdapterSpec], dict[str, Path]]:
+    """Each adapter's file (in `folder`) and manifest entry, once the slots are checked."""
+    from shoal.exporter.lora_graph import check_slots
+
+    check_slots(graph, slots)
+    specs, files = [], {}
+    for lora in loras:
+        files[lora.name] = folder / f"{lora.name}.onnx_adapter"
+        specs.append(
+            _export_lora(
+                adapter, base, lora, hf_tokenizer, plan, graph, encoder, slots, files[lora.name]
+            )
+        )
+    return specs, files
+
+
+def _export_lora(
+    adapter: Adapter,
+    base: Any,
+    lora: Any,
+    hf_tokenizer: Any,
+    plan: ExportPlan,
+    graph: Path,
+    encoder: TextEncoder,
+    slots: list[str],
+    path: Path,
+) -> LoraAdapterSpec:
+    """Write one adapter's file and check the base graph with it active against PEFT's merged
+    model (the same probes and fp32 threshold as the base)."""
+    from shoal.exporter.lora import merged_model
+    from shoal.exporter.lora_graph import AdapterSession, write_adapter_file
+    from shoal.exporter.parity import onnx_session
+
+    size = write_adapter_file(path, lora.tensors, slots)
+    what = f"adapter {lora.name!r} ({lora.source})"
+    session = AdapterSession(onnx_session(graph), path, what)
+    fp32 = Dtype.FP32.value
+    reference = merged_model(base, lora)
+    parity = check_parity(
+        adapter, reference, hf_tokenizer, plan, graph, encoder, fp32, session=session
+    )
+    raise_on_failure(parity, f"{what} on the exported base graph")
+    log.info("adapter %s: %d bytes, parity %s", lora.name, size, [r.value for r in parity])
+    return LoraAdapterSpec(
+        name=lora.name,
+        file=f"adapters/{lora.name}.onnx_adapter",
+        source=str(lora.source.resolve()),
+        rank=lora.rank,
+        alpha=lora.alpha,
+        target_modules=[
+            m for m in lora.target_modules if any(s.startswith(f"lora.{m}.") for s in slots)
+        ],
+        bytes=size,
+        parity=parity,
+    )
+
+
+def _note_unfused_attention(optimization: dict[str, Any]) -> None:
+    """Say in the manifest why attention blocks stayed unfused: the optimizer's attention matcher
+    wants MatMul -> Add(bias), and a LoRA slot on a projection adds to it first."""
+    if optimization.get("fused_attention", 0) >= optimization.get("attention_blocks", 0):
+        return
+    why = "LoRA slots on attention projections keep those blocks unfused (docs/lora.md)"
+    optimization["note"] = f"{optimization['note']}; {why}" if optimization.get("note") else why
+
+
+def _parameter_count(module: Any) -> int:
+    """Parameters of the exported module, LoRA slots aside (they are the adapters')."""
+    from shoal.exporter.lora import is_slot_parameter
+
+    return sum(p.numel() for n, p in module.named_parameters() if not is_slot_parameter(n))
 
 
 def _optimize(adapter: Adapter, raw: Path, out: Path, enabled: bool) -> dict[str, Any]:
@@ -229,10 +347,12 @@ def _spec(name: str, dtype: str, dims: list[int]) -> TensorSpec:
 
 
 def application_tensors(
-    plan: ExportPlan, width: int | None
+    plan: ExportPlan, width: int | None, adapters: bool = False
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Ensemble inputs and outputs (the contract) for the plan's task."""
+    """Ensemble inputs and outputs (the contract) for the plan's task (and LoRA adapters)."""
     inputs = [_spec(INPUT_TEXT, "BYTES", [1])]
+    if adapters:
+        inputs.append(_spec(INPUT_ADAPTER, "BYTES", [1]))
     if plan.task == Task.RERANK:
         inputs.insert(0, _spec(INPUT_QUERY, "BYTES", [1]))
     elif plan.task != Task.EXTRACT:  # entities are offsets into the text as sent: no prefixes
@@ -320,6 +440,7 @@ def build_manifest(
     *,
     parameter_count: int,
     version: int = 1,
+    adapters: list[LoraAdapterSpec] | None = None,
 ) -> Manifest:
     checkpoint = adapter.checkpoint
     config = checkpoint.config
@@ -327,7 +448,8 @@ def build_manifest(
         p.stat().st_size for p in onnx_path.parent.iterdir() if p.name.startswith(onnx_path.name)
     )
     width = adapter.output_width(plan.task)
-    inputs, outputs = application_tensors(plan, width)
+    adapters = adapters or []
+    inputs, outputs = application_tensors(plan, width, bool(adapters))
     encoder_inputs, encoder_outputs = encoder_tensors(onnx_path, plan, adapter)
     dims = None
     if plan.task in (Task.EMBED, Task.MULTI):
@@ -370,19 +492,24 @@ def build_manifest(
         encoder_outputs=encoder_outputs,
         parameter_count=int(parameter_count),
         weights_bytes=int(weights_bytes),
+        # The base once, plus each adapter (all loaded beside the one session).
         memory_bytes=estimate_memory(
             config, plan, options.max_batch_size, options.dtype, weights_bytes
-        ),
+        )
+        + sum(a.bytes for a in adapters),
         max_batch_size=options.max_batch_size,
         fused_attention=int(optimization.get("fused_attention", 0)),
         onnx_opset=options.opset,
         sha256={},  # filled by write_entry with the copied files' hashes
-        source_sha256=source_hash(checkpoint.content_sha256(), options),
+        source_sha256=source_hash(
+            adapters_hash(checkpoint.content_sha256(), options.adapters), options
+        ),
         parity=parity,
         prefixes=plan.prefixes,
         extra=extra,
         versions=tool_versions(),
         version=version,
+        adapters=adapters,
     )
 
 
@@ -432,6 +559,39 @@ def verify_entry(entry: EntryLayout | str | Path) -> list[ParityResult]:
     encoder = TextEncoder.from_file(entry.tokenizer_dir / "tokenizer.json", plan.tokenization)
     model = adapter.load()
     hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
-    return check_parity(
+    results = check_parity(
         adapter, model, hf_tokenizer, plan, entry.onnx_path, encoder, manifest.dtype
     )
+    return results + _verify_loras(adapter, model, hf_tokenizer, plan, entry, manifest, encoder)
+
+
+def _verify_loras(
+    adapter: Adapter,
+    model: Any,
+    hf_tokenizer: Any,
+    plan: ExportPlan,
+    entry: EntryLayout,
+    manifest: Manifest,
+    encoder: TextEncoder,
+) -> list[ParityResult]:
+    """Each LoRA adapter's file on the entry's graph against PEFT's merged model of its source
+    folder; results named `<output>@<adapter>`."""
+    if not manifest.adapters:
+        return []
+    from shoal.exporter.lora import merged_model, read_adapter
+    from shoal.exporter.lora_graph import AdapterSession
+    from shoal.exporter.parity import onnx_session
+
+    results = []
+    for spec in manifest.adapters:
+        lora = read_adapter(model, spec.name, Path(spec.source))
+        path = entry.onnx_path.parent / spec.file
+        session = AdapterSession(onnx_session(entry.onnx_path), path, f"adapter {spec.name!r}")
+        for result in check_parity(
+            adapter, merged_model(model, lora), hf_tokenizer, plan, entry.onnx_path, encoder,
+            manifest.dtype,
+            session=session,
+        ):  # fmt: skip
+            result.output = f"{result.output}@{spec.name}"
+            results.append(result)
+    return results

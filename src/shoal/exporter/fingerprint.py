@@ -11,6 +11,7 @@ import json
 import platform
 from contextlib import suppress
 from importlib import metadata
+from pathlib import Path
 
 from shoal.exporter.options import ExportOptions
 
@@ -36,3 +37,17 @@ def source_hash(checkpoint_hash: str, options: ExportOptions) -> str:
         default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def adapters_hash(checkpoint_hash: str, adapters: tuple[tuple[str, str], ...]) -> str:
+    """`checkpoint_hash` extended with the bytes of every LoRA adapter's files (names and
+    content), so that a retrained adapter changes `source_sha256`; unchanged without adapters."""
+    if not adapters:
+        return checkpoint_hash
+    digest = hashlib.sha256(checkpoint_hash.encode())
+    for name, folder in adapters:
+        digest.update(name.encode())
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()

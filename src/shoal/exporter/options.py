@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shoal.contract import Aggregation, Dtype, Pooling, Runtime, Task
+from shoal.contract import Aggregation, Dtype, Pooling, Runtime, Task, adapter_name_problem
 from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
 from shoal.model_repository.entry import EntryOptions
 
@@ -40,6 +40,8 @@ class ExportOptions:
     version: int | None = None  # Triton version to write; None: one past the entry's current
     optimize: bool = True  # onnxruntime transformer optimizer (fused attention)
     entry: EntryOptions = field(default_factory=EntryOptions)
+    # PEFT LoRA adapters exported with the base graph: (name, adapter folder) pairs (docs/lora.md)
+    adapters: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         def check(value: Any, enum: type, what: str) -> None:
@@ -62,6 +64,29 @@ class ExportOptions:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if not 14 <= self.opset <= 21:
             raise ValueError(f"opset {self.opset} is outside the supported 14..21")
+        self._check_adapters()
+
+    def _check_adapters(self) -> None:
+        names = [name for name, _ in self.adapters]
+        for name in names:
+            problem = adapter_name_problem(name)
+            if problem:
+                raise ValueError(problem)
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"adapter {repeated[0]!r} is given twice; give each adapter once")
+        if not self.adapters:
+            return
+        if self.dtype != Dtype.FP32.value:
+            raise ValueError(
+                f"LoRA adapters are exported at fp32 only, not --dtype {self.dtype} (the fp16 "
+                "and int8 conversions would rewrite the adapters' slots): drop --dtype"
+            )
+        if self.runtime != Runtime.PORTABLE.value:
+            raise ValueError(
+                "LoRA adapters need --runtime portable: Triton's onnxruntime backend cannot "
+                "activate an onnxruntime adapter per request"
+            )
 
     def hashed_dict(self) -> dict[str, Any]:
         """The options that change the exported files (for the source hash)."""

@@ -311,9 +311,11 @@ def check_parity(
     onnx_path: Path,
     encoder: TextEncoder,
     dtype: str,
+    session: Any = None,
 ) -> list[ParityResult]:
-    """One ParityResult per contract output; raises nothing (see `raise_on_failure`)."""
-    session = onnx_session(onnx_path)
+    """One ParityResult per contract output; raises nothing (see `raise_on_failure`). `session`:
+    one that runs `onnx_path` in a particular way (a LoRA adapter active), else a plain one."""
+    session = session or onnx_session(onnx_path)
     threshold = THRESHOLDS[dtype]
     per_output: dict[str, tuple[str, dict[str, float]]] = {}
     for run in probe_runs(plan):

@@ -90,4 +90,7 @@ def graph_io(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     def describe(values: Any) -> list[tuple[str, str]]:
         return [(v.name, names.get(v.type.tensor_type.elem_type, "FP32")) for v in values]
 
-    return describe(model.graph.input), describe(model.graph.output)
+    # An input with an initializer of its name is overridable (a LoRA slot): not fed by Triton.
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    return describe(inputs), describe(model.graph.output)

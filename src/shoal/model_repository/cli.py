@@ -53,8 +53,9 @@ def _rows(repository: Path) -> list[list[str]]:
             rows.append([entry.name, "?", "?", "?", "?", "?", f"unreadable: {entry.error}"])
             continue
         dims = "-" if m.dims is None else str(m.dims)
+        task = f"{m.task}+{len(m.adapters)} LoRA" if m.adapters else m.task
         rows.append(
-            [m.name, m.task, dims, m.dtype, m.runtime, format_size(m.memory_bytes), _parity(m)]
+            [m.name, task, dims, m.dtype, m.runtime, format_size(m.memory_bytes), _parity(m)]
         )
     return rows
 

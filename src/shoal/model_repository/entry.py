@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 
 from shoal.contract import (
+    INPUT_ADAPTER,
     INPUT_IMAGE,
     INPUT_TEXT,
     INPUT_TEXT_TYPE,
@@ -217,6 +218,17 @@ class EntryTensors:
     encoder_inputs: list[TensorSpec]
     encoder_outputs: list[TensorSpec]
     postprocess_inputs: list[TensorSpec]  # ids, mask, the graph outputs (+ text, token info)
+    adapter: TensorSpec | None = None  # the optional ADAPTER input of entries with LoRA adapters
+
+    @property
+    def tokenize_inputs(self) -> list[TensorSpec]:
+        """The ensemble inputs the tokenize step reads (ADAPTER goes to the encode step)."""
+        return [t for t in self.inputs if t.name != INPUT_ADAPTER]
+
+    @property
+    def encode_inputs(self) -> list[TensorSpec]:
+        """What the encode step declares: the graph's inputs, plus ADAPTER."""
+        return [*self.encoder_inputs, *([self.adapter] if self.adapter else [])]
 
 
 def is_image_entry(manifest: Manifest) -> bool:
@@ -263,6 +275,12 @@ def entry_tensors(manifest: Manifest) -> EntryTensors:
         raise EntryError(f"encoder outputs may not be named {sorted(clash)}")
     if not manifest.outputs:
         raise EntryError(f"the manifest of {manifest.name!r} lists no outputs")
+    adapter = next((t for t in manifest.inputs if t.name == INPUT_ADAPTER), None)
+    if bool(adapter) != bool(manifest.adapters):
+        raise EntryError(
+            f"the manifest of {manifest.name!r} lists {len(manifest.adapters)} LoRA adapters "
+            f"but {'an' if adapter else 'no'} {INPUT_ADAPTER} input; re-export the model"
+        )
     return EntryTensors(
         inputs=list(manifest.inputs),
         outputs=list(manifest.outputs),
@@ -270,6 +288,7 @@ def entry_tensors(manifest: Manifest) -> EntryTensors:
         encoder_inputs=encoder_inputs,
         encoder_outputs=list(manifest.encoder_outputs),
         postprocess_inputs=post_inputs,
+        adapter=adapter,
     )
 
 
@@ -366,17 +385,26 @@ def _onnxruntime_encode_context(
     }
 
 
+def _encode_step_inputs(tensors: EntryTensors) -> list[dict[str, Any]]:
+    """The portable encode step's inputs: the graph's (ragged), and the optional ADAPTER."""
+    inputs = [_tensor_context(t, ragged=True) for t in tensors.encoder_inputs]
+    if tensors.adapter:
+        inputs.append(_tensor_context(tensors.adapter, optional=True))
+    return inputs
+
+
 def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, dict[str, Any]]:
     """Template context of each Triton model of the entry, keyed by step (and "ensemble")."""
     layout = EntryLayout(Path("."), manifest.name)
     names = layout.step_names
     tensors = entry_tensors(manifest)
     options = resolved.options
-    optional = {INPUT_TEXT_TYPE}
+    optional = {INPUT_TEXT_TYPE, INPUT_ADAPTER}
 
     ensemble_inputs = [_tensor_context(t, optional=t.name in optional) for t in tensors.inputs]
     tokenize_inputs = [
-        _tensor_context(t, optional=t.name in optional, ragged=False) for t in tensors.inputs
+        _tensor_context(t, optional=t.name in optional, ragged=False)
+        for t in tensors.tokenize_inputs
     ]
     tokenize_outputs = [_tensor_context(t) for t in tensors.tokens]
     # Variable-length inputs of requests with different lengths may share a batch only when
@@ -397,6 +425,11 @@ def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, 
         encode=False,
     )
     if resolved.runtime is Runtime.ONNXRUNTIME:
+        if tensors.adapter:
+            raise EntryError(
+                f"{manifest.name!r} has LoRA adapters, which only the portable runtime serves "
+                "(Triton's onnxruntime backend cannot activate an adapter per request)"
+            )
         contexts[STEP_ENCODE] = _onnxruntime_encode_context(
             names[STEP_ENCODE], manifest, resolved, tensors
         )
@@ -404,7 +437,7 @@ def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, 
         contexts[STEP_ENCODE] = _python_step_context(
             names[STEP_ENCODE],
             resolved,
-            [_tensor_context(t, ragged=True) for t in tensors.encoder_inputs],
+            _encode_step_inputs(tensors),
             [_tensor_context(t) for t in tensors.encoder_outputs],
             instance_count=options.instance_count,
             instance_kind=options.instance_kind,
@@ -432,14 +465,15 @@ def config_contexts(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, 
     steps = [
         {
             "model_name": names[STEP_TOKENIZE],
-            "input_map": [(t.name, t.name) for t in tensors.inputs],
+            "input_map": [(t.name, t.name) for t in tensors.tokenize_inputs],
             "output_map": [(t, _internal(STEP_TOKENIZE, t)) for t in sorted(token_names)],
         },
         {
             "model_name": names[STEP_ENCODE],
             "input_map": [
                 (t.name, _internal(STEP_TOKENIZE, t.name)) for t in tensors.encoder_inputs
-            ],
+            ]
+            + ([(INPUT_ADAPTER, INPUT_ADAPTER)] if tensors.adapter else []),
             "output_map": [
                 (t.name, _internal(STEP_ENCODE, t.name)) for t in tensors.encoder_outputs
             ],
@@ -529,6 +563,7 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
             "spinning": options.encode_spinning,
             "length_slack": options.length_slack,
             "min_group_tokens": options.min_group_tokens,
+            "adapters": {a.name: a.file for a in manifest.adapters},
         }
     return configs
 
@@ -636,6 +671,7 @@ def write_entry(
     onnx_path: Path,
     tokenizer_dir: Path | None,
     options: EntryOptions,
+    adapter_files: dict[str, Path] | None = None,
 ) -> EntryLayout:
     """Lay out the four Triton models of `manifest.name` under `staging_repository`, in version
     folder `manifest.version`.
@@ -644,7 +680,8 @@ def write_entry(
     none: `tokenizer_dir` None, its first step preprocesses images), renders every
     config.pbtxt, copies the step sources, and writes the manifest with `sha256` filled in for
     every file Triton reads (paths relative to the repository root). The caller moves the staged
-    folders into the real repository.
+    folders into the real repository. `adapter_files`: each LoRA adapter's file by name (the
+    manifest's `adapters`), copied beside the graph.
     """
     staging_repository = Path(staging_repository)
     onnx_path = Path(onnx_path)
@@ -682,6 +719,12 @@ def write_entry(
     version = layout.version_folder
     if resolved.runtime is Runtime.PORTABLE:
         _copy(STEP_SOURCES_DIR / "encode_portable.py", layout.encode_dir / version / "model.py")
+    adapter_files = adapter_files or {}
+    missing = sorted({a.name for a in manifest.adapters} - set(adapter_files))
+    if missing:
+        raise EntryError(f"no file given for LoRA adapters {missing} of {manifest.name!r}")
+    for spec in manifest.adapters:
+        _copy(adapter_files[spec.name], layout.encode_dir / version / spec.file)
 
     if image:  # the image preprocess step with its standalone module
         _copy(STEP_SOURCES_DIR / IMAGE_STEP_SOURCE, layout.tokenize_dir / version / "model.py")

@@ -155,6 +155,7 @@ def check_entry(repository: Path, name: str) -> EntryReport:
 
     configs = _check_configs(layout, problems)
     _check_files(layout, runtime, problems, image=is_image_entry(manifest))
+    _check_adapter_files(layout, manifest, problems)
     _check_hashes(layout, manifest, problems)
     try:
         tensors = entry_tensors(manifest)
@@ -216,6 +217,27 @@ def _check_files(
             problems.append(f"{path.relative_to(layout.repository)} is missing")
 
 
+def _check_adapter_files(layout: EntryLayout, manifest: Manifest, problems: list[str]) -> None:
+    """Each LoRA adapter of the manifest has its file (its bytes are checked with the hashes)."""
+    version_dir = layout.version_dir(layout.step_names[STEP_ENCODE])
+    for adapter in manifest.adapters:
+        path = version_dir / adapter.file
+        if not path.is_file():
+            problems.append(
+                f"LoRA adapter {adapter.name!r}: {path.relative_to(layout.repository)} is "
+                "missing; re-export the model with its --adapter"
+            )
+        elif manifest.sha256.get(path.relative_to(layout.repository).as_posix()) not in (
+            None,
+            sha256_file(path),
+        ):
+            problems.append(
+                f"LoRA adapter {adapter.name!r}: {path.relative_to(layout.repository)} changed "
+                "after export (sha256 differs from the manifest; a corrupt or replaced adapter "
+                "file); re-export the model with its --adapter"
+            )
+
+
 def _check_hashes(layout: EntryLayout, manifest: Manifest, problems: list[str]) -> None:
     """Every file Triton reads or executes is hashed in the manifest and still has that hash; a
     file that is not hashed (added after the export) is a problem too."""
@@ -267,7 +289,7 @@ def _check_io(
                 f"{runtime.value!r} needs {backend!r}"
             )
         problems += _tensor_problems(
-            names[STEP_ENCODE], "inputs", encode.input, tensors.encoder_inputs
+            names[STEP_ENCODE], "inputs", encode.input, tensors.encode_inputs
         )
         problems += _tensor_problems(
             names[STEP_ENCODE], "outputs", encode.output, tensors.encoder_outputs

@@ -25,6 +25,13 @@ Counters on Triton's metrics port: `shoal_encode_real_tokens_total`,
 `shoal_encode_run_seconds_total` (time inside onnxruntime), per model.
 Tensors of the wrong shape (a client calling this step directly) are the client's mistake:
 INVALID_ARG (HTTP 400 / gRPC INVALID_ARGUMENT); a graph that cannot run a request is INTERNAL.
+
+LoRA adapters (docs/lora.md): an entry exported with `--adapter` lists its adapter files in
+step.json; each is loaded once (`onnxruntime.LoraAdapter`) beside the one session. The optional
+ADAPTER input names each row's adapter (absent or "" = the base); the rows of a batch are grouped
+by adapter (then by length), and each group runs with its adapter active
+(`RunOptions.add_active_adapter`). A request naming an unknown adapter is refused alone, with the
+list of adapters.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ import triton_python_backend_utils as pb_utils
 
 STEP_CONFIG = "step.json"
 IDS, MASK = "input_ids", "attention_mask"
+ADAPTER_INPUT = "ADAPTER"
+BASE = ""  # the ADAPTER value of a row that runs the base model
 
 
 class RequestError(ValueError):
@@ -70,6 +79,10 @@ class TritonPythonModel:
         # Defaults live in EntryOptions (written to step.json); absent: one run per batch.
         self.length_slack = float(settings.get("length_slack", -1))
         self.min_group_tokens = int(settings.get("min_group_tokens", 1))
+        if settings.get("adapters"):
+            # onnxruntime warns once per LoRA slot that an overridable initializer is not folded
+            # (which is the point of a slot); errors are still logged.
+            session_options.log_severity_level = 3
         providers: list = ["CPUExecutionProvider"]
         if (
             args.get("model_instance_kind") == "GPU"
@@ -82,7 +95,7 @@ class TritonPythonModel:
         )
         self.left_padding = settings["padding_side"] == "left"
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
-        self.input_names = [i["name"] for i in model_config["input"]]
+        self.input_names = [i["name"] for i in model_config["input"] if i["name"] != ADAPTER_INPUT]
         missing = [n for n in self.input_names if n not in graph_inputs]
         if missing:
             raise ValueError(
@@ -91,6 +104,7 @@ class TritonPythonModel:
         self.input_dtypes = {
             i["name"]: pb_utils.triton_string_to_numpy(i["data_type"])
             for i in model_config["input"]
+            if i["name"] != ADAPTER_INPUT
         }
         # Inputs of fixed dims (pixel values) are joined as they are: no padding.
         dims = {i["name"]: tuple(int(d) for d in i["dims"]) for i in model_config["input"]}
@@ -110,9 +124,57 @@ class TritonPythonModel:
         self.pad_id = None if pad_id is None or IDS not in self.input_names else int(pad_id)
         self.has_mask = MASK in self.input_names
         self.metrics = EncodeMetrics(args["model_name"])
+        self.run_options = {BASE: None, **self._load_adapters(version_dir, settings)}
+        adapters = sorted(self.run_options)[1:]
         self.logger.log_info(
             f"{args['model_name']}: onnxruntime on {self.session.get_providers()[0]}"
+            + (f", LoRA adapters {adapters}" if adapters else "")
         )
+
+    def _load_adapters(self, version_dir: Path, settings: dict) -> dict:
+        """RunOptions with each LoRA adapter of step.json active; a file onnxruntime cannot read
+        fails the load with its name (Triton reports it as the model's load error)."""
+        import onnxruntime as ort
+
+        options = {}
+        self.adapters: list = []
+        for name, relative in sorted(settings.get("adapters", {}).items()):
+            adapter = ort.LoraAdapter()
+            try:
+                adapter.Load(str(version_dir / relative))
+            except (RuntimeError, OSError) as exc:
+                raise ValueError(
+                    f"LoRA adapter {name!r}: {relative} cannot be loaded ({exc}); re-export the "
+                    "model with its --adapter"
+                ) from exc
+            run_options = ort.RunOptions()
+            run_options.add_active_adapter(adapter)
+            options[name] = run_options
+            # RunOptions holds a bare pointer to the adapter: keep the adapter alive with it.
+            self.adapters.append(adapter)
+        return options
+
+    def _read_adapters(self, request, rows: int) -> np.ndarray:
+        """Each row's adapter name (BASE where the input is absent)."""
+        tensor = pb_utils.get_input_tensor_by_name(request, ADAPTER_INPUT)
+        if tensor is None:
+            return np.full(rows, BASE, dtype=object)
+        values = tensor.as_numpy().reshape(-1)
+        if values.shape[0] != rows:
+            raise RequestError(f"{ADAPTER_INPUT} has {values.shape[0]} rows, the texts {rows}")
+        names = np.array(
+            [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values],
+            dtype=object,
+        )
+        unknown = sorted(set(names) - set(self.run_options))
+        if unknown:
+            known = sorted(self.run_options)[1:]
+            raise RequestError(
+                f"unknown LoRA adapter {unknown[0]!r}; this model has "
+                f"{', '.join(map(repr, known)) if known else 'no adapters'} (or send no "
+                f"{ADAPTER_INPUT} for the base model)"
+            )
+        return names
 
     def _read(self, request) -> dict[str, np.ndarray]:
         arrays = {}
@@ -129,6 +191,7 @@ class TritonPythonModel:
         elif len(shapes) != 1 or len(next(iter(shapes))) != 2:
             detail = {n: a.shape for n, a in arrays.items()}
             raise RequestError(f"inputs must all be [batch, tokens] of one shape, got {detail}")
+        arrays[ADAPTER_INPUT] = self._read_adapters(request, next(iter(shapes))[0])
         return arrays
 
     def execute(self, requests: list) -> list:
@@ -162,14 +225,16 @@ class TritonPythonModel:
         rows.sort(key=lambda item: item[2])
         outputs: list[list] = [[None] * self._rows(arrays) for _, arrays in batch]
         shifts = [0] * len(self.outputs)
-        for group in length_groups(rows, self.length_slack, self.min_group_tokens):
+        for adapter, group in self._groups(batch, rows):
             width = max(1, group[-1][2])
             feed = {
                 name: np.stack([self._cut(batch[p][1][name][r], width) for p, r, _ in group])
                 for name in self.input_names
             }
             started = time.perf_counter()
-            results = self.session.run([name for name, _, _ in self.outputs], feed)
+            results = self.session.run(
+                [name for name, _, _ in self.outputs], feed, self.run_options[adapter]
+            )
             self.metrics.add(time.perf_counter() - started, sum(n for *_, n in group), feed)
             shifts = [
                 result.shape[1] - width if per_token else 0
@@ -192,6 +257,18 @@ class TritonPythonModel:
                 for k, (name, dtype, per_token) in enumerate(self.outputs)
             ]
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def _groups(self, batch: list, rows: list[tuple[int, int, int]]) -> list:
+        """(adapter, rows) runs: the rows (sorted by length) of each adapter, in length groups."""
+        named = {}
+        for item in rows:
+            position, row, _ = item
+            named.setdefault(batch[position][1][ADAPTER_INPUT][row], []).append(item)
+        return [
+            (adapter, group)
+            for adapter, adapter_rows in sorted(named.items())
+            for group in length_groups(adapter_rows, self.length_slack, self.min_group_tokens)
+        ]
 
     def _rows(self, arrays: dict[str, np.ndarray]) -> int:
         return arrays[self.input_names[0]].shape[0]
