@@ -132,6 +132,10 @@ def test_options_that_do_not_apply_are_refused(tiny_model, tmp_path) -> None:
 
     with pytest.raises(ExportError, match="--pooling, --dims do not apply to image-text"):
         export_model(tiny_model("clip"), "c", tmp_path / "r", ExportOptions(pooling="cls", dims=8))
+    with pytest.raises(ExportError, match="--adapter do not apply to image-text"):
+        export_model(
+            tiny_model("clip"), "c", tmp_path / "r", ExportOptions(adapters=(("a", str(tmp_path)),))
+        )
     with pytest.raises(ExportError, match="exports task image-text .* not 'embed'"):
         export_model(tiny_model("clip"), "c", tmp_path / "r", ExportOptions(task="embed"))
     with pytest.raises(ExportError, match="--max-length 100 exceeds the text tower's 64"):

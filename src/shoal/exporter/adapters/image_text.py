@@ -73,6 +73,7 @@ class ImageTextAdapter(Adapter):
                 ("--query-prefix", options.query_prefix),
                 ("--document-prefix", options.document_prefix),
                 ("--no-normalize", options.normalize is False),
+                ("--adapter", options.adapters),
             )
             if given
         ]
