@@ -31,11 +31,18 @@ Settings (all keys are written by `tokenization_config`):
                      belongs to, as transformers' token-classification pipeline splits words),
                      both -1 at special tokens and padding. strip_whitespace: spans leave out
                      the whitespace a Metaspace token ("▁Paris") folds in (see `word_span`).
+    prompt           null, or {"template", "prefix", "suffix", "prefix_ids", "suffix_ids"}
+                     (LLM rerankers, with pairs): each (query, document) becomes the template
+                     with "{query}" and "{document}" filled in, tokenized alone and truncated from its END to
+                     max_length - len(prefix_ids) - len(suffix_ids) tokens, between the prefix
+                     and suffix ids, which are never cut (Qwen3-Reranker's model card: the
+                     document's end goes first; a query that fills the room leaves no document).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +55,8 @@ TEXT_TYPES = ("query", "document")
 STRIPPED_SPAN_TOKENIZERS = ("XLMRobertaTokenizer",)
 TOKEN_OFFSETS = "token_offsets"
 WORD_IDS = "word_ids"
+PROMPT_FIELDS = ("query", "document")  # the placeholders of a prompt template: {query}, ...
+_PROMPT_FIELD = re.compile(r"\{(query|document)\}")
 
 
 class TokenizationError(ValueError):
@@ -114,6 +123,8 @@ class TextEncoder:
             # so that truncation already accounts for the marker.
             prefix = ". " + prefix
         texts = [prefix + t for t in texts]
+        if config["prompt"] is not None:  # pairs were checked above
+            return self._encode_prompts(texts, pairs)
         max_length = config["max_length"]
         fixed_length = None
         if colbert is not None and text_type == "query" and colbert["query_length"]:
@@ -138,6 +149,21 @@ class TextEncoder:
         if config["token_info"] is not None:
             out.update(self._token_info(texts, encodings, out["input_ids"].shape[1]))
         return out
+
+    def _encode_prompts(self, queries: list[str], documents: list[str]) -> dict[str, np.ndarray]:
+        """LLM rerankers: prefix ids + the filled template (truncated from its end) + suffix ids,
+        as one single-text sequence."""
+        prompt = self.config["prompt"]
+        prefix, suffix = prompt["prefix_ids"], prompt["suffix_ids"]
+        room = self.config["max_length"] - len(prefix) - len(suffix)
+        bodies = [
+            fill_prompt(prompt["template"], query=q, document=d)
+            for q, d in zip(queries, documents, strict=True)
+        ]
+        self.tokenizer.enable_truncation(room, strategy="longest_first")
+        encodings = self.tokenizer.encode_batch(bodies)
+        ids = [[*prefix, *e.ids, *suffix] for e in encodings]
+        return self._pad(ids, [[0] * len(row) for row in ids], None)
 
     def _pad(
         self, ids: list[list[int]], types: list[list[int]], fixed_length: int | None
@@ -226,6 +252,33 @@ def word_span(text: str, start: int, end: int) -> tuple[int, int]:
     return trimmed, end
 
 
+def fill_prompt(template: str, **values: str) -> str:
+    """`template` with each "{query}"/"{document}" replaced by its value; braces elsewhere (and
+    in the values) stay as they are, unlike str.format."""
+    return _PROMPT_FIELD.sub(lambda match: values[match.group(1)], template)
+
+
+def _validated_prompt(prompt: Any, max_length: int, pairs: bool) -> None:
+    if not isinstance(prompt, dict) or not {"template", "prefix_ids", "suffix_ids"} <= set(prompt):
+        raise TokenizationError(
+            f"prompt settings must hold template, prefix_ids and suffix_ids, got {prompt!r}"
+        )
+    if not pairs:
+        raise TokenizationError("a prompt template scores pairs: set pairs=True with it")
+    found = _PROMPT_FIELD.findall(prompt["template"])
+    if sorted(found) != sorted(PROMPT_FIELDS):
+        raise TokenizationError(
+            f"the prompt template must hold {{query}} and {{document}} once each, found "
+            f"{found or 'neither'} in {prompt['template']!r}"
+        )
+    fixed = len(prompt["prefix_ids"]) + len(prompt["suffix_ids"])
+    if fixed >= max_length:
+        raise TokenizationError(
+            f"max_length {max_length} leaves no room for the query and document: the prompt's "
+            f"prefix and suffix take {fixed} tokens; raise max_length above {fixed}"
+        )
+
+
 def _validated(config: dict[str, Any]) -> dict[str, Any]:
     required = ("max_length", "padding_side", "pad_token_id")
     missing = [k for k in required if k not in config]
@@ -240,6 +293,7 @@ def _validated(config: dict[str, Any]) -> dict[str, Any]:
         "colbert": None,
         "token_info": None,
         "pad_to_max_length": False,
+        "prompt": None,
         **config,
     }
     if not isinstance(out["max_length"], int) or out["max_length"] < 2:
@@ -259,6 +313,8 @@ def _validated(config: dict[str, Any]) -> dict[str, Any]:
         lacking = [k for k in need if k not in colbert]
         if lacking:
             raise TokenizationError(f"colbert settings lack {lacking}")
+    if out["prompt"] is not None:
+        _validated_prompt(out["prompt"], out["max_length"], out["pairs"])
     return out
 
 
@@ -313,12 +369,15 @@ def tokenization_config(
     colbert_query_length: int | None = None,
     token_info: bool = False,
     pad_to_max_length: bool = False,
+    prompt: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
     """The settings dict for `TextEncoder`, read from a Hugging Face checkpoint folder.
 
     max_length defaults to the tokenizer's model_max_length, capped by config.json's
     max_position_embeddings (minus RoBERTa's offset) and by 8192. colbert_markers = (query marker
-    token, document marker token), e.g. ("[unused0]", "[unused1]")."""
+    token, document marker token), e.g. ("[unused0]", "[unused1]"). prompt = (prefix, template,
+    suffix) of an LLM reranker: the prefix and suffix are tokenized here, once, without the
+    tokenizer's own special tokens (as Qwen3-Reranker's model card does)."""
     checkpoint = Path(checkpoint)
     tokenizer_json = checkpoint / "tokenizer.json"
     if not tokenizer_json.is_file():
@@ -387,6 +446,17 @@ def tokenization_config(
             ),
         }
 
+    prompt_settings = None
+    if prompt is not None:
+        prefix, template, suffix = prompt
+        prompt_settings = {
+            "template": template,
+            "prefix": prefix,  # as text too: what parity's reference tokenizes on its own
+            "suffix": suffix,
+            "prefix_ids": tokenizer.encode(prefix, add_special_tokens=False).ids,
+            "suffix_ids": tokenizer.encode(suffix, add_special_tokens=False).ids,
+        }
+
     prefixes = {}
     if query_prefix:
         prefixes["query"] = query_prefix
@@ -402,5 +472,6 @@ def tokenization_config(
         "colbert": colbert,
         "token_info": info,
         "pad_to_max_length": pad_to_max_length,
+        "prompt": prompt_settings,
     }
     return _validated(config)

@@ -47,6 +47,7 @@ RUN_HERE = {
     "tasks-extract",  # run by tests/model_repository/test_triton_extract.py against its entry "ner"
     "tasks-image-text",  # run by tests/model_repository/test_triton_image_text.py ("clip")
     "lora-call",  # run by tests/model_repository/test_triton_lora.py against its entry "emb"
+    "tasks-llm-rerank",  # run by tests/model_repository/test_triton_llm_rerank.py ("qwen-rerank")
 }  # fmt: skip
 # The folders README's download step fills, and what the docs session puts there instead.
 CHECKPOINTS = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tiny_models import FAMILIES
+from tests.support.tiny_models import FAMILIES, FAMILY_EXPORT_OPTIONS
 from tests.support.triton import triton_server  # noqa: F401  (fixture: tests serve exports)
 
 PROBE_MAX_LENGTH = 48  # short, so the long probe is truncated and exports stay quick
@@ -32,9 +32,8 @@ def exported(tiny_model, tmp_path_factory):
         assert family in FAMILIES
         if family not in done:
             name = family.replace("-", "_")
-            manifest = export_model(
-                tiny_model(family), name, repository, ExportOptions(max_length=PROBE_MAX_LENGTH)
-            )
+            options = {"max_length": PROBE_MAX_LENGTH, **FAMILY_EXPORT_OPTIONS.get(family, {})}
+            manifest = export_model(tiny_model(family), name, repository, ExportOptions(**options))
             done[family] = (repository, manifest)
         return done[family]
 

@@ -11,7 +11,7 @@ import pytest
 from shoal.contract import OUTPUTS_BY_TASK, Task
 from shoal.manifest import Manifest
 from shoal.model_repository.layout import EntryLayout
-from tests.support.tiny_models import FAMILIES
+from tests.support.tiny_models import FAMILIES, FAMILY_EXPORT_OPTIONS
 
 EXPECTED_TASK = {
     "bert": Task.EMBED,
@@ -26,6 +26,7 @@ EXPECTED_TASK = {
     "token-classification": Task.EXTRACT,
     "clip": Task.IMAGE_TEXT,  # the text entry here; tests/exporter/test_image_text.py: both
     "siglip": Task.IMAGE_TEXT,
+    "llm-reranker": Task.RERANK,
 }
 
 
@@ -40,7 +41,8 @@ def test_family_is_detected_from_its_checkpoint(family, tiny_model):
     from shoal.exporter.adapters import detect_adapter
     from shoal.exporter.checkpoint import inspect_checkpoint
 
-    assert detect_adapter(inspect_checkpoint(tiny_model(family))).name == family
+    task = FAMILY_EXPORT_OPTIONS.get(family, {}).get("task")
+    assert detect_adapter(inspect_checkpoint(tiny_model(family)), task=task).name == family
 
 
 @pytest.mark.slow

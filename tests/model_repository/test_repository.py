@@ -279,6 +279,14 @@ def test_repo_list_shows_a_failure_first_else_the_served_dtype_closest_to_its_th
         ],
     )
     assert _parity(scores) == "ok fp32 max_scaled_diff=5e-05"
+    ranked = SimpleNamespace(  # a reranker: its ranking count passes at 0, the score is shown
+        dtype="fp32",
+        parity=[
+            result("fp32", 6e-8, 1e-5, metric="max_scaled_diff"),
+            result("fp32", 0.0, 0.0, metric="discordant_pairs"),
+        ],
+    )
+    assert _parity(ranked) == "ok fp32 max_scaled_diff=6e-08"
     failed = SimpleNamespace(
         dtype="fp32", parity=[result("fp32", 1.0, 0.99999), result("fp32", 0.9, 0.99999, False)]
     )

@@ -14,11 +14,14 @@ each family once per session.
 
 Families (the exporter's registry keys): bert, xlm-roberta, modernbert, qwen2, qwen3, reranker,
 colbert, splade, bge-m3, token-classification (a NER head on BERT, or with
-`backbone="xlm-roberta"` / `"deberta-v2"` on those), clip, siglip (tests/support/tiny_image_text.py).
+`backbone="xlm-roberta"` / `"deberta-v2"` on those), llm-reranker (a Qwen3ForCausalLM with the
+Qwen3-Reranker prompt's words, "yes" and "no" in its vocabulary; export it with task rerank),
+clip, siglip (tests/support/tiny_image_text.py).
 
 Overrides: `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `intermediate_size`,
 `max_position_embeddings`, `seed`, `vocab_size` (target tokenizer vocabulary), `colbert_dim`,
-`backbone` (token-classification: "bert" | "xlm-roberta" | "deberta-v2"),
+`backbone` (token-classification: "bert" | "xlm-roberta" | "deberta-v2"; llm-reranker: "qwen2"
+for a Qwen2ForCausalLM, any other value a Qwen3ForCausalLM),
 and `sentence_transformers_pooling` ("cls" | "mean" | "max" | "lasttoken": also write modules.json
 and 1_Pooling/config.json as a sentence-transformers folder does).
 """
@@ -135,7 +138,12 @@ def _train_unigram(
     return tok
 
 
-def _train_byte_bpe(vocab_size: int, specials: list[str], template: tuple[str, str] | None) -> Any:
+def _train_byte_bpe(
+    vocab_size: int,
+    specials: list[str],
+    template: tuple[str, str] | None,
+    corpus: tuple[str, ...] = CORPUS,
+) -> Any:
     """GPT-2/Qwen style byte-level BPE. `template` = (single, pair) post-processor templates."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from tokenizers.trainers import BpeTrainer
@@ -144,7 +152,7 @@ def _train_byte_bpe(vocab_size: int, specials: list[str], template: tuple[str, s
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
-        CORPUS,
+        corpus,
         BpeTrainer(
             vocab_size=vocab_size,
             special_tokens=specials,
@@ -498,6 +506,37 @@ def _build_modernbert(out_dir: Path, o: dict[str, Any]) -> None:
     _save_model(model, out_dir)
 
 
+def _save_qwen_tokenizer(
+    tok: Any, out_dir: Path, o: dict[str, Any], list_added_tokens: bool = False
+) -> None:
+    """Qwen's tokenizer files: <|endoftext|> pads, <|im_end|> ends, left padding.
+    list_added_tokens: tokenizer_config.json lists every added token (<|im_start|>, <think>, ...)
+    as Qwen's do; transformers 5 rebuilds a qwen2 checkpoint's tokenizer from that list and the
+    vocabulary, and would split an unlisted <|im_start|> into characters."""
+    extra: dict[str, Any] = {"model_input_names": ["input_ids", "attention_mask"]}
+    if list_added_tokens:
+        extra["added_tokens_decoder"] = {
+            str(i): {
+                "content": t.content,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": t.special,
+            }
+            for i, t in sorted(tok.get_added_tokens_decoder().items())
+        }
+    _save_tokenizer(
+        tok,
+        out_dir,
+        tokenizer_class="PreTrainedTokenizerFast",
+        special_tokens={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"},
+        model_max_length=o["max_position_embeddings"],
+        padding_side="left",
+        extra_config=extra,
+    )
+
+
 def _build_qwen(model_type: str, out_dir: Path, o: dict[str, Any]) -> None:
     """A Qwen3-Embedding style decoder embedder: byte-level BPE whose post-processor appends
     <|endoftext|> (the token whose state is the embedding), left padding, last-token pooling."""
@@ -508,15 +547,7 @@ def _build_qwen(model_type: str, out_dir: Path, o: dict[str, Any]) -> None:
         QWEN_SPECIALS,
         ("$A <|endoftext|>", "$A <|endoftext|> $B <|endoftext|>"),
     )
-    _save_tokenizer(
-        tok,
-        out_dir,
-        tokenizer_class="PreTrainedTokenizerFast",
-        special_tokens={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"},
-        model_max_length=o["max_position_embeddings"],
-        padding_side="left",
-        extra_config={"model_input_names": ["input_ids", "attention_mask"]},
-    )
+    _save_qwen_tokenizer(tok, out_dir, o)
     heads = o["num_attention_heads"]
     common = _common_config(o, tok.get_vocab_size())
     extra: dict[str, Any] = {
@@ -542,6 +573,50 @@ def _build_qwen(model_type: str, out_dir: Path, o: dict[str, Any]) -> None:
     st_config = json.loads((out_dir / "config_sentence_transformers.json").read_text())
     st_config.update({"prompts": prompts, "default_prompt_name": None})
     (out_dir / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2))
+
+
+# What a Qwen3-Reranker's tokenizer has seen: its prompt's words, and "yes"/"no" as whole tokens.
+RERANKER_CORPUS: tuple[str, ...] = (
+    *CORPUS,
+    "Judge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".',
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query",
+    "<Query>: where do fish live?\n<Document>: fish live in water.",
+    "system user assistant think yes no yes no yes no",
+)
+
+
+def _build_llm_reranker(out_dir: Path, o: dict[str, Any]) -> None:
+    """A Qwen3-Reranker style checkpoint: Qwen3ForCausalLM with an untied LM head (so that an
+    export reading the embeddings instead of lm_head fails parity), Qwen's specials and its
+    <think> tokens, no tokens added by the post-processor, left padding."""
+    import transformers
+    from tokenizers import AddedToken
+
+    tok = _train_byte_bpe(max(o["vocab_size"], 600), QWEN_SPECIALS, None, RERANKER_CORPUS)
+    tok.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")]
+    )
+    for word in ("yes", "no"):
+        if tok.token_to_id(word) is None:
+            raise AssertionError(f"the tiny reranker tokenizer has no {word!r} token")
+    _save_qwen_tokenizer(tok, out_dir, o, list_added_tokens=True)
+    heads = o["num_attention_heads"]
+    qwen2 = o["backbone"] == "qwen2"
+    config = (transformers.Qwen2Config if qwen2 else transformers.Qwen3Config)(
+        **_common_config(o, tok.get_vocab_size()),
+        num_key_value_heads=max(1, heads // 2),
+        **({} if qwen2 else {"head_dim": o["hidden_size"] // heads}),
+        pad_token_id=tok.token_to_id("<|endoftext|>"),
+        eos_token_id=tok.token_to_id("<|im_end|>"),
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    _seeded(o)
+    causal_lm = transformers.Qwen2ForCausalLM if qwen2 else transformers.Qwen3ForCausalLM
+    model = causal_lm(config).eval()
+    _randomize_norms(model, o["seed"])
+    _save_model(model, out_dir)
 
 
 def _write_sentence_transformers(out_dir: Path, pooling: str, dims: int, normalize: bool) -> None:
@@ -607,8 +682,14 @@ BUILDERS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "token-classification": _build_token_classification,
     "clip": lambda out, o: tiny_image_text.build_clip(out, o),
     "siglip": lambda out, o: tiny_image_text.build_siglip(out, o),
+    "llm-reranker": _build_llm_reranker,
 }
 FAMILIES: tuple[str, ...] = tuple(BUILDERS)
+# ExportOptions fields a family's tiny checkpoint needs: a causal LM exports as an embedder unless
+# asked for task rerank, and the reranker prompt's prefix and suffix take 77 tokens.
+FAMILY_EXPORT_OPTIONS: dict[str, dict[str, Any]] = {
+    "llm-reranker": {"task": "rerank", "max_length": 128},
+}
 
 
 def build_tiny_model(family: str, out_dir: Path, **overrides: Any) -> Path:

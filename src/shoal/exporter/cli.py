@@ -123,6 +123,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_IMAGE_BYTES,
         help="image-text models: the largest image file accepted (default: %(default)s)",
     )
+    export.add_argument(
+        "--instruction",
+        help="LLM rerankers (a *ForCausalLM with --task rerank): the prompt's <Instruct> line "
+        "(default: the Qwen3-Reranker model card's web-search instruction)",
+    )
+    export.add_argument(
+        "--prompt-prefix",
+        help="LLM rerankers: the text before <Instruct>..., never truncated (default: "
+        'Qwen3-Reranker\'s system turn asking for "yes" or "no", then the user turn\'s start)',
+    )
+    export.add_argument(
+        "--prompt-suffix",
+        help="LLM rerankers: the text after the document, never truncated; the score is read "
+        "at its last token (default: Qwen3-Reranker's end of the user turn and an assistant "
+        "turn opened with an empty think block)",
+    )
     export.add_argument("--query-prefix", help="text put before queries (TEXT_TYPE=query)")
     export.add_argument("--document-prefix", help="text put before documents")
     export.add_argument(
@@ -177,6 +193,9 @@ def run_export(args: argparse.Namespace) -> int:
             query_prefix=args.query_prefix,
             document_prefix=args.document_prefix,
             aggregation=args.aggregation,
+            instruction=args.instruction,
+            prompt_prefix=args.prompt_prefix,
+            prompt_suffix=args.prompt_suffix,
             family=args.family,
             adapters=parse_adapters(args.adapters),
             overwrite=args.overwrite,

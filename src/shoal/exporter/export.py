@@ -37,7 +37,7 @@ from shoal.exporter.checkpoint import TOKENIZER_FILES, inspect_checkpoint
 from shoal.exporter.errors import ExportError
 from shoal.exporter.fingerprint import adapters_hash, source_hash, tool_versions
 from shoal.exporter.options import ExportOptions, ExportPlan
-from shoal.exporter.parity import THRESHOLDS, check_parity, raise_on_failure
+from shoal.exporter.parity import THRESHOLDS, check_parity, family_threshold, raise_on_failure
 from shoal.manifest import LoraAdapterSpec, Manifest, ManifestError, ParityResult, TensorSpec
 from shoal.model_repository.entry import EntryError, write_entry
 from shoal.model_repository.install import (
@@ -462,7 +462,7 @@ def build_manifest(
         "optimization": optimization,
         "parity_thresholds": {
             k: {"min_cosine": v.min_cosine, "max_scaled_diff": v.max_scaled_diff}
-            for k, v in THRESHOLDS.items()
+            for k, v in ((dtype, family_threshold(adapter, dtype)) for dtype in THRESHOLDS)
         },
         "hidden_size": plan.hidden_size,
         "num_layers": int(config.get("num_hidden_layers", 0)),

@@ -35,6 +35,11 @@ class ExportOptions:
     document_prefix: str | None = None
     # extract: how token predictions join into entities (transformers' pipeline strategies)
     aggregation: str | None = None
+    # LLM rerankers: the prompt's <Instruct> line, and the text before / after the
+    # <Instruct>...<Document> part (system turn; assistant turn); None: Qwen3-Reranker's
+    instruction: str | None = None
+    prompt_prefix: str | None = None
+    prompt_suffix: str | None = None
     family: str | None = None  # force an adapter instead of detecting it
     overwrite: bool = False  # replace an existing entry of the same name (atomically)
     version: int | None = None  # Triton version to write; None: one past the entry's current

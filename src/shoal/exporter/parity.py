@@ -12,7 +12,9 @@ Metrics (the manifest's ParityResult): "min_cosine" for dense and ColBERT vector
 classifiers' logits (the lowest cosine over every probe text / token vector), "max_scaled_diff"
 for scores and sparse weights (largest |onnx - reference| divided by max(1, largest |reference|)
 of that text) and for entities (the largest score difference; 1.0, failing at every dtype, when
-the entities' labels or character spans differ from transformers' pipeline).
+the entities' labels or character spans differ from transformers' pipeline). Rerankers also get
+"discordant_pairs" on SCORE (pairs of a probe batch ranked otherwise than the reference; must be 0).
+A family may tighten the score bar (`Adapter.parity_score_limits`: LLM rerankers, 1e-5 at fp32).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,10 @@ log = logging.getLogger(__name__)
 
 MIN_COSINE = "min_cosine"
 MAX_SCALED_DIFF = "max_scaled_diff"
+# Rerankers: pairs of one probe batch that the export orders otherwise than the reference, among
+# those whose reference scores differ by more than the dtype's score tolerance (closer ones are
+# ties at that precision). Must be 0.
+DISCORDANT_PAIRS = "discordant_pairs"
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,9 @@ def reference_outputs(
     with torch.inference_mode():
         wants = [
             adapter.reference(
-                model, plan, reference_encoding(hf_tokenizer, plan, text, run.text_type, pair)
+                model,
+                plan,
+                adapter.reference_encoding(hf_tokenizer, plan, text, run.text_type, pair),
             )
             for text, pair in zip(run.texts, pairs, strict=True)
         ]
@@ -303,6 +311,36 @@ def entity_difference(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> 
     return max((abs(g["score"] - w["score"]) for g, w in zip(got, want, strict=True)), default=0.0)
 
 
+def discordant_pairs(got: np.ndarray, want: np.ndarray, tie: float) -> int:
+    """Pairs (i, j) with want[i] > want[j] + tie that the export scores got[i] <= got[j]."""
+    got, want = np.asarray(got, np.float64).ravel(), np.asarray(want, np.float64).ravel()
+    return sum(
+        1
+        for i in range(len(want))
+        for j in range(len(want))
+        if want[i] > want[j] + tie and got[i] <= got[j]
+    )
+
+
+def ranking_figure(
+    got: dict[str, np.ndarray], wants: list[dict[str, Any]], threshold: Threshold
+) -> int | None:
+    """discordant_pairs of one probe batch's SCOREs, or None when the run has no scores."""
+    if not wants or OUTPUT_SCORE not in wants[0]:
+        return None
+    want = np.concatenate([w[OUTPUT_SCORE] for w in wants])
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    return discordant_pairs(got[OUTPUT_SCORE][:, 0], want, threshold.max_scaled_diff * scale)
+
+
+def family_threshold(adapter: Any, dtype: str) -> Threshold:
+    """The dtype's bar, with the family's tighter score limit where it sets one."""
+    limits = getattr(adapter, "parity_score_limits", {})
+    if dtype in limits:
+        return replace(THRESHOLDS[dtype], max_scaled_diff=limits[dtype])
+    return THRESHOLDS[dtype]
+
+
 def check_parity(
     adapter: Any,
     model: Any,
@@ -316,21 +354,30 @@ def check_parity(
     """One ParityResult per contract output; raises nothing (see `raise_on_failure`). `session`:
     one that runs `onnx_path` in a particular way (a LoRA adapter active), else a plain one."""
     session = session or onnx_session(onnx_path)
-    threshold = THRESHOLDS[dtype]
+    threshold = family_threshold(adapter, dtype)
     per_output: dict[str, tuple[str, dict[str, float]]] = {}
+    ranking: dict[str, float] = {}
     for run in probe_runs(plan):
         got = exported_outputs(session, encoder, plan, run)
-        for row, want in enumerate(reference_outputs(adapter, model, hf_tokenizer, plan, run)):
+        wants = reference_outputs(adapter, model, hf_tokenizer, plan, run)
+        for row, want in enumerate(wants):
             for output, (metric, value) in compare_text(plan.task, got, row, want).items():
                 per_output.setdefault(output, (metric, {}))[1][f"{run.label}/{row}"] = value
+        discordant = ranking_figure(got, wants, threshold)
+        if discordant is not None:
+            ranking[f"{run.label}/all"] = float(discordant)
     results = []
-    for output, (metric, details) in per_output.items():
+    per_metric = list(per_output.items())
+    if ranking:
+        per_metric.append((OUTPUT_SCORE, (DISCORDANT_PAIRS, ranking)))
+    for output, (metric, details) in per_metric:
         # The verdict on the measured figures; only the recorded details are rounded.
         if metric == MIN_COSINE:
             value, limit = min(details.values()), threshold.min_cosine
             passed = value >= limit
         else:
-            value, limit = max(details.values()), threshold.max_scaled_diff
+            limit = 0.0 if metric == DISCORDANT_PAIRS else threshold.max_scaled_diff
+            value = max(details.values())
             passed = value <= limit
         results.append(
             ParityResult(

@@ -38,7 +38,9 @@ def _parity(manifest) -> str:
 
     served = [r for r in manifest.parity if r.dtype == manifest.dtype] or manifest.parity
     failed = [r for r in manifest.parity if not r.passed]
-    shown = failed[0] if failed else min(served, key=margin)
+    # A passing count that must be 0 (rerankers' discordant_pairs) says less than a figure with
+    # a tolerance: shown only when it is all there is.
+    shown = failed[0] if failed else min(served, key=lambda r: (r.threshold == 0, margin(r)))
     verdict = "FAILED" if failed else "ok"
     return f"{verdict} {shown.dtype} {shown.metric}={shown.value:.6g}"
 

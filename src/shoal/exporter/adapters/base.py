@@ -55,6 +55,11 @@ class Adapter:
     # Head classes (HEAD_TASKS suffixes) this family exports, or leaves out as the usual
     # practice for its task: a plain encoder's embeddings ignore a pre-training head.
     heads: ClassVar[tuple[str, ...]] = ("ForMaskedLM", "ForPreTraining")
+    # LLM rerankers build a prompt (--instruction, --prompt-prefix/--prompt-suffix); others refuse
+    # those options.
+    takes_prompt: ClassVar[bool] = False
+    # Parity bars on SCORE tighter than parity.THRESHOLDS, by dtype (max_scaled_diff).
+    parity_score_limits: ClassVar[dict[str, float]] = {}
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
@@ -135,6 +140,12 @@ class Adapter:
             raise ExportError(
                 f"--pooling/--dims/--matryoshka apply to dense embeddings (tasks embed, multi), "
                 f"not {task.value!r}"
+            )
+        prompt_options = (options.instruction, options.prompt_prefix, options.prompt_suffix)
+        if any(o is not None for o in prompt_options) and not self.takes_prompt:
+            raise ExportError(
+                f"--instruction/--prompt-prefix/--prompt-suffix apply to LLM rerankers (a "
+                f"*ForCausalLM checkpoint exported with --task rerank), not to family {self.name!r}"
             )
         if options.score != SCORE_RAW and task != Task.RERANK:
             raise ExportError(f"--score applies to rerankers (task rerank), not {task.value!r}")
@@ -283,6 +294,14 @@ class Adapter:
         if self.token_type_ids:
             names.append("token_type_ids")
         return names
+
+    def reference_encoding(
+        self, hf_tokenizer: Any, plan: ExportPlan, text: str, text_type: str, pair: str | None
+    ) -> dict[str, Any]:
+        """One probe text (and its pair) tokenized by the Hugging Face tokenizer for `reference`."""
+        from shoal.exporter.parity import reference_encoding
+
+        return reference_encoding(hf_tokenizer, plan, text, text_type, pair)
 
     def reference(
         self, model: Any, plan: ExportPlan, encoded: dict[str, Any]

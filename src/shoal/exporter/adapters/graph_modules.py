@@ -77,6 +77,29 @@ class DecoderHiddenStates(torch.nn.Module):
         ).last_hidden_state
 
 
+class YesNoLogit(torch.nn.Module):
+    """LLM rerankers: logit("yes") - logit("no") at the last position, [B, 1]. Only the two
+    LM-head rows travel into the graph: the full-vocabulary logits are never computed. Left
+    padding puts each row's last token at T-1; positions as DecoderHiddenStates."""
+
+    output_names = (GRAPH_LOGITS,)
+
+    def __init__(self, model: Any, yes_id: int, no_id: int) -> None:
+        super().__init__()
+        self.states = DecoderHiddenStates(model.get_decoder())
+        head = model.get_output_embeddings()
+        rows = head.weight.detach()[[yes_id, no_id]].clone()
+        self.answers = torch.nn.Linear(rows.shape[1], 2, bias=head.bias is not None)
+        with torch.no_grad():
+            self.answers.weight.copy_(rows)
+            if head.bias is not None:
+                self.answers.bias.copy_(head.bias.detach()[[yes_id, no_id]])
+
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        yes_no = self.answers(self.states(input_ids, attention_mask)[:, -1])
+        return yes_no[:, :1] - yes_no[:, 1:]
+
+
 class ColbertVectors(torch.nn.Module):
     output_names = (GRAPH_TOKEN_VECTORS,)
 
