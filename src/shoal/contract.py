@@ -23,6 +23,9 @@ class Task(StrEnum):
     EXTRACT = "extract"  # token classification: labelled character spans (entities) per text
     # GLiNER: entities of the labels named in each request (LABELS, THRESHOLD inputs)
     EXTRACT_ZERO_SHOT = "extract-zero-shot"
+    # CLIP/SigLIP: images and texts into one space. One export writes two entries: `name` (TEXT)
+    # and `name-image` (IMAGE), each answering EMBEDDING (see image_entry_name).
+    IMAGE_TEXT = "image-text"
 
 
 class Pooling(StrEnum):
@@ -83,6 +86,9 @@ INPUT_TEXT_TYPE = (
     "TEXT_TYPE"  # optional BYTES [batch, 1]: "query" or "document" (prefixes, markers)
 )
 
+# BYTES [batch, 1]: image files (JPEG, PNG, WebP) for the image entry of an image-text export
+INPUT_IMAGE = "IMAGE"
+
 OUTPUT_EMBEDDING = "EMBEDDING"  # FP32 [batch, dims]
 OUTPUT_SCORE = "SCORE"  # FP32 [batch, 1]
 OUTPUT_SPARSE_INDICES = "SPARSE_INDICES"  # INT64 [batch, n]: token ids, padded with -1
@@ -107,7 +113,17 @@ OUTPUTS_BY_TASK: dict[Task, tuple[str, ...]] = {
     ),
     Task.EXTRACT: (OUTPUT_ENTITIES,),
     Task.EXTRACT_ZERO_SHOT: (OUTPUT_ENTITIES,),
+    Task.IMAGE_TEXT: (OUTPUT_EMBEDDING,),
 }
+
+# An image-text export's image tower is served as its own entry, `<name>-image` (EMBEDDING from
+# IMAGE), beside `<name>` (EMBEDDING from TEXT): one Triton ensemble per input kind.
+IMAGE_ENTRY_SUFFIX = "-image"
+
+
+def image_entry_name(name: str) -> str:
+    """The entry serving the image tower of image-text export `name`."""
+    return f"{name}{IMAGE_ENTRY_SUFFIX}"
 
 # Step names inside a model-repository entry: the ensemble is named after the model.
 STEP_TOKENIZE = "tokenize"

@@ -18,6 +18,8 @@ Graph outputs by task (names the exporter gives the ONNX outputs):
              colbert_vectors [B, T-1, H] (projection of tokens 1.., not normalized)
     extract  token_logits [B, T, labels] float; with the texts and the tokenize step's
              token_offsets [B, T, 2] and word_ids [B, T] (`inputs`)
+    image-text  embeddings [B, D] float: one tower's projected vector (CLIP/SigLIP
+             get_text_features / get_image_features); image entries pass no ids or mask
 
 Settings (`config`, stored in the manifest as extra["postprocessing"]):
     pooling           "cls" | "mean" | "last-token" | "max" (embed, multi)
@@ -59,6 +61,7 @@ GRAPH_SPARSE_WEIGHTS = "sparse_weights"
 GRAPH_TOKEN_WEIGHTS = "token_weights"
 GRAPH_COLBERT_VECTORS = "colbert_vectors"
 GRAPH_TOKEN_LOGITS = "token_logits"
+GRAPH_EMBEDDINGS = "embeddings"
 # What the tokenize step adds for `extract` (names as in shoal.tokenization).
 TOKEN_OFFSETS = "token_offsets"
 WORD_IDS = "word_ids"
@@ -70,6 +73,7 @@ GRAPH_OUTPUTS_BY_TASK: dict[str, tuple[str, ...]] = {
     "sparse": (GRAPH_SPARSE_WEIGHTS,),
     "multi": (GRAPH_HIDDEN_STATES, GRAPH_TOKEN_WEIGHTS, GRAPH_COLBERT_VECTORS),
     "extract": (GRAPH_TOKEN_LOGITS,),
+    "image-text": (GRAPH_EMBEDDINGS,),
 }
 # Inputs of the postprocess step besides ids, mask and the graph outputs, by task.
 STEP_INPUTS_BY_TASK: dict[str, tuple[str, ...]] = {
@@ -102,6 +106,8 @@ def postprocess(
         raise PostprocessError(
             f"task {task!r} needs graph outputs {missing}; got {sorted(graph_outputs)}"
         )
+    if task == "image-text":  # pooled and projected in the graph; no tokens needed
+        return {OUTPUT_EMBEDDING: embeddings(graph_outputs[GRAPH_EMBEDDINGS], config)}
     input_ids = np.asarray(input_ids)
     mask = np.asarray(attention_mask).astype(bool)
     if input_ids.shape != mask.shape or input_ids.ndim != 2:
@@ -194,6 +200,15 @@ def dense(hidden: np.ndarray, mask: np.ndarray, config: dict[str, Any]) -> np.nd
     if config.get("normalize", False):
         vectors = l2_normalize(vectors)
     return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def embeddings(vectors: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    """[B, D] vectors pooled in the graph -> truncated and normalized as `dense`."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise PostprocessError(f"embeddings must be [batch, dims], got {vectors.shape}")
+    one_token = np.ones((vectors.shape[0], 1), dtype=bool)
+    return dense(vectors[:, None, :], one_token, {**config, "pooling": "cls"})
 
 
 # ------------------------------------------------------------------ scores

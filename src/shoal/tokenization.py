@@ -22,6 +22,8 @@ Settings (all keys are written by `tokenization_config`):
                      pads queries to query_length with [MASK] tokens (query augmentation; the
                      attention mask stays 0 there, as in colbert-ai). query_length null = no
                      augmentation.
+    pad_to_max_length  bool: pad every text to max_length (SigLIP's text tower was trained on
+                     texts padded to its full length and pools the last position)
     token_info       null, or {"unk_token_id", "continuing_subword_prefix",
                      "strip_whitespace"} (token
                      classification): encode() also returns, per token, `token_offsets` [B, T, 2]
@@ -127,6 +129,8 @@ class TextEncoder:
         fixed_length = None
         if colbert is not None and text_type == "query" and colbert["query_length"]:
             max_length = fixed_length = min(max_length, colbert["query_length"])
+        if config["pad_to_max_length"]:
+            fixed_length = max_length
 
         self.tokenizer.enable_truncation(max_length, strategy="longest_first")
         if pairs is None:
@@ -168,7 +172,8 @@ class TextEncoder:
         batch = len(ids)
         width = fixed_length or max((len(row) for row in ids), default=0)
         pad_id = config["pad_token_id"]
-        if fixed_length is not None:  # ColBERT query augmentation: pad with [MASK], unattended
+        if fixed_length is not None and not config["pad_to_max_length"]:
+            # ColBERT query augmentation: pad with [MASK], unattended
             pad_id = config["colbert"]["mask_token_id"]
         input_ids = np.full((batch, width), pad_id, dtype=np.int64)
         attention_mask = np.zeros((batch, width), dtype=np.int64)
@@ -287,6 +292,7 @@ def _validated(config: dict[str, Any]) -> dict[str, Any]:
         "token_type_ids": False,
         "colbert": None,
         "token_info": None,
+        "pad_to_max_length": False,
         "prompt": None,
         **config,
     }
@@ -362,6 +368,7 @@ def tokenization_config(
     colbert_markers: tuple[str, str] | None = None,
     colbert_query_length: int | None = None,
     token_info: bool = False,
+    pad_to_max_length: bool = False,
     prompt: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
     """The settings dict for `TextEncoder`, read from a Hugging Face checkpoint folder.
@@ -464,6 +471,7 @@ def tokenization_config(
         "token_type_ids": token_type_ids,
         "colbert": colbert,
         "token_info": info,
+        "pad_to_max_length": pad_to_max_length,
         "prompt": prompt_settings,
     }
     return _validated(config)

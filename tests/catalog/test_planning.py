@@ -51,6 +51,21 @@ def _hidden_torch(folder: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), *sys.path])}
 
 
+def dry_run_refusals(tmp_path: Path) -> dict[str, str]:
+    """`shoal build --dry-run` of tmp_path/catalog.yaml without torch, which must fail: model
+    name -> its line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "shoal.cli", "build", str(tmp_path / "catalog.yaml"),
+         "--repository", str(tmp_path / "repo"), "--manifests", str(tmp_path / "out"),
+         "--dry-run", "--progress", "plain"],
+        capture_output=True, text=True, env=_hidden_torch(tmp_path / "shim"), timeout=120,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    return dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+
+
 def test_dry_run_checks_task_dims_and_max_length_against_the_checkpoint_without_torch(
     tiny_model, tmp_path: Path
 ) -> None:
@@ -74,18 +89,20 @@ models:
     max_length: 100000
 """
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "shoal.cli", "build", str(tmp_path / "catalog.yaml"),
-         "--repository", str(tmp_path / "repo"), "--manifests", str(tmp_path / "out"),
-         "--dry-run", "--progress", "plain"],
-        capture_output=True, text=True, env=_hidden_torch(tmp_path / "shim"), timeout=120,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    lines = dry_run_refusals(tmp_path)
     assert lines["fine"].startswith("build (new)")
     assert "family 'bert' exports tasks ['embed'], not 'rerank'" in lines["wrong-task"]
     assert "--dims 4096 exceeds the model's output width (32)" in lines["too-wide"]
     assert "max_length 100000 exceeds what" in lines["too-long"]
     assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+
+
+def test_an_image_text_model_is_refused_by_the_plan_naming_shoal_export(
+    tiny_model, tmp_path: Path
+) -> None:
+    (tmp_path / "catalog.yaml").write_text(
+        f"defaults:\n  pool: cpu\nmodels:\n  - name: clip\n    source: {tiny_model('clip')}\n"
+    )
+    lines = dry_run_refusals(tmp_path)
+    assert "image-text model (clip), which exports as two entries" in lines["clip"]
+    assert "export it with `shoal export`" in lines["clip"]

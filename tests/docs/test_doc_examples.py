@@ -46,6 +46,7 @@ RUN_HERE = {
     "serve-options", "python-api",
     "tasks-extract",  # run by tests/model_repository/test_triton_extract.py against its entry "ner"
     "tasks-extract-zero-shot",  # run by tests/model_repository/test_triton_gliner.py ("gliner")
+    "tasks-image-text",  # run by tests/model_repository/test_triton_image_text.py ("clip")
     "lora-call",  # run by tests/model_repository/test_triton_lora.py against its entry "emb"
     "tasks-llm-rerank",  # run by tests/model_repository/test_triton_llm_rerank.py ("qwen-rerank")
 }  # fmt: skip

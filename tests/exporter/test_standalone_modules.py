@@ -1,4 +1,4 @@
-"""tokenization.py and postprocessing.py are copied verbatim into Triton python-backend steps,
+"""tokenization.py, postprocessing.py and image_preprocessing.py are copied verbatim into Triton python-backend steps,
 where shoal is not installed: they may import only the stdlib and what the steps' image has."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import shoal.image_preprocessing
 import shoal.postprocessing
 import shoal.span_extraction
 import shoal.tokenization
@@ -22,8 +23,9 @@ STDLIB = set(sys.stdlib_module_names)
         (shoal.tokenization, STDLIB | {"numpy", "tokenizers"}),
         (shoal.postprocessing, STDLIB | {"numpy"}),
         (shoal.span_extraction, STDLIB | {"numpy", "tokenizers"}),
+        (shoal.image_preprocessing, STDLIB | {"numpy", "PIL"}),
     ],
-    ids=["tokenization", "postprocessing", "span_extraction"],
+    ids=["tokenization", "postprocessing", "span_extraction", "image_preprocessing"],
 )
 def test_module_imports_nothing_from_shoal(module, allowed: set[str]) -> None:
     source = Path(module.__file__).read_text()

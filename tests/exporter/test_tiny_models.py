@@ -35,8 +35,9 @@ def test_every_family_loads_offline_with_its_auto_classes(family, tiny_model):
         assert auto(text)["input_ids"] == raw.encode(text).ids
     assert raw.encode("hello fish").tokens.count(raw.id_to_token(0)) <= 1  # not all [UNK]s
     config = transformers.AutoConfig.from_pretrained(folder)
-    assert config.num_hidden_layers == 2
-    assert config.vocab_size >= raw.get_vocab_size()
+    text_config = getattr(config, "text_config", config)  # image-text models: the text tower
+    assert text_config.num_hidden_layers == 2
+    assert text_config.vocab_size >= raw.get_vocab_size()
 
 
 def test_the_tiny_gliner_loads_offline_with_gliner_and_finds_spans(tiny_model):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from shoal.contract import (
+    INPUT_IMAGE,
     INPUT_LABELS,
     INPUT_QUERY,
     INPUT_TEXT,
@@ -44,6 +45,7 @@ _ENCODER_OUTPUTS = {
     ],
     Task.EXTRACT: [TensorSpec("token_logits", "FP32", [-1, len(NER_LABELS)])],
     Task.EXTRACT_ZERO_SHOT: [TensorSpec("span_logits", "FP32", [-1, 4, -1])],
+    Task.IMAGE_TEXT: [TensorSpec("embeddings", "FP32", [DIMS])],  # the text entry's
 }
 
 
@@ -92,7 +94,7 @@ def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str =
     inputs = [TensorSpec(INPUT_TEXT, "BYTES", [1])]
     if task is Task.RERANK:
         inputs.insert(0, TensorSpec(INPUT_QUERY, "BYTES", [1]))
-    elif task is not Task.EXTRACT:
+    elif task not in (Task.EXTRACT, Task.IMAGE_TEXT):
         inputs.append(TensorSpec(INPUT_TEXT_TYPE, "BYTES", [1]))
     encoder_inputs = [
         TensorSpec("input_ids", "INT64", [-1]),
@@ -155,3 +157,31 @@ def sample_manifest(task: Task, runtime: Runtime = Runtime.PORTABLE, name: str =
         },
     )
     return zero_shot_manifest(manifest) if task is Task.EXTRACT_ZERO_SHOT else manifest
+
+
+IMAGE_SIZE = 32
+
+
+def sample_image_manifest(runtime: Runtime = Runtime.PORTABLE, name: str = "") -> Manifest:
+    """The image entry of an image-text export (IMAGE -> pixel values -> EMBEDDING)."""
+    text = sample_manifest(Task.IMAGE_TEXT, runtime)
+    return dataclasses.replace(
+        text,
+        name=name or "tiny-image-text-image",
+        inputs=[TensorSpec(INPUT_IMAGE, "BYTES", [1])],
+        encoder_inputs=[TensorSpec("pixel_values", "FP32", [3, IMAGE_SIZE, IMAGE_SIZE])],
+        extra={
+            "postprocessing": {"normalize": True, "dims": None},
+            "image_preprocessing": {
+                "resize": {"shortest_edge": IMAGE_SIZE},
+                "resample": 3,
+                "crop": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                "rescale_factor": 1 / 255,
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.5, 0.5, 0.5],
+                "convert_rgb": True,
+                "height": IMAGE_SIZE,
+                "width": IMAGE_SIZE,
+            },
+        },
+    )

@@ -15,7 +15,7 @@ from shoal.model_repository.entry import (
     InstanceKind,
     render_configs,
 )
-from tests.model_repository.sample_manifests import sample_manifest
+from tests.model_repository.sample_manifests import sample_image_manifest, sample_manifest
 
 
 def parse(text: str) -> model_config_pb2.ModelConfig:
@@ -139,3 +139,31 @@ def test_invalid_options_are_refused_when_made() -> None:
         EntryOptions(instance_count=0)
     with pytest.raises(ValueError, match="'tpu' is not a valid InstanceKind"):
         EntryOptions(instance_kind="tpu")
+
+
+@pytest.mark.parametrize("runtime", list(Runtime))
+def test_an_image_entry_feeds_pixel_values_from_its_first_step(runtime: Runtime) -> None:
+    manifest = sample_image_manifest(runtime)
+    configs = {key: parse(text) for key, text in render_configs(manifest, EntryOptions()).items()}
+    ensemble = configs["ensemble"]
+    assert [(i.name, list(i.dims)) for i in ensemble.input] == [("IMAGE", [1])]
+    assert [o.name for o in ensemble.output] == ["EMBEDDING"]
+    steps = {s.model_name: s for s in ensemble.ensemble_scheduling.step}
+    first = steps[f"{manifest.name}__tokenize"]
+    assert dict(first.input_map) == {"IMAGE": "IMAGE"}
+    assert list(first.output_map) == ["pixel_values"]
+    assert list(steps[f"{manifest.name}__postprocess"].input_map) == ["embeddings"]
+    assert [(i.name, list(i.dims)) for i in configs["encode"].input] == [
+        ("pixel_values", [3, 32, 32])
+    ]
+    assert [(o.name, list(o.dims)) for o in configs["tokenize"].output] == [
+        ("pixel_values", [3, 32, 32])
+    ]
+
+
+def test_an_image_entry_on_tensorrt_profiles_whole_images() -> None:
+    manifest = sample_image_manifest(Runtime.ONNXRUNTIME)
+    encode = parse(render_configs(manifest, EntryOptions(instance_kind="gpu"))["encode"])
+    (accelerator,) = encode.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.parameters["trt_profile_min_shapes"] == "pixel_values:1x3x32x32"
+    assert accelerator.parameters["trt_profile_max_shapes"] == "pixel_values:8x3x32x32"

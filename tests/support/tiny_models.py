@@ -16,7 +16,8 @@ Families (the exporter's registry keys): bert, xlm-roberta, modernbert, qwen2, q
 colbert, splade, bge-m3, token-classification (a NER head on BERT, or with
 `backbone="xlm-roberta"` / `"deberta-v2"` on those), gliner (a `gliner` span model over a tiny
 BERT; needs the `gliner` package), llm-reranker (a Qwen3ForCausalLM with the
-Qwen3-Reranker prompt's words, "yes" and "no" in its vocabulary; export it with task rerank).
+Qwen3-Reranker prompt's words, "yes" and "no" in its vocabulary; export it with task rerank),
+clip, siglip (tests/support/tiny_image_text.py).
 
 Overrides: `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `intermediate_size`,
 `max_position_embeddings`, `seed`, `vocab_size` (target tokenizer vocabulary), `colbert_dim`,
@@ -33,6 +34,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.support import tiny_image_text
 
 # The corpus the tokenizers are trained on: varied words, punctuation, accents, CJK and emoji so
 # that probe texts tokenize into real pieces instead of [UNK]s.
@@ -713,6 +716,8 @@ BUILDERS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "bge-m3": _build_bge_m3,
     "token-classification": _build_token_classification,
     "gliner": _build_gliner,
+    "clip": lambda out, o: tiny_image_text.build_clip(out, o),
+    "siglip": lambda out, o: tiny_image_text.build_siglip(out, o),
     "llm-reranker": _build_llm_reranker,
 }
 FAMILIES: tuple[str, ...] = tuple(BUILDERS)

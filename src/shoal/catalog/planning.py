@@ -45,12 +45,20 @@ def input_hash(model: CatalogModel) -> tuple[str, int]:
     """The exporter's source hash for this model's inputs, and the checkpoint's parameter count.
     Raises ExportError when the checkpoint cannot have what the model asks (task, dims, max length,
     family): the exporter's own planning, which reads config.json and the tokenizer, not torch."""
+    from shoal.contract import Task
     from shoal.exporter.adapters import detect_adapter
     from shoal.exporter.checkpoint import inspect_checkpoint
+    from shoal.exporter.errors import ExportError
     from shoal.exporter.fingerprint import source_hash  # the exporter's own, torch-free
 
     checkpoint = inspect_checkpoint(model.source)
-    detect_adapter(checkpoint, model.export.family, model.export.task).plan(model.export)
+    plan = detect_adapter(checkpoint, model.export.family, model.export.task).plan(model.export)
+    if plan.task == Task.IMAGE_TEXT:  # two entries per model: not yet planned and published
+        raise ExportError(
+            f"{checkpoint.path} is an image-text model ({plan.family}), which exports as two "
+            "entries (NAME and NAME-image): catalogs do not build those yet; export it with "
+            "`shoal export`"
+        )
     parameters = sum(
         parameter_count(checkpoint.path / f)
         for f in checkpoint.files

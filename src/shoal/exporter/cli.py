@@ -9,7 +9,13 @@ import logging
 from shoal.contract import Aggregation, Dtype, Pooling, Runtime, Task
 from shoal.exporter.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET
 from shoal.exporter.options import SCORE_RAW, SCORES
-from shoal.model_repository.entry import EntryOptions, GpuAccelerator, InstanceKind
+from shoal.model_repository.entry import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    EntryOptions,
+    GpuAccelerator,
+    InstanceKind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encode-step instances per replica (Triton instance group count) (default: 1)",
     )
     export.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="image-text models: an image whose header declares more pixels is refused before "
+        "it is decoded (decompression bombs) (default: %(default)s)",
+    )
+    export.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        help="image-text models: the largest image file accepted (default: %(default)s)",
+    )
+    export.add_argument(
         "--instruction",
         help="LLM rerankers (a *ForCausalLM with --task rerank): the prompt's <Instruct> line "
         "(default: the Qwen3-Reranker model card's web-search instruction)",
@@ -187,11 +206,18 @@ def run_export(args: argparse.Namespace) -> int:
             manifest = export_model(args.source, args.name, Path(args.repository), options)
     except (ExportError, ValueError) as exc:
         raise UserError(str(exc)) from exc
-    print(
-        f"exported {manifest.name}: {manifest.architecture} {manifest.task}, {manifest.dtype}, "
-        f"fused attention {manifest.fused_attention}, memory {manifest.memory_bytes / 2**20:.1f} MiB"
-    )
-    print(format_table(manifest.parity))
+    manifests = [manifest]
+    if "image_entry" in manifest.extra:  # image-text: the image tower's entry was written too
+        from shoal.manifest import Manifest
+
+        manifests.append(Manifest.read(Path(args.repository) / manifest.extra["image_entry"]))
+    for written in manifests:
+        print(
+            f"exported {written.name}: {written.architecture} {written.task}, {written.dtype}, "
+            f"fused attention {written.fused_attention}, "
+            f"memory {written.memory_bytes / 2**20:.1f} MiB"
+        )
+        print(format_table(written.parity))
     return 0
 
 
@@ -231,10 +257,16 @@ def serving_options(args: argparse.Namespace) -> EntryOptions:
                 f"--accelerator {args.accelerator} is an onnxruntime-backend setting: add "
                 "--runtime onnxruntime (the portable runtime uses CUDA on GPU instances by itself)"
             )
+    for flag in ("max_image_pixels", "max_image_bytes"):
+        if getattr(args, flag) < 1:
+            option = "--" + flag.replace("_", "-")
+            raise ValueError(f"{option} must be at least 1, got {getattr(args, flag)}")
     return EntryOptions(
         instance_kind=InstanceKind(args.device),
         gpu_accelerator=GpuAccelerator(args.accelerator or GpuAccelerator.TENSORRT.value),
         instance_count=args.instances,
+        max_image_pixels=args.max_image_pixels,
+        max_image_bytes=args.max_image_bytes,
     )
 
 

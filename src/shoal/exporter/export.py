@@ -114,6 +114,10 @@ def export_model(
     log.info("exporting %s as %r (family %s, task %s)", source, name, plan.family, plan.task)
 
     version = options.version or next_version(layout)
+    if plan.task == Task.IMAGE_TEXT:  # two towers, two entries (text, image)
+        from shoal.exporter.image_text_export import export_image_text
+
+        return export_image_text(adapter, plan, options, name, repository, version)
     repository.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(repository, name)
     try:
@@ -541,6 +545,14 @@ def verify_entry(entry: EntryLayout | str | Path) -> list[ParityResult]:
         raise ExportError(f"{entry.onnx_path} not found: the entry {entry.model!r} is incomplete")
     checkpoint = inspect_checkpoint(manifest.source)
     adapter = detect_adapter(checkpoint, manifest.architecture)
+    if manifest.task == Task.IMAGE_TEXT.value:  # either tower's entry
+        from shoal.exporter.image_text_export import verify_image_text
+
+        tokenizer = entry.tokenizer_dir / "tokenizer.json"
+        encoder = None
+        if tokenizer.is_file():
+            encoder = TextEncoder.from_file(tokenizer, manifest.extra["tokenization"])
+        return verify_image_text(adapter, manifest, entry.onnx_path, encoder)
     options = ExportOptions(
         task=manifest.task,
         pooling=manifest.pooling,

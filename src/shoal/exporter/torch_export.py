@@ -17,6 +17,7 @@ import torch
 from shoal.exporter.errors import ExportError
 from shoal.postprocessing import (
     GRAPH_COLBERT_VECTORS,
+    GRAPH_EMBEDDINGS,
     GRAPH_HIDDEN_STATES,
     GRAPH_LOGITS,
     GRAPH_SPARSE_WEIGHTS,
@@ -35,6 +36,7 @@ OUTPUT_AXES: dict[str, dict[int, str]] = {
     GRAPH_TOKEN_WEIGHTS: {0: "batch", 1: "sequence"},
     GRAPH_COLBERT_VECTORS: {0: "batch", 1: "sequence_after_first"},
     GRAPH_TOKEN_LOGITS: {0: "batch", 1: "sequence"},
+    GRAPH_EMBEDDINGS: {0: "batch"},
 }
 
 

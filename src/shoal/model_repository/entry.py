@@ -23,6 +23,7 @@ import jinja2
 
 from shoal.contract import (
     INPUT_ADAPTER,
+    INPUT_IMAGE,
     INPUT_LABELS,
     INPUT_TEXT,
     INPUT_TEXT_TYPE,
@@ -45,6 +46,11 @@ TEMPLATES_DIR = Path(__file__).with_name("templates")
 TOKENIZATION_MODULE = "shoal.tokenization"
 POSTPROCESSING_MODULE = "shoal.postprocessing"
 SPAN_EXTRACTION_MODULE = "shoal.span_extraction"  # extract-zero-shot (GLiNER): both steps
+# The image entry of an image-text export: its first step (in the tokenize slot, so that every tool
+# that loads, checks and hot-swaps entries treats it as any entry's light first step) decodes and
+# preprocesses images with this standalone module.
+IMAGE_STEP_SOURCE = "preprocess_image.py"
+IMAGE_PREPROCESSING_MODULE = "shoal.image_preprocessing"
 
 # Tensors the tokenize step always produces: postprocess needs them even when the graph does not.
 IDS = "input_ids"
@@ -62,6 +68,11 @@ ROW_INPUTS = (INPUT_TEXT, INPUT_LABELS)
 # A text over this many UTF-8 bytes is refused before tokenization (a few thousand tokens need a
 # few tens of KB; megabytes are a mistake or an attack and would stall the tokenize instance).
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
+# Image files over this many bytes, or whose header declares over this many pixels, are refused
+# before their pixels are decoded (a few-KB PNG can expand to gigabytes: a decompression bomb).
+# 64 megapixels holds any camera photo; decoded, it is ~200 MB of RGB.
+DEFAULT_MAX_IMAGE_BYTES = 32 << 20
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 # Keys of step.json that come from EntryOptions rather than the manifest (a check ignores them).
 OPTION_KEYS = frozenset(
     {
@@ -71,6 +82,8 @@ OPTION_KEYS = frozenset(
         "spinning",
         "length_slack",
         "min_group_tokens",
+        "max_image_bytes",
+        "max_image_pixels",
     }
 )
 # step.json keys added after entries were first written: an older entry without one is still
@@ -124,6 +137,8 @@ class EntryOptions:
     length_slack: float = 0.1
     min_group_tokens: int = 64
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # image entries (image-text exports) only
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         if self.runtime is not None:
@@ -145,6 +160,9 @@ class EntryOptions:
             raise ValueError("EntryOptions.pad_to_multiple_of must be >= 1")
         if self.max_text_bytes < 1:
             raise ValueError("EntryOptions.max_text_bytes must be >= 1")
+        for name in ("max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EntryOptions.{name} must be >= 1, got {getattr(self, name)}")
 
 
 class EntryError(ValueError):
@@ -221,7 +239,29 @@ class EntryTensors:
         return [*self.encoder_inputs, *([self.adapter] if self.adapter else [])]
 
 
+def is_image_entry(manifest: Manifest) -> bool:
+    """The image entry of an image-text export: IMAGE in, pixel values to its graph."""
+    return any(t.name == INPUT_IMAGE for t in manifest.inputs)
+
+
+def _image_entry_tensors(manifest: Manifest) -> EntryTensors:
+    """IMAGE -> preprocess (tokenize slot) -> pixel_values -> encode -> embeddings ->
+    postprocess -> EMBEDDING: no token ids anywhere."""
+    if not manifest.outputs:
+        raise EntryError(f"the manifest of {manifest.name!r} lists no outputs")
+    return EntryTensors(
+        inputs=list(manifest.inputs),
+        outputs=list(manifest.outputs),
+        tokens=list(manifest.encoder_inputs),
+        encoder_inputs=list(manifest.encoder_inputs),
+        encoder_outputs=list(manifest.encoder_outputs),
+        postprocess_inputs=list(manifest.encoder_outputs),
+    )
+
+
 def entry_tensors(manifest: Manifest) -> EntryTensors:
+    if is_image_entry(manifest):
+        return _image_entry_tensors(manifest)
     encoder_inputs = list(manifest.encoder_inputs)
     names = {t.name for t in encoder_inputs}
     if IDS not in names:
@@ -524,8 +564,43 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
     """What each python step reads in `initialize` (its step.json), from the manifest (the
     exporter's tokenization/postprocessing settings, verified at parity) and the options."""
     resolved = resolve_options(manifest, options)
-    tokenization = _extra_settings(manifest, "tokenization")
     postprocessing = _extra_settings(manifest, "postprocessing")
+    configs: dict[str, dict[str, Any]] = {
+        STEP_TOKENIZE: _first_step_config(manifest, resolved),
+        STEP_POSTPROCESS: {
+            "model": manifest.name,
+            "task": manifest.task,
+            "postprocessing": postprocessing,
+        },
+    }
+    if resolved.runtime is Runtime.PORTABLE:
+        configs[STEP_ENCODE] = {
+            "model": manifest.name,
+            "onnx": "model.onnx",
+            "padding_side": manifest.padding_side,
+            # null for image entries (pixel values, no padding to cut)
+            "pad_token_id": (manifest.extra.get("tokenization") or {}).get("pad_token_id"),
+            "threads": options.encode_threads,
+            "spinning": options.encode_spinning,
+            "length_slack": options.length_slack,
+            "min_group_tokens": options.min_group_tokens,
+            "adapters": {a.name: a.file for a in manifest.adapters},
+        }
+    return configs
+
+
+def _first_step_config(manifest: Manifest, resolved: ResolvedOptions) -> dict[str, Any]:
+    """step.json of the tokenize step, or of an image entry's preprocess step."""
+    options = resolved.options
+    if is_image_entry(manifest):
+        return {
+            "model": manifest.name,
+            "task": manifest.task,
+            "image_preprocessing": _extra_settings(manifest, "image_preprocessing"),
+            "max_image_bytes": options.max_image_bytes,
+            "max_image_pixels": options.max_image_pixels,
+        }
+    tokenization = _extra_settings(manifest, "tokenization")
     tensors = entry_tensors(manifest)
     produced = {IDS, MASK} | ({"token_type_ids"} if tokenization.get("token_type_ids") else set())
     if tokenization.get("token_info") is not None:
@@ -538,34 +613,14 @@ def step_configs(manifest: Manifest, options: EntryOptions) -> dict[str, dict[st
             f"the encoder of {manifest.name!r} takes {unknown}, which the tokenize step does not "
             f"produce (it produces {sorted(produced)})"
         )
-    configs: dict[str, dict[str, Any]] = {
-        STEP_TOKENIZE: {
-            "model": manifest.name,
-            "task": manifest.task,
-            "tokenization": tokenization,
-            "tokenizer_dir": "tokenizer",
-            "pad_to_multiple_of": resolved.pad_to_multiple_of,
-            "max_text_bytes": options.max_text_bytes,
-        },
-        STEP_POSTPROCESS: {
-            "model": manifest.name,
-            "task": manifest.task,
-            "postprocessing": postprocessing,
-        },
+    return {
+        "model": manifest.name,
+        "task": manifest.task,
+        "tokenization": tokenization,
+        "tokenizer_dir": "tokenizer",
+        "pad_to_multiple_of": resolved.pad_to_multiple_of,
+        "max_text_bytes": options.max_text_bytes,
     }
-    if resolved.runtime is Runtime.PORTABLE:
-        configs[STEP_ENCODE] = {
-            "model": manifest.name,
-            "onnx": "model.onnx",
-            "padding_side": manifest.padding_side,
-            "pad_token_id": tokenization.get("pad_token_id"),
-            "threads": options.encode_threads,
-            "spinning": options.encode_spinning,
-            "length_slack": options.length_slack,
-            "min_group_tokens": options.min_group_tokens,
-            "adapters": {a.name: a.file for a in manifest.adapters},
-        }
-    return configs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -637,24 +692,27 @@ def write_entry(
     staging_repository: Path,
     manifest: Manifest,
     onnx_path: Path,
-    tokenizer_dir: Path,
+    tokenizer_dir: Path | None,
     options: EntryOptions,
     adapter_files: dict[str, Path] | None = None,
 ) -> EntryLayout:
     """Lay out the four Triton models of `manifest.name` under `staging_repository`, in version
     folder `manifest.version`.
 
-    Copies the ONNX graph (and its external data) and the tokenizer files, renders every
+    Copies the ONNX graph (and its external data) and the tokenizer files (an image entry has
+    none: `tokenizer_dir` None, its first step preprocesses images), renders every
     config.pbtxt, copies the step sources, and writes the manifest with `sha256` filled in for
     every file Triton reads (paths relative to the repository root). The caller moves the staged
     folders into the real repository. `adapter_files`: each LoRA adapter's file by name (the
     manifest's `adapters`), copied beside the graph.
     """
     staging_repository = Path(staging_repository)
-    onnx_path, tokenizer_dir = Path(onnx_path), Path(tokenizer_dir)
+    onnx_path = Path(onnx_path)
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
+    image = is_image_entry(manifest)
     if not onnx_path.is_file():
         raise EntryError(f"ONNX graph {onnx_path} not found")
-    if not (tokenizer_dir / "tokenizer.json").is_file():
+    if not image and (tokenizer_dir is None or not (tokenizer_dir / "tokenizer.json").is_file()):
         raise EntryError(
             f"{tokenizer_dir} has no tokenizer.json: the tokenize step needs a fast tokenizer"
         )
@@ -691,11 +749,19 @@ def write_entry(
     for spec in manifest.adapters:
         _copy(adapter_files[spec.name], layout.encode_dir / version / spec.file)
 
-    # tokenize: the tokenizer files and the step with its standalone tokenization module
-    for source in sorted(p for p in tokenizer_dir.rglob("*") if p.is_file()):
-        _copy(source, layout.tokenizer_dir / source.relative_to(tokenizer_dir))
-    _copy(STEP_SOURCES_DIR / "tokenize.py", layout.tokenize_dir / version / "model.py")
-    _copy(_module_source(TOKENIZATION_MODULE), layout.tokenize_dir / version / "tokenization.py")
+    if image:  # the image preprocess step with its standalone module
+        _copy(STEP_SOURCES_DIR / IMAGE_STEP_SOURCE, layout.tokenize_dir / version / "model.py")
+        _copy(
+            _module_source(IMAGE_PREPROCESSING_MODULE),
+            layout.tokenize_dir / version / "image_preprocessing.py",
+        )
+    elif tokenizer_dir is not None:  # the tokenizer files, the step and its tokenization module
+        for source in sorted(p for p in tokenizer_dir.rglob("*") if p.is_file()):
+            _copy(source, layout.tokenizer_dir / source.relative_to(tokenizer_dir))
+        _copy(STEP_SOURCES_DIR / "tokenize.py", layout.tokenize_dir / version / "model.py")
+        _copy(
+            _module_source(TOKENIZATION_MODULE), layout.tokenize_dir / version / "tokenization.py"
+        )
 
     # postprocess: the step and its standalone postprocessing module
     _copy(STEP_SOURCES_DIR / "postprocess.py", layout.postprocess_dir / version / "model.py")

@@ -33,6 +33,7 @@ from shoal.model_repository.entry import (
     EntryOptions,
     entry_files,
     entry_tensors,
+    is_image_entry,
     sha256_file,
     step_configs,
 )
@@ -47,6 +48,8 @@ STEP_MODULES = {
     STEP_POSTPROCESS: ("model.py", "postprocessing.py", STEP_CONFIG_FILENAME),
     STEP_ENCODE: ("model.py", STEP_CONFIG_FILENAME),  # portable runtime only
 }
+# The first step of an image entry (image-text exports) in place of the tokenize step's files.
+IMAGE_STEP_MODULES = ("model.py", "image_preprocessing.py", STEP_CONFIG_FILENAME)
 
 
 class RepositoryError(ValueError):
@@ -151,7 +154,7 @@ def check_entry(repository: Path, name: str) -> EntryReport:
         return report
 
     configs = _check_configs(layout, problems)
-    _check_files(layout, runtime, problems)
+    _check_files(layout, runtime, problems, image=is_image_entry(manifest))
     _check_adapter_files(layout, manifest, problems)
     _check_hashes(layout, manifest, problems)
     try:
@@ -189,14 +192,24 @@ def _check_configs(
     return configs
 
 
-def _check_files(layout: EntryLayout, runtime: Runtime, problems: list[str]) -> None:
-    required = {layout.onnx_path, layout.tokenizer_dir / "tokenizer.json"}
+def _check_files(
+    layout: EntryLayout, runtime: Runtime, problems: list[str], *, image: bool = False
+) -> None:
+    required = {layout.onnx_path}
+    if image:
+        required.update(
+            layout.version_dir(layout.step_names[STEP_TOKENIZE]) / f for f in IMAGE_STEP_MODULES
+        )
+    else:
+        required.add(layout.tokenizer_dir / "tokenizer.json")
     step_dirs = {
         STEP_TOKENIZE: layout.tokenize_dir,
         STEP_POSTPROCESS: layout.postprocess_dir,
     }
     if runtime is Runtime.PORTABLE:
         step_dirs[STEP_ENCODE] = layout.encode_dir
+    if image:
+        del step_dirs[STEP_TOKENIZE]
     for step, directory in step_dirs.items():
         required.update(directory / layout.version_folder / f for f in STEP_MODULES[step])
     for path in sorted(required):

@@ -40,6 +40,7 @@ LIVENESS_TIMEOUT_S = 5.0  # the first question, "is a server there?", is answere
 COMMAND_FOR_TASK = {
     Task.EMBED: "shoal embed MODEL TEXT...",
     Task.MULTI: "shoal embed MODEL TEXT...",
+    Task.IMAGE_TEXT: "shoal embed MODEL TEXT...",  # the text entry (images: tritonclient)
     Task.RERANK: "shoal rerank MODEL QUERY DOC...",
 }
 

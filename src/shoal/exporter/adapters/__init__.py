@@ -8,6 +8,7 @@ from shoal.exporter.adapters import (  # noqa: F401  (registration)
     encoders,
     gliner,
     heads,
+    image_text,
     llm_rerankers,
 )
 from shoal.exporter.adapters.base import Adapter

@@ -11,6 +11,7 @@ import torch
 from shoal.exporter.errors import ExportError
 from shoal.postprocessing import (
     GRAPH_COLBERT_VECTORS,
+    GRAPH_EMBEDDINGS,
     GRAPH_HIDDEN_STATES,
     GRAPH_LOGITS,
     GRAPH_SPARSE_WEIGHTS,
@@ -200,3 +201,32 @@ def load_linear(checkpoint: Any, filename: str) -> torch.nn.Linear:
     linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
     linear.load_state_dict(state)
     return linear.eval()
+
+
+class TextTower(torch.nn.Module):
+    """Image-text models: (input_ids[, attention_mask]) -> embeddings [B, D], what
+    get_text_features returns (pooled and projected, not normalized)."""
+
+    output_names = (GRAPH_EMBEDDINGS,)
+
+    def __init__(self, model: Any, takes_mask: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.takes_mask = takes_mask
+
+    def forward(self, input_ids: Any, attention_mask: Any = None) -> Any:
+        mask = attention_mask if self.takes_mask else None
+        return self.model.get_text_features(input_ids=input_ids, attention_mask=mask).pooler_output
+
+
+class ImageTower(torch.nn.Module):
+    """Image-text models: pixel_values [B, 3, H, W] -> embeddings [B, D] (get_image_features)."""
+
+    output_names = (GRAPH_EMBEDDINGS,)
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: Any) -> Any:
+        return self.model.get_image_features(pixel_values=pixel_values).pooler_output

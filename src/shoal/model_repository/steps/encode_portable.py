@@ -110,6 +110,10 @@ class TritonPythonModel:
             for i in model_config["input"]
             if i["name"] != ADAPTER_INPUT
         }
+        # Inputs of fixed dims (pixel values) are joined as they are: no padding.
+        dims = {i["name"]: tuple(int(d) for d in i["dims"]) for i in model_config["input"]}
+        fixed = all(-1 not in d for d in dims.values())
+        self.fixed_dims = dims if fixed else {}
         self.outputs = [
             (
                 o["name"],
@@ -183,23 +187,31 @@ class TritonPythonModel:
             if tensor is None:
                 raise RequestError(f"input {name!r} is missing")
             arrays[name] = tensor.as_numpy().astype(self.input_dtypes[name], copy=False)
-        sizes: dict[str, set[int]] = {}
-        for name, array in arrays.items():
-            for axis, size in zip(self.axes[name], array.shape, strict=False):
-                if isinstance(axis, str):
-                    sizes.setdefault(axis, set()).add(size)
-        if any(len(found) > 1 for found in sizes.values()):
-            detail = {n: a.shape for n, a in arrays.items()}
-            raise RequestError(
-                "inputs must agree on the graph's shared axes (token tensors: [batch, tokens] of "
-                f"one shape), got {detail}"
-            )
+        if self.fixed_dims:  # image-text image entries: pixel values of the configured size
+            wrong = {n: a.shape for n, a in arrays.items() if a.shape[1:] != self.fixed_dims[n]}
+            if wrong:
+                raise RequestError(f"inputs must be [batch, *{self.fixed_dims}], got {wrong}")
+        else:
+            sizes: dict[str, set[int]] = {}
+            for name, array in arrays.items():
+                for axis, size in zip(self.axes[name], array.shape, strict=False):
+                    if isinstance(axis, str):
+                        sizes.setdefault(axis, set()).add(size)
+            if any(len(found) > 1 for found in sizes.values()):
+                detail = {n: a.shape for n, a in arrays.items()}
+                raise RequestError(
+                    "inputs must agree on the graph's shared axes (token tensors: [batch, tokens] "
+                    f"of one shape), got {detail}"
+                )
         rows = arrays[self.input_names[0]].shape[0]
         arrays[ADAPTER_INPUT] = self._read_adapters(request, rows)
         return arrays
 
     def _token_tensors(self, arrays: dict[str, np.ndarray]) -> bool:
-        """[batch, tokens] of one shape: rows can be cut to their length and joined."""
+        """[batch, tokens] of one shape (or an image entry's pixels): rows can be cut to their
+        length and joined."""
+        if self.fixed_dims:
+            return True
         shapes = {arrays[name].shape for name in self.input_names}
         return len(shapes) == 1 and len(next(iter(shapes))) == 2
 
@@ -311,8 +323,8 @@ class TritonPythonModel:
     def _real_lengths(self, arrays: dict[str, np.ndarray]) -> list[int]:
         """Tokens per row before the padding: the run of pad ids with attention_mask 0 at the
         row's padding side. Without a mask or a known pad id, the whole row."""
-        rows, width = arrays[self.input_names[0]].shape
-        if self.pad_id is None or not self.has_mask:
+        rows, width = arrays[self.input_names[0]].shape[:2]
+        if self.pad_id is None or not self.has_mask:  # (pixel values: every row is whole)
             return [width] * rows
         kept = (arrays[IDS] != self.pad_id) | (arrays[MASK] != 0)
         if not self.left_padding:

@@ -35,6 +35,7 @@ class TritonPythonModel:
         self.config = settings["postprocessing"]
         # Inputs that do not come from the graph (extract: the texts, token offsets, word ids).
         self.step_inputs = postprocessing.STEP_INPUTS_BY_TASK.get(self.task, ())
+        self.token_inputs = {i["name"] for i in model_config["input"]} & {IDS, MASK}
         if self.task == "extract-zero-shot":  # GLiNER: span decoding, span_extraction.py
             import span_extraction
 
@@ -70,7 +71,9 @@ class TritonPythonModel:
                 inputs[name] = [
                     v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.reshape(-1)
                 ]
-        results = self.postprocess(self.task, graph, read(IDS), read(MASK), self.config, inputs)
+        # An image entry's graph takes pixels: it has no token ids or mask to pass.
+        ids, mask = (read(n) if n in self.token_inputs else None for n in (IDS, MASK))
+        results = self.postprocess(self.task, graph, ids, mask, self.config, inputs)
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor(name, np.ascontiguousarray(results[name], dtype=dtype))
