@@ -7,8 +7,8 @@ called with plain HTTP clients (tritonclient.http.aio) on four workloads:
   c8      1 sentence per request, concurrency 8
   c32     1 sentence per request, concurrency 32
   b32c4   32 sentences per request, concurrency 4
-and the fp32 ceiling measured in the same run: a 2048x2048 torch matmul on every core gives the
-machine's GFLOP/s, divided by MiniLM's FLOPs for the workload's sentences (their real token
+and the fp32 ceiling measured in the same run: a 2048x2048 torch matmul on every core (after each
+cell; the best rate seen so far counts, as the machine's own) gives the machine's GFLOP/s, divided by MiniLM's FLOPs for the workload's sentences (their real token
 counts, no padding). Each figure is printed as a ratio to it.
 
 Because the machines are shared, each figure also has a CPU-time form that other load disturbs
@@ -67,6 +67,9 @@ VARIANTS: dict[str, EntryOptions] = {
     "defaults": EntryOptions(runtime="portable"),  # today's defaults: both of the above
     # the defaults with the dynamic batcher waiting 2 ms (not 0.5) for more requests to join
     "delay-2ms": EntryOptions(runtime="portable", max_queue_delay_microseconds=2000),
+    # two encode instances of one onnxruntime thread each (a throughput setting: each request's
+    # own run is single-threaded)
+    "2-instances": EntryOptions(runtime="portable", instance_count=2, encode_threads=1),
 }
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -279,7 +282,8 @@ async def main(args: argparse.Namespace) -> None:
             models.append((dtype, variant, name))
 
     config = json.loads((minilm_source() / "config.json").read_text())
-    layout = EntryLayout(sources["fp32"].parent, "minilm-fp32", 1)
+    fp32_manifest = Manifest.read(sources["fp32"])
+    layout = EntryLayout(sources["fp32"].parent, fp32_manifest.name, fp32_manifest.version)
     tokenizer = Tokenizer.from_file(str(layout.tokenizer_dir / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(128)
@@ -293,6 +297,7 @@ async def main(args: argparse.Namespace) -> None:
         f"{args.seconds:.0f} s per cell"
     )
     rows = []
+    best_gflops = gemm_gflops()
     async with LocalServing(repository, budget_bytes=64 << 30) as serving:
         assert serving.server is not None and serving.controller is not None
         address = serving.server.http_address
@@ -315,7 +320,8 @@ async def main(args: argparse.Namespace) -> None:
                     cpu_snapshot(serving, repository),
                     encode_metrics(serving),
                 )
-                gflops = gemm_gflops()
+                best_gflops = max(best_gflops, gemm_gflops())
+                gflops = best_gflops  # the machine's rate: the best seen in this run
                 rows.append(
                     {
                         "model": model,
