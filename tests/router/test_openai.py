@@ -186,6 +186,12 @@ def test_tei_shaped_rerank_requests_are_accepted(router) -> None:
         ),
         ("/v1/embeddings", {"model": "reranker", "input": "a"}, 400, "'rerank' model"),
         ("/v1/embeddings", {"model": "embedder", "input": [1, 2]}, 400, "token arrays"),
+        (
+            "/v1/embeddings",
+            {"model": "embedder", "input": "a", "adapter": "legal"},
+            400,
+            "has no LoRA adapters",
+        ),
     ],
 )
 def test_openai_errors_have_the_openai_shape(router, path, payload, status, words) -> None:

@@ -76,6 +76,10 @@ def test_garbage_bytes_are_an_invalid_request(garbage: bytes) -> None:
 def test_embeddings_requests_are_checked_field_by_field() -> None:
     parsed = parse_embeddings({"model": "m", "input": "a", "encoding_format": "base64"})
     assert parsed.texts == ["a"] and parsed.encoding_format == "base64"
+    assert parsed.adapter is None
+    assert (
+        parse_embeddings({"model": "m", "input": "a", "adapter": "legal-v2"}).adapter == "legal-v2"
+    )
     for payload, param in [
         ({"input": "a"}, "model"),
         ({"model": "m", "input": [1, 2]}, "input"),
@@ -83,6 +87,9 @@ def test_embeddings_requests_are_checked_field_by_field() -> None:
         ({"model": "m", "input": "a", "dimensions": 0}, "dimensions"),
         ({"model": "m", "input": "a", "encoding_format": "int8"}, "encoding_format"),
         ({"model": "m", "input": "a", "input_type": "passage"}, "input_type"),
+        ({"model": "m", "input": "a", "adapter": ""}, "adapter"),
+        ({"model": "m", "input": "a", "adapter": 3}, "adapter"),
+        ({"model": "m", "input": "a", "adapter": "../x"}, "adapter"),
     ]:
         with pytest.raises(RouterError) as caught:
             parse_embeddings(payload)

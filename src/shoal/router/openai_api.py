@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from shoal.contract import (
+    INPUT_ADAPTER,
     INPUT_QUERY,
     INPUT_TEXT,
     INPUT_TEXT_TYPE,
     OUTPUT_EMBEDDING,
     OUTPUT_SCORE,
     STEP_TOKENIZE,
+    adapter_name_problem,
     step_name,
 )
 from shoal.manifest import Manifest
@@ -51,6 +53,7 @@ class EmbeddingsRequest:
     dimensions: int | None
     encoding_format: str
     input_type: str | None  # shoal extension: "query" / "document" prefixes (TEXT_TYPE)
+    adapter: str | None = None  # shoal extension: the LoRA adapter to apply (ADAPTER)
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,11 @@ def parse_embeddings(payload: Any) -> EmbeddingsRequest:
     input_type = payload.get("input_type")
     if input_type is not None and input_type not in TEXT_TYPES:
         raise invalid(f"`input_type` must be one of {TEXT_TYPES}", "input_type")
-    return EmbeddingsRequest(model, texts, dimensions, encoding_format, input_type)
+    adapter = payload.get("adapter")
+    problem = None if adapter is None else adapter_name_problem(adapter)
+    if problem:
+        raise invalid(f"`adapter` must name one of the model's LoRA adapters: {problem}", "adapter")
+    return EmbeddingsRequest(model, texts, dimensions, encoding_format, input_type, adapter)
 
 
 def parse_rerank(payload: Any) -> RerankRequest:
@@ -166,6 +173,14 @@ def check_dimensions(manifest: Manifest, dimensions: int | None) -> int | None:
     )
 
 
+def check_adapter(manifest: Manifest, adapter: str) -> None:
+    """The adapter is one the entry was exported with (its manifest lists them)."""
+    known = [spec.name for spec in manifest.adapters]
+    if adapter not in known:
+        has = f"has the LoRA adapters {known}" if known else "has no LoRA adapters"
+        raise invalid(f"model {manifest.name!r} {has}, not {adapter!r}", "adapter")
+
+
 def embedding_data(vectors: np.ndarray, encoding_format: str) -> list[dict[str, Any]]:
     data = []
     for index, vector in enumerate(vectors):
@@ -209,6 +224,9 @@ class OpenAIEndpoints:
             if INPUT_TEXT_TYPE not in {t.name for t in manifest.inputs}:
                 raise invalid(f"model {request.model!r} takes no input_type", "input_type")
             inputs[INPUT_TEXT_TYPE] = [request.input_type] * len(request.texts)
+        if request.adapter is not None:
+            check_adapter(manifest, request.adapter)
+            inputs[INPUT_ADAPTER] = [request.adapter] * len(request.texts)
         outputs, tokens = await self._run(
             request.model, manifest, inputs, OUTPUT_EMBEDDING, timeout_s
         )
@@ -261,7 +279,9 @@ class OpenAIEndpoints:
         count = self.router.settings.count_tokens
         tokenize = step_name(model, STEP_TOKENIZE)
         if count:
-            calls += [self.infer(model, tokenize, chunk, [MASK], timeout_s) for chunk in chunks]
+            # ADAPTER goes to the encode step only: the tokenize step does not take it.
+            texts_only = [{k: v for k, v in c.items() if k != INPUT_ADAPTER} for c in chunks]
+            calls += [self.infer(model, tokenize, c, [MASK], timeout_s) for c in texts_only]
         answers = await asyncio.gather(*calls)
         values = np.concatenate([answer[output] for answer in answers[: len(chunks)]])
         tokens = sum(int(a[MASK].sum()) for a in answers[len(chunks) :]) if count else None
