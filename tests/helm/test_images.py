@@ -91,16 +91,23 @@ def test_operator_router_image_has_no_torch_and_runs_both_commands():
 
 
 def step_imports() -> set[str]:
-    """Top-level modules the python-backend steps import, beyond the standard library, Triton's
-    own module and the files shipped beside them."""
+    """Top-level modules the python-backend steps import (anywhere in the file, lazy imports
+    included), and the shoal modules copied beside them import, beyond the standard library,
+    Triton's own module and those copied modules themselves."""
+    from shoal.model_repository import entry
+
+    shipped = [
+        getattr(entry, name) for name in dir(entry) if name.endswith("_MODULE") and name.isupper()
+    ]
+    shipped_beside = {module.rsplit(".", 1)[1] for module in shipped}
+    sources = [*STEPS.glob("*.py"), *(ROOT / "src" / f"{m.replace('.', '/')}.py" for m in shipped)]
     modules: set[str] = set()
-    for path in STEPS.glob("*.py"):
+    for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 modules |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 modules.add(node.module.split(".")[0])
-    shipped_beside = {"postprocessing", "tokenization"}
     return (
         modules
         - set(sys.stdlib_module_names)
@@ -113,6 +120,6 @@ def test_triton_image_installs_what_the_steps_import():
     dockerfile = (IMAGES / "triton" / "Dockerfile").read_text()
     assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3$", dockerfile, re.M)
     packages = {p.split("==")[0] for p in re.findall(r'"([\w-]+==[\w.]+)"', dockerfile)}
-    provides = {"onnxruntime-gpu": "onnxruntime"}
+    provides = {"onnxruntime-gpu": "onnxruntime", "pillow": "PIL"}
     modules = {provides.get(p, p) for p in packages}
     assert step_imports() <= modules, step_imports() - modules
