@@ -31,7 +31,8 @@ import numpy as np
 import tritonclient.http.aio as httpaio
 
 from shoal.exporter import ExportOptions, export_model
-from shoal.manifest import Manifest, ManifestError
+from shoal.manifest import Manifest
+from shoal.model_repository.repository import check_entry
 from shoal.router.settings import RouterSettings
 from shoal.runtime.installation import cache_dir
 from shoal.runtime.quickstart import minilm_source
@@ -42,14 +43,16 @@ TEXT = "A shoal of small fish moves as one through the reef."
 
 
 def ensure_entries(repository: Path) -> list[Manifest]:
+    """The two entries, exported once; again when shoal's entry layout has moved on since."""
+    repository.mkdir(parents=True, exist_ok=True)
     manifests = []
     for name in NAMES:
-        try:
+        if (repository / name).exists() and not check_entry(repository, name).problems:
             manifests.append(Manifest.read(repository / name))
-        except ManifestError:
-            print(f"exporting {name} (once) into {repository} ...", flush=True)
-            options = ExportOptions(runtime="portable", overwrite=True)
-            manifests.append(export_model(minilm_source(), name, repository, options))
+            continue
+        print(f"exporting {name} into {repository} ...", flush=True)
+        options = ExportOptions(runtime="portable", overwrite=True)
+        manifests.append(export_model(minilm_source(), name, repository, options))
     return manifests
 
 

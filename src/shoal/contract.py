@@ -162,6 +162,13 @@ def model_name_problem(name: object) -> str | None:
 MANIFEST_FILENAME = "shoal.json"  # lives in the ensemble's folder: REPO/<model>/shoal.json
 MANIFEST_SCHEMA_VERSION = 1
 
+# Flags every Triton serving shoal's entries runs with (`shoal serve` and the operator's pods).
+# Every config.pbtxt shoal writes is complete, so no backend needs to auto-complete one. With
+# auto-completion on, the python backend starts a throwaway stub process per model only to ask
+# it, and stopping a stub costs its one-second health check: loading an encode step took 1.9 s
+# instead of 0.55 s on 2 cores (benchmarks/router_cold_start.py).
+TRITON_SERVING_FLAGS = ("--disable-auto-complete-config",)
+
 # LoRA adapters on one base encoder (docs/lora.md): an entry exported with adapters has this
 # optional ensemble input, BYTES [batch, 1], naming each row's adapter; absent or "" = the base.
 INPUT_ADAPTER = "ADAPTER"

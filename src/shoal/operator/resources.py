@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.contract import TRITON_SERVING_FLAGS
 from shoal.operator.settings import TRITON_ADMIN_HEADER, TRITON_ADMIN_SECRET
 from shoal.operator.specs import PoolSpec
 
@@ -99,6 +100,7 @@ def triton_args(pool: PoolSpec, admin: TritonAdmin | None = None) -> list[str]:
         # Ready means "answers": a model that failed to load must not pull the replica out of
         # the Service (the operator reports it on the InferenceModel instead).
         "--strict-readiness=false",
+        *TRITON_SERVING_FLAGS,
         *restricted,
         *pool.args,
     ]

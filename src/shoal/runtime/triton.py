@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from shoal.contract import TRITON_SERVING_FLAGS
 from shoal.runtime.installation import STUB_NAME, TritonInstallation, locate_triton
 from shoal.runtime.ports import STANDARD_PORTS
 
@@ -226,6 +227,7 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             "--log-verbose=0",
+            *TRITON_SERVING_FLAGS,
             *(["--load-model=*"] if self.load_all else []),
             *(f"--load-model={name}" for name in self.load_models),
             *self.extra_args,
