@@ -61,9 +61,19 @@ class TritonStartError(RuntimeError):
 
 def free_port(address: str = LOOPBACK) -> int:
     """A TCP port on `address` (loopback by default) that is free right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, address)[0]
+
+
+def free_ports(count: int, address: str = LOOPBACK) -> list[int]:
+    """`count` different free ports: each stays bound until all are picked (ports picked one at a
+    time may repeat, and Triton refuses to start with its HTTP and metrics ports equal)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((address, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 class TritonServer:
@@ -202,7 +212,8 @@ class TritonServer:
         return self._process.poll() if self._process else None
 
     def _launch(self, installation: TritonInstallation) -> None:
-        http, grpc, metrics = (p or free_port(self.bind_address) for p in self._requested_ports)
+        picked = iter(free_ports(sum(not p for p in self._requested_ports), self.bind_address))
+        http, grpc, metrics = (p or next(picked) for p in self._requested_ports)
         self.http_port, self.grpc_port, self.metrics_port = http, grpc, metrics
         if self._log_path_given:
             self.log_path = self._log_path_given
