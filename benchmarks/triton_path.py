@@ -11,6 +11,11 @@ and the fp32 ceiling measured in the same run: a 2048x2048 torch matmul on every
 cell; the best rate seen so far counts, as the machine's own) gives the machine's GFLOP/s, divided by MiniLM's FLOPs for the workload's sentences (their real token
 counts, no padding). Each figure is printed as a ratio to it.
 
+The runtime's own bound is measured too: the same graphs run by onnxruntime in this process with
+the encode step's session settings, in batches of 32 sentences of one length (no serving, no
+padding). The gap between it and the ceiling is onnxruntime's; between the Triton path and it,
+the serving path's.
+
 Because the machines are shared, each figure also has a CPU-time form that other load disturbs
 less: the serving path's CPU ms per sentence (core + the three stubs) against the ideal (the
 sentence's FLOPs at the GEMM rate of one core), and "eff" = ideal / path.
@@ -124,6 +129,42 @@ def sentence_gflop(token_counts: list[int], config: dict) -> float:
     h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     flops = [layers * (2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h) for t in token_counts]
     return float(np.mean(flops)) / 1e9
+
+
+def onnxruntime_alone(entry: Path, tokenizer, sentences: list[str], seconds: float) -> float:
+    """Sentences/s of the entry's graph run in this process, no serving at all: onnxruntime with
+    the encode step's session settings (its default threads, no spinning), batches of 32
+    sentences of one length (no padding), so the same FLOPs per sentence as the ceiling's. No serving path can beat it: it
+    is the runtime's own bound, against which the ceiling's gap splits into the runtime's and
+    the serving path's."""
+    import onnxruntime as ort
+
+    manifest = Manifest.read(entry)
+    layout = EntryLayout(entry.parent, manifest.name, manifest.version)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(layout.onnx_path), options, ["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    # 16 copies of each sentence, sorted: every batch of 32 holds rows of (almost) one length
+    ordered = sorted(sentences * 16, key=lambda s: len(tokenizer.encode(s).ids))
+    batches = []
+    for start in range(0, len(ordered), 32):
+        encodings = tokenizer.encode_batch(ordered[start : start + 32])
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), np.int64)
+        mask = np.zeros_like(ids)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        batches.append({k: v for k, v in feed.items() if k in names})
+    session.run(None, batches[0])  # warm up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for feed in batches:
+            session.run(None, feed)
+            done += len(feed["input_ids"])
+    return done / (time.perf_counter() - started)
 
 
 # -- CPU accounting -----------------------------------------------------------------------------
@@ -298,6 +339,12 @@ async def main(args: argparse.Namespace) -> None:
     )
     rows = []
     best_gflops = gemm_gflops()
+    alone = {dtype: onnxruntime_alone(sources[dtype], tokenizer, sentences, args.seconds)
+             for dtype in dtypes}  # fmt: skip
+    best_gflops = max(best_gflops, gemm_gflops())
+    for dtype, rate in alone.items():
+        print(f"onnxruntime alone, {dtype}: {rate:.1f} sent/s = "
+              f"{rate / (best_gflops / gflop):.2f}x ceiling (batches of 32 of one length)")  # fmt: skip
     async with LocalServing(repository, budget_bytes=64 << 30) as serving:
         assert serving.server is not None and serving.controller is not None
         address = serving.server.http_address
@@ -340,7 +387,7 @@ async def main(args: argparse.Namespace) -> None:
                     }
                 )
                 print_row(rows[-1])
-    print_summary(rows)
+    print_summary(rows, alone)
 
 
 def _sentences() -> list[str]:
@@ -379,8 +426,8 @@ def path_ms(profile: dict[str, float]) -> float:
     return profile["core"] + profile["tokenize"] + profile["encode"] + profile["postproc"]
 
 
-def print_summary(rows: list[dict]) -> None:
-    print("\nsummary (ratios in the same run):")
+def print_summary(rows: list[dict], alone: dict[str, float]) -> None:
+    print("\nsummary (ratios in the same run; 'alone': onnxruntime in-process, no serving):")
     by_key = {(r["dtype"], r["variant"], r["workload"]): r for r in rows}
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     for variant in variants:
@@ -401,8 +448,12 @@ def print_summary(rows: list[dict]) -> None:
                     f"{fp32['sent_per_s'] / base['sent_per_s']:.2f}x {variants[0]}'s throughput, "
                     f"{path_ms(base['profile']) / path_ms(fp32['profile']):.2f}x its CPU efficiency"
                 )
+            parts.append(f"{fp32['sent_per_s'] / alone['fp32']:.2f}x alone")
             if int8 is not None:
-                parts.append(f"int8 {int8['sent_per_s'] / fp32['sent_per_s']:.2f}x fp32")
+                parts.append(
+                    f"int8 {int8['sent_per_s'] / fp32['sent_per_s']:.2f}x fp32, "
+                    f"{int8['sent_per_s'] / alone['int8']:.2f}x int8 alone"
+                )
             print("  " + "; ".join(parts))
 
 

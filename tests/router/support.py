@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from shoal.fleet.replica import Replica
+from shoal.model_repository.layout import EntryLayout
 from shoal.router.server import RouterServer
 from shoal.router.settings import RouterSettings
-from shoal.router.static_source import StaticPlacement, StaticRoute
+from shoal.router.static_source import StaticPlacement, StaticRoute, routes_from_repository
 
 TEST_SETTINGS = RouterSettings(host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=None)
 
@@ -107,3 +109,28 @@ def wait_for(condition: Callable[[], Any], timeout_s: float = 10.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
         time.sleep(0.002)
+
+
+def serve_entries(repository: Any, names: Iterable[str], tmp_path_factory: Any) -> Iterator:
+    """A Triton serving entries `names` of `repository` (every Triton model of each), for a
+    module's fixture: `yield from serve_entries(...)`."""
+    from tests.router.conftest import _session_triton  # the conftest imports this module
+
+    models = [m for name in names for m in EntryLayout(repository, name).triton_models]
+    yield from _session_triton(repository, models, tmp_path_factory)
+
+
+@contextmanager
+def router_over_repository(
+    repository: Any, servers: Iterable[Any], names: Iterable[str] | None = None
+) -> Iterator[RouterThread]:
+    """A router over every entry of `repository` on `servers` (each one replica), as `shoal
+    router run --repository DIR --replica URL` builds its routes; `names`: the replicas' names
+    (default: their addresses)."""
+    servers = list(servers)
+    names = list(names) if names is not None else [None] * len(servers)
+    replicas = [replica_of(server, name) for server, name in zip(servers, names, strict=True)]
+    with RouterThread(
+        routes_from_repository(repository, replicas), probe_interval_s=0.5
+    ) as running:
+        yield running

@@ -22,10 +22,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from shoal.contract import INPUT_QUERY, INPUT_TEXT, INPUT_TEXT_TYPE, OUTPUT_EMBEDDING, OUTPUT_SCORE
-from shoal.model_repository.layout import EntryLayout
-from shoal.router.static_source import routes_from_repository
 from shoal.runtime import client as shoal_client
-from tests.router.support import RouterThread, replica_of
+from tests.router.support import router_over_repository, serve_entries
 from tests.runtime.entries import CLIENT_MAX_BATCH_SIZE, CLIENT_MAX_TEXT_BYTES
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -46,18 +44,14 @@ def repository(client_entries) -> Path:
 
 @pytest.fixture(scope="module")
 def triton(repository, tmp_path_factory):
-    from tests.router.conftest import _session_triton
-
-    models = [m for name in MODELS for m in EntryLayout(repository, name).triton_models]
-    yield from _session_triton(repository, models, tmp_path_factory)
+    yield from serve_entries(repository, MODELS, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def router(triton, repository):
     # The same Triton twice: a retry on "another replica" would reach it a second time.
-    replicas = [replica_of(triton, "replica-a"), replica_of(triton, "replica-b")]
-    with RouterThread(
-        routes_from_repository(repository, replicas), probe_interval_s=0.5
+    with router_over_repository(
+        repository, [triton, triton], ["replica-a", "replica-b"]
     ) as running:
         yield running
 

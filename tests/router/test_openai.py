@@ -15,8 +15,8 @@ import tritonclient.http as httpclient
 from shoal.contract import INPUT_QUERY, INPUT_TEXT, OUTPUT_EMBEDDING, OUTPUT_SCORE
 from shoal.model_repository.layout import EntryLayout
 from shoal.model_repository.repository import read_entry
-from shoal.router.static_source import StaticRoute, routes_from_repository
-from tests.router.support import RouterThread, replica_of
+from shoal.router.static_source import StaticRoute
+from tests.router.support import RouterThread, replica_of, router_over_repository, serve_entries
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -37,12 +37,7 @@ def repository(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def triton(repository, tmp_path_factory):
-    from tests.router.conftest import _session_triton
-
-    models = [
-        m for name in ("embedder", "reranker") for m in EntryLayout(repository, name).triton_models
-    ]
-    yield from _session_triton(repository, models, tmp_path_factory)
+    yield from serve_entries(repository, ["embedder", "reranker"], tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +47,8 @@ def manifests(repository):
 
 @pytest.fixture(scope="module")
 def router(triton, repository):
-    # As `shoal router run --repository DIR --replica URL` builds them: every entry, with manifest.
-    routes = routes_from_repository(repository, [replica_of(triton)])
-    assert sorted(r.model for r in routes) == ["embedder", "reranker"]
-    with RouterThread(routes, probe_interval_s=0.5) as running:
+    with router_over_repository(repository, [triton]) as running:
+        assert sorted(running.source.models()) == ["embedder", "reranker"]
         yield running
 
 

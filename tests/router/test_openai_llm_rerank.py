@@ -9,8 +9,7 @@ import pytest
 
 from shoal.contract import INPUT_QUERY, INPUT_TEXT, OUTPUT_SCORE
 from shoal.model_repository.layout import EntryLayout
-from shoal.router.static_source import routes_from_repository
-from tests.router.support import RouterThread, replica_of
+from tests.router.support import router_over_repository, serve_entries
 from tests.router.test_openai import direct, post
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -32,16 +31,12 @@ def repository(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def triton(repository, tmp_path_factory):
-    from tests.router.conftest import _session_triton
-
-    models = EntryLayout(repository, NAME).triton_models
-    yield from _session_triton(repository, models, tmp_path_factory)
+    yield from serve_entries(repository, [NAME], tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def router(triton, repository):
-    routes = routes_from_repository(repository, [replica_of(triton)])
-    with RouterThread(routes, probe_interval_s=0.5) as running:
+    with router_over_repository(repository, [triton]) as running:
         yield running
 
 
