@@ -50,6 +50,8 @@ def test_deployment_runs_triton_in_explicit_mode_on_the_pool_gpu_class():
     assert container["image"] == "tritonserver:24.10"
     assert "--model-control-mode=explicit" in container["args"]
     assert "--model-repository=/repo" in container["args"]
+    # shoal's configs are complete: no throwaway stub per python model (a second per load)
+    assert "--disable-auto-complete-config" in container["args"]
     assert container["args"][-1] == "--log-verbose=1"  # the pool's own args come last
     assert container["env"] == [{"name": "AWS_REGION", "value": "eu-west-1"}]
     assert container["resources"]["limits"] == {"memory": "16Gi", "nvidia.com/gpu": 1}

@@ -23,7 +23,7 @@ from shoal.router.settings import RouterSettings
 from shoal.runtime import serve as serve_module
 from shoal.runtime.ports import PortTaken, is_free
 from shoal.runtime.serve import LocalServing
-from shoal.runtime.triton import LOOPBACK, free_port
+from shoal.runtime.triton import LOOPBACK, free_port, free_ports
 from tests.model_repository.sample_manifests import sample_manifest
 
 ROOT = Path(__file__).parents[2]
@@ -172,3 +172,11 @@ async def test_ports_given_as_0_are_picked_reported_and_released_at_stop(reposit
     finally:
         await serving.stop()
     assert all(is_free(LOOPBACK, port) for port in ports), "a port outlived the server"
+
+
+def test_ports_picked_together_are_all_different() -> None:
+    # Picked one at a time, two of Triton's three ports could be the same port, and Triton
+    # then refuses to start; picked together, each stays bound until all are chosen.
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    assert all(0 < port < 65536 for port in ports)
