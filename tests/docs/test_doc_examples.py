@@ -107,6 +107,19 @@ def example(name: str) -> Example:
     return found
 
 
+def run_example_against(name: str, http_address: str) -> str:
+    """Python example `name`, as written but for the server's address (the docs say
+    127.0.0.1:8000), run in a fresh interpreter; asserts it succeeds and returns its stdout."""
+    text = example(name).text
+    script = text.replace("127.0.0.1:8000", http_address)
+    assert script != text, f"example {name!r} does not call 127.0.0.1:8000"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_every_example_is_run_or_says_why_not() -> None:
     problems = []
     for found in examples():

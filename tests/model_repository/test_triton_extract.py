@@ -197,14 +197,6 @@ def test_non_utf8_text_is_refused_and_the_server_keeps_serving(server, exported)
 
 def test_the_docs_extract_example_runs_against_the_served_entry(server, exported) -> None:
     """docs/tasks.md's `tasks-extract` example, as written but for the server's address."""
-    import subprocess
-    import sys
+    from tests.docs.test_doc_examples import run_example_against
 
-    from tests.docs.test_doc_examples import example
-
-    script = example("tasks-extract").text.replace("127.0.0.1:8000", server.http_address)
-    assert script != example("tasks-extract").text
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_example_against("tasks-extract", server.http_address)

@@ -221,15 +221,6 @@ def test_a_request_without_labels_is_refused(server) -> None:
 
 def test_the_docs_example_runs_against_the_served_entry(server) -> None:
     """docs/tasks.md's `tasks-extract-zero-shot` example, as written but for the address."""
-    import subprocess
-    import sys
+    from tests.docs.test_doc_examples import run_example_against
 
-    from tests.docs.test_doc_examples import example
-
-    text = example("tasks-extract-zero-shot").text
-    script = text.replace("127.0.0.1:8000", server.http_address)
-    assert script != text
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_example_against("tasks-extract-zero-shot", server.http_address)

@@ -294,15 +294,6 @@ def test_a_bad_image_is_refused_for_its_own_request(server, exported, protocol, 
 
 def test_the_docs_image_text_example_runs_against_the_served_entries(server) -> None:
     """docs/tasks.md's `tasks-image-text` example, as written but for the server's address."""
-    import subprocess
-    import sys
+    from tests.docs.test_doc_examples import run_example_against
 
-    from tests.docs.test_doc_examples import example
-
-    text = example("tasks-image-text").text
-    script = text.replace("127.0.0.1:8000", server.http_address)
-    assert script != text
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_example_against("tasks-image-text", server.http_address)

@@ -243,15 +243,7 @@ def test_bad_input_is_refused_for_that_request_alone(
 
 def test_the_docs_example_runs_against_the_served_entry(server) -> None:
     """docs/tasks.md's `tasks-llm-rerank` example, as written but for the server's address."""
-    import subprocess
-    import sys
+    from tests.docs.test_doc_examples import run_example_against
 
-    from tests.docs.test_doc_examples import example
-
-    script = example("tasks-llm-rerank").text.replace("127.0.0.1:8000", server.http_address)
-    assert script != example("tasks-llm-rerank").text
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert "Fish live in water" in done.stdout
+    stdout = run_example_against("tasks-llm-rerank", server.http_address)
+    assert "Fish live in water" in stdout

@@ -174,18 +174,10 @@ def test_the_exported_entry_checks_clean(exported) -> None:
 
 def test_the_docs_lora_example_runs_against_the_served_entry(server) -> None:
     """docs/lora.md's `lora-call` example, as written but for the server's address."""
-    import subprocess
-    import sys
+    from tests.docs.test_doc_examples import run_example_against
 
-    from tests.docs.test_doc_examples import example
-
-    script = example("lora-call").text.replace("127.0.0.1:8000", server.http_address)
-    assert script != example("lora-call").text
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "(2, 32)"
+    stdout = run_example_against("lora-call", server.http_address)
+    assert stdout.strip() == "(2, 32)"
 
 
 def test_a_corrupt_adapter_file_fails_the_load_naming_the_adapter(server, exported) -> None:
